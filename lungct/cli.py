@@ -1,0 +1,98 @@
+"""Command line: ``python -m lungct {split,leakage,train,evaluate,predict,...}``.
+
+Every command reads params.yaml (``--params``, ``--preset``, ``--set key=value``)
+so the CLI, the DVC stages and the app share one configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lungct.config import load_config, resolve
+
+
+def _config(args) -> dict:
+    return load_config(args.params, args.preset, args.set or ())
+
+
+def cmd_split(args) -> int:
+    from lungct.data.splits import build_manifest, write_manifest
+    cfg = _config(args)
+    g = cfg["grouping"]
+    rows = build_manifest(resolve(cfg["data"]["root"]), cfg["data"]["fractions"],
+                          cfg["data"]["seed"], g["thumb_size"], g["neighbour_corr"],
+                          g["twin_corr"])
+    out = Path(args.out) if args.out else resolve(cfg["data"]["manifest"])
+    write_manifest(rows, out)
+    from lungct.data.summary import format_summary, split_summary
+    print(format_summary(split_summary(rows)))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_leakage(args) -> int:
+    from lungct.data.leakage import format_leakage, leakage_report
+    from lungct.data.splits import read_manifest
+    cfg = _config(args)
+    rows = read_manifest(resolve(cfg["data"]["manifest"]))
+    report = leakage_report(resolve(cfg["data"]["root"]), rows, cfg["grouping"]["twin_corr"],
+                            cfg["data"]["seed"])
+    print(format_leakage(report))
+    out = Path(args.out) if args.out else resolve("reports/leakage.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lungct.training.run import train_from_config
+    cfg = _config(args)
+    train_from_config(cfg, args.name, args.out, teacher=args.teacher,
+                      description=args.description or "", limit=args.limit,
+                      track=not args.no_mlflow)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lungct", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", help="params.yaml to read (default: the repository's)")
+    common.add_argument("--preset", help="a preset from params.yaml, e.g. paper or smoke")
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set train.epochs=3")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("split", parents=[common], help="group, split and write data/splits.csv")
+    p.add_argument("--out", help="manifest path (default: data.manifest)")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("leakage", parents=[common], help="how much each split leaks")
+    p.add_argument("--out", help="JSON report path (default: reports/leakage.json)")
+    p.set_defaults(func=cmd_leakage)
+
+    p = sub.add_parser("train", parents=[common], help="train or distill one model")
+    p.add_argument("--name", required=True, help="model folder name under models/")
+    p.add_argument("--out", help="output folder (default: models/NAME)")
+    p.add_argument("--teacher", help="teacher model (name or folder): distil from it")
+    p.add_argument("--description", help="one line for the model card")
+    p.add_argument("--limit", type=int, help="at most N images per class and part (smoke runs)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_train)
+
+    from lungct import cli_predict
+    cli_predict.add_commands(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,111 @@
+"""Self-describing model files: ``model.safetensors`` + ``card.json``.
+
+As in nanoGPT, a checkpoint carries what rebuilds it (architecture name and
+arguments, classes, input size, normalisation) and what it is worth (training
+config, protocol, metrics). The card is also stored in the safetensors header,
+so the weights file alone can rebuild the model. No pickle anywhere: a
+tampered or truncated file gives a ModelLoadError, never code execution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lungct.config import REPO_ROOT
+from lungct.models.registry import create_model
+
+MODELS_DIR = REPO_ROOT / "models"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder or file could not be turned into a working model."""
+
+
+def model_card_base(model: nn.Module) -> dict:
+    """The rebuild-relevant part of a card, taken from a created model."""
+    return {"arch": model.arch, "arch_kwargs": getattr(model, "arch_kwargs", {}),
+            "classes": list(model.classes), "num_classes": len(model.classes),
+            "input_size": model.input_size, "mean": list(model.mean), "std": list(model.std)}
+
+
+def save_model(model: nn.Module, folder: str | Path, card: dict | None = None,
+               half: bool = True) -> Path:
+    """Write weights (fp16 by default: halves the file, no accuracy change seen) and card."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    full_card = {**model_card_base(model), **(card or {})}
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE),
+              metadata={"lungct_card": json.dumps(model_card_base(model))})
+    write_card(folder, full_card)
+    return folder
+
+
+def write_card(folder: str | Path, card: dict) -> None:
+    with open(Path(folder) / CARD_FILE, "w", encoding="utf-8") as fh:
+        json.dump(card, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{path} not found") from err
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{path} is not valid JSON: {err}") from err
+
+
+def resolve_model_dir(path_or_name: str | Path) -> Path:
+    """A model folder from a folder path, a weights file path or a name under models/."""
+    p = Path(path_or_name)
+    if p.suffix == ".safetensors":
+        p = p.parent
+    if p.is_dir():
+        return p
+    if (MODELS_DIR / str(path_or_name)).is_dir():
+        return MODELS_DIR / str(path_or_name)
+    known = sorted(d.name for d in MODELS_DIR.glob("*") if (d / CARD_FILE).exists())
+    raise ModelLoadError(f"no model {str(path_or_name)!r}; shipped models: {known}")
+
+
+def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a saved model in eval mode, float32, with its card as ``model.card``."""
+    folder = resolve_model_dir(path_or_name)
+    card = read_card(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise ModelLoadError(f"{weights} is missing (large weights are DVC outputs: "
+                             "`dvc repro` or `dvc pull` fetches them)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{weights} is corrupt or truncated: {err}") from err
+    try:
+        model = create_model(card["arch"], num_classes=card["num_classes"], pretrained=False,
+                             input_size=card["input_size"], **card.get("arch_kwargs", {}))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()}, strict=True)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"{weights} does not match its card "
+                             f"({card.get('arch')}): {str(err)[:300]}") from err
+    model.mean, model.std = tuple(card["mean"]), tuple(card["std"])
+    model.classes = tuple(card["classes"])
+    model.card = card
+    model.name = folder.name
+    return model.to(device).eval()
+
+
+def list_shipped(models_dir: str | Path = MODELS_DIR) -> list[str]:
+    """Names of model folders that have a card (weights may be a DVC output)."""
+    return sorted(d.name for d in Path(models_dir).glob("*") if (d / CARD_FILE).exists())

@@ -1,0 +1,1 @@
+"""Training, distillation and experiment tracking (one loop for every model)."""

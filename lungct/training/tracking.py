@@ -1,0 +1,93 @@
+"""MLflow tracking into a local store (``mlruns/`` by default).
+
+Every run logs its flattened config, per-epoch metrics (the learning curves),
+final metrics, the confusion matrix as a figure and the saved model folder
+(safetensors + card) as an artifact. ``MLFLOW_TRACKING_URI`` overrides the
+store. Nothing about uploaded images ever reaches MLflow: only training runs log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from lungct import CLASSES
+from lungct.config import resolve
+
+
+def tracking_uri(cfg: dict) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking", {}).get("mlflow_uri",
+                                                                              "mlruns")
+    if "://" in uri:
+        return uri
+    return resolve(uri).as_uri()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: dict, run_name: str, enabled: bool = True):
+    """Yield an object with log_epoch/log_final/log_model, or no-ops when disabled."""
+    if not enabled:
+        yield _NullRun()
+        return
+    import mlflow
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(cfg.get("tracking", {}).get("experiment", "lungct"))
+    with mlflow.start_run(run_name=run_name):
+        params = {k: str(v)[:250] for k, v in flatten(cfg).items()}
+        mlflow.log_params(params)
+        mlflow.set_tag("model_name", run_name)
+        yield _MlflowRun(mlflow)
+
+
+class _NullRun:
+    def log_epoch(self, stats: dict) -> None: ...
+    def log_final(self, metrics: dict) -> None: ...
+    def log_confusion(self, matrix, title: str) -> None: ...
+    def log_model(self, folder: Path) -> None: ...
+
+
+class _MlflowRun(_NullRun):
+    def __init__(self, mlflow):
+        self.mlflow = mlflow
+
+    def log_epoch(self, stats: dict) -> None:
+        step = int(stats.get("epoch", 0))
+        self.mlflow.log_metrics({k: float(v) for k, v in stats.items()
+                                 if isinstance(v, (int, float)) and k != "epoch"}, step=step)
+
+    def log_final(self, metrics: dict) -> None:
+        self.mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float))})
+
+    def log_confusion(self, matrix, title: str) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(matrix, cmap="Blues")
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center")
+        ax.set_xticks(range(len(CLASSES)), CLASSES)
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        fig.tight_layout()
+        self.mlflow.log_figure(fig, "confusion_matrix.png")
+        plt.close(fig)
+
+    def log_model(self, folder: Path) -> None:
+        self.mlflow.log_artifacts(str(folder), artifact_path="model")

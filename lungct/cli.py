@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from lungct.config import load_config, resolve
+from lungct.config import apply_overrides, load_config, resolve
 
 
 def _config(args) -> dict:
@@ -49,10 +49,16 @@ def cmd_leakage(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from lungct.config import model_config
     from lungct.training.run import train_from_config
-    cfg = _config(args)
-    train_from_config(cfg, args.name, args.out, teacher=args.teacher,
-                      description=args.description or "", limit=args.limit,
+    cfg, teacher, description = model_config(_config(args), args.name)
+    # --set overrides win over the model's entry too
+    cfg = apply_overrides(cfg, args.set or ())
+    teacher = args.teacher or teacher
+    if teacher and not Path(teacher).exists():
+        teacher = str(resolve("models") / teacher)
+    train_from_config(cfg, args.name, args.out, teacher=teacher,
+                      description=args.description or description, limit=args.limit,
                       track=not args.no_mlflow)
     return 0
 

@@ -84,3 +84,15 @@ def resolve(path: str | Path) -> Path:
     """Resolve a path from params.yaml against the repository root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def model_config(cfg: dict, name: str) -> tuple[dict, str | None, str]:
+    """The config of one shipped model: its ``models.NAME`` entry merged on top.
+
+    Returns (config, teacher name or None, description). Names without an entry
+    train with the plain config.
+    """
+    entry = dict((cfg.get("models") or {}).get(name) or {})
+    teacher = entry.pop("teacher", None)
+    description = entry.pop("description", "")
+    return _deep_merge(cfg, entry), teacher, description

@@ -344,6 +344,25 @@ def test_error_messages_do_not_leak_patient_data():
     assert "Doe" not in str(info.value) and "PID-12345" not in str(info.value)
 
 
+def test_corrupt_values_are_not_logged_or_quoted(caplog):
+    """A malformed UID that swallowed the patient name must not surface anywhere."""
+    import logging
+    import warnings
+
+    with pydicom.config.disable_value_validation():
+        data = make_dicom(pixel_data=False, PatientName="Doe^Jane",
+                          SOPClassUID="1.2.840.10008.5.1.4.1.1.2 Doe^Jane")
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InvalidImageError) as info:
+            decode_image(data)
+        assert dicom_modality(data) == "CT"
+    assert "Doe" not in str(info.value)
+    assert not [w for w in caught if "Doe" in str(w.message)]
+    assert "Doe" not in caplog.text
+
+
 # ------------------------------------------------------------- model input
 
 def test_resize_gray_validates():

@@ -1,4 +1,4 @@
-"""MLflow tracking into a local store (``mlruns/`` by default).
+"""MLflow tracking into a local SQLite store (``mlflow.db``, artifacts in ``mlartifacts/``).
 
 Every run logs its flattened config, per-epoch metrics (the learning curves),
 final metrics, the confusion matrix as a figure and the saved model folder
@@ -17,11 +17,22 @@ from lungct.config import resolve
 
 
 def tracking_uri(cfg: dict) -> str:
+    """The store: ``MLFLOW_TRACKING_URI``, else params' ``tracking.mlflow_uri``.
+
+    A bare ``*.db`` path becomes a local SQLite store (MLflow 3 retired the
+    plain file store); other bare paths are used as file URIs.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking", {}).get("mlflow_uri",
-                                                                              "mlruns")
-    if "://" in uri:
+                                                                              "mlflow.db")
+    if "://" in uri or uri.startswith("sqlite:"):
         return uri
+    if uri.endswith(".db"):
+        return f"sqlite:///{resolve(uri)}"
     return resolve(uri).as_uri()
+
+
+def artifact_root() -> str:
+    return resolve("mlartifacts").as_uri()
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -43,7 +54,10 @@ def mlflow_run(cfg: dict, run_name: str, enabled: bool = True):
         return
     import mlflow
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(cfg.get("tracking", {}).get("experiment", "lungct"))
+    name = cfg.get("tracking", {}).get("experiment", "lungct")
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=artifact_root())
+    mlflow.set_experiment(name)
     with mlflow.start_run(run_name=run_name):
         params = {k: str(v)[:250] for k, v in flatten(cfg).items()}
         mlflow.log_params(params)

@@ -20,7 +20,10 @@ from safetensors.torch import load_file, save_file
 from lungct.config import REPO_ROOT
 from lungct.models.registry import create_model
 
-MODELS_DIR = REPO_ROOT / "models"
+import os
+
+MODELS_DIR = Path(os.environ.get("LUNGCT_MODELS", REPO_ROOT / "models"))
+"""Shipped models; ``LUNGCT_MODELS`` points elsewhere (tests, private models)."""
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 

@@ -104,7 +104,14 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
                    "auc_malignant": report["roc_auc"]["malignant"], "ece": report["ece"],
                    "ece_uncalibrated": card["calibration"]["ece_before"],
                    "benign_recall": report["per_class"]["benign"]["recall"]}
-        out = resolve(f"reports/metrics/{model.name}.json")
+        reports = resolve(cfg.get("reports", {}).get("dir", "reports"))
+        out = reports / "metrics" / f"{model.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2) + "\n")
+        # actual/predicted pairs for DVC's confusion-matrix plot
+        pairs = reports / "predictions" / f"{model.name}.csv"
+        pairs.parent.mkdir(parents=True, exist_ok=True)
+        pairs.write_text("actual,predicted\n" + "".join(
+            f"{CLASSES[int(a)]},{CLASSES[int(p)]}\n"
+            for a, p in zip(y.numpy(), calibrated.argmax(1))))
     return card

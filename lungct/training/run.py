@@ -50,6 +50,17 @@ class TeacherAdapter(nn.Module):
         return self.teacher((x - self.t_mean) / self.t_std)
 
 
+def write_history(history: list[dict], path: Path) -> None:
+    """Per-epoch metrics as CSV: DVC's plots read it (learning curves)."""
+    import csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+
+
 def manifest_md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -135,6 +146,8 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
             "intended_use": "research decision support; not a medical device",
         }
         save_model(model.cpu(), out_dir, card)
+        write_history(history, resolve(cfg.get("reports", {}).get("dir", "reports"))
+                      / "history" / f"{name}.csv")
         run.log_final({f"val_{k}": v for k, v in val_report.items()
                        if isinstance(v, (int, float))})
         run.log_confusion(val_report["confusion_matrix"], f"{name} (val)")

@@ -1,0 +1,29 @@
+# Two commands on a fresh clone:
+#   make app    install into .venv and start the app on the shipped default model
+#   make test   install into .venv and run the test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: app test install smoke bench
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+app: install
+	$(VENV)/bin/streamlit run app.py
+
+test: install
+	$(PY) -m pytest -q
+
+smoke: install
+	bash training/smoke_pipeline.sh
+
+bench: install
+	$(PY) -m lungct.bench

@@ -63,6 +63,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_cards(args) -> int:
+    from lungct.model_card_md import write_markdown
+    from lungct.models import list_shipped
+    from lungct.models.checkpoint import MODELS_DIR
+    for name in args.models or list_shipped():
+        print(f"wrote {write_markdown(MODELS_DIR / name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lungct", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -88,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most N images per class and part (smoke runs)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cards", parents=[common], help="render models/*/README.md from cards")
+    p.add_argument("models", nargs="*", help="model names (default: all shipped)")
+    p.set_defaults(func=cmd_cards)
 
     from lungct import cli_predict
     cli_predict.add_commands(sub, common)

@@ -1,12 +1,28 @@
-"""CLI commands that use trained models: ``predict`` and ``evaluate``."""
+"""CLI commands that use trained models: ``predict``, ``evaluate`` and ``export``.
+
+``predict`` classifies files and folders in batches: a background thread
+pool reads and decodes the next files (a bounded look-ahead) while the model
+runs on the current batch, so decoding overlaps inference. Results come out
+in input order; a bad file gives ``{"file", "error"}`` and the rest go on.
+The exit status is non-zero only on misuse (unknown model, bad options).
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import json
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+from lungct import CLASSES
 from lungct.data.discover import IMAGE_SUFFIXES
+
+CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
+               "error")
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -22,37 +38,149 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
+def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
+    """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance.
+
+    Work runs in a thread pool of ``workers`` threads (Pillow and numpy release
+    the GIL, so decoding overlaps the model's forward pass); at most ``ahead``
+    results wait in memory. Exceptions are re-raised at the item's turn.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="lungct-decode") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                break
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int = 32,
+                  workers: int = 1, progress: bool | None = None) -> Iterator[dict]:
+    """One result dict per path, in order: ``{"file", **prediction}`` or ``{"file", "error"}``.
+
+    Reading, decoding and preprocessing run ``workers`` threads ahead of the
+    model; the model sees batches of ``batch_size``. ``progress``: a tqdm bar on
+    stderr (None: only when stderr is a terminal).
+    """
+    from tqdm import tqdm
+
+    from lungct.preprocess import InvalidImageError, decode_image
+
+    def load(path: Path):
+        try:
+            gray = decode_image(path.read_bytes(), name=path.name, window=window)
+            return path, clf.prepare(gray), None
+        except (InvalidImageError, OSError) as err:
+            return path, None, _reason(err)
+        except Exception as err:  # one odd file must not stop a folder run
+            return path, None, f"could not process this file ({type(err).__name__}: {err})"
+
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, mininterval=0.5,
+               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    batch: list[tuple] = []
+
+    def flush() -> list[dict]:
+        good = [(p, x) for p, x, e in batch if e is None]
+        preds = iter(clf.predict_prepared([x for _, x in good])) if good else iter(())
+        out = []
+        for path, x, err in batch:
+            out.append({"file": str(path), "error": err} if err is not None
+                       else {"file": str(path), **next(preds).as_dict()})
+        bar.update(len(batch))
+        batch.clear()
+        return out
+
+    try:
+        for item in prefetch(paths, load, workers=workers, ahead=2 * batch_size):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+    finally:
+        bar.close()
+
+
+def _csv_row(out: dict) -> dict:
+    row = {"file": out["file"], "error": out.get("error", "")}
+    if "error" not in out:
+        row.update(label=out["label"], unsure=int(bool(out["unsure"])), model=out["model"],
+                   backend=out.get("backend", ""))
+        for c in CLASSES:
+            row[f"p_{c}"] = f"{out['probabilities'][c]:.6f}"
+    return row
+
+
+def _print_result(out: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out), flush=True)
+    elif "error" in out:
+        print(f"{out['file']}: ERROR {out['error']}", flush=True)
+    else:
+        probs = " ".join(f"{k}={v:.3f}" for k, v in out["probabilities"].items())
+        flag = "  (unsure)" if out["unsure"] else ""
+        print(f"{out['file']}: {out['label']}{flag}  [{probs}]  model={out['model']} "
+              f"backend={out['backend']}", flush=True)
+
+
 def cmd_predict(args) -> int:
     from lungct.cli import _config
     from lungct.inference import Classifier
-    from lungct.models import ModelLoadError, load_model
-    from lungct.preprocess import InvalidImageError
+    from lungct.models import ModelLoadError
+    from lungct.onnx_runtime import OnnxUnavailable
 
     cfg = _config(args)
     name = args.model or cfg["app"]["default_model"]
+    if args.batch_size < 1 or args.workers < 1:
+        print("error: --batch-size and --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        clf = Classifier(load_model(name), cfg["app"]["unsure_below"])
-    except ModelLoadError as err:
+        clf = Classifier.from_name(name, cfg["app"]["unsure_below"], backend=args.backend,
+                                   threads=args.threads, cfg=cfg)
+    except (ModelLoadError, OnnxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     window = args.window or cfg["preprocess"]["dicom_window"]
-    for path in expand_inputs(args.files):
+    paths = expand_inputs(args.files)
+    if not paths:
+        print("note: no image files found in the given folders", file=sys.stderr)
+    writer = fh = None
+    if args.csv:
         try:
-            data = path.read_bytes()
-            result = clf.predict_bytes(data, name=path.name, window=window).as_dict()
-            out = {"file": str(path), **result}
-        except (InvalidImageError, OSError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            out = {"file": str(path), "error": reason}
-        if args.json:
-            print(json.dumps(out), flush=True)
-        elif "error" in out:
-            print(f"{out['file']}: ERROR {out['error']}", flush=True)
-        else:
-            probs = " ".join(f"{k}={v:.3f}" for k, v in out["probabilities"].items())
-            flag = "  (unsure)" if out["unsure"] else ""
-            print(f"{out['file']}: {out['label']}{flag}  [{probs}]  model={out['model']}",
-                  flush=True)
+            fh = open(args.csv, "w", newline="", encoding="utf-8")
+        except OSError as err:
+            print(f"error: cannot write {args.csv}: {_reason(err)}", file=sys.stderr)
+            return 2
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+    n = failed = 0
+    try:
+        for out in predict_paths(clf, paths, window, args.batch_size, args.workers,
+                                 args.progress):
+            n += 1
+            failed += "error" in out
+            _print_result(out, args.json)
+            if writer is not None:
+                writer.writerow(_csv_row(out))
+        sys.stdout.flush()
+    finally:
+        if fh is not None:
+            fh.close()
+    if args.csv:
+        print(f"wrote {args.csv}: {n} rows ({failed} with an error); model {clf.name} on "
+              f"{clf.backend}", file=sys.stderr)
     return 0
 
 
@@ -80,8 +208,18 @@ def add_commands(sub, common) -> None:
     p.add_argument("files", nargs="+", help="files or folders")
     p.add_argument("--model", help="model name under models/ or a folder (default: app's)")
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
+    p.add_argument("--csv", metavar="OUT", help="also write one CSV row per input to OUT")
     p.add_argument("--window", choices=["lung", "mediastinal", "file"],
                    help="DICOM window (default: preprocess.dicom_window)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=1,
+                   help="threads reading and decoding files ahead of the model (default 1)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
+                   help="inference backend (default: LUNGCT_BACKEND or runtime.backend)")
+    p.add_argument("--threads", type=int,
+                   help="ONNX Runtime threads (default: runtime.threads; 0 = one per core)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -91,3 +229,6 @@ def add_commands(sub, common) -> None:
                    help="protocol (must be the model's own; default: the model's)")
     p.add_argument("--no-write", action="store_true", help="do not update the model card")
     p.set_defaults(func=cmd_evaluate)
+
+    from lungct.onnx_export import add_command
+    add_command(sub, common)

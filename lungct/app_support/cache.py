@@ -1,0 +1,73 @@
+"""Cached loaders: the only place the app touches ``st.cache_resource`` / ``st.cache_data``.
+
+Models are loaded once per process and shared by every session; that is safe
+because classification runs under ``torch.inference_mode`` without state, and
+``lungct.explain`` serialises hook-based CAM work per model with a lock.
+Per-input results are cached in memory only (never on disk), bounded in size
+and time, keyed by the content of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from lungct.app_support import case as case_mod
+from lungct.app_support import catalog, comparison, experiments
+
+RESULT_TTL_S = 3600
+RESULT_ENTRIES = 64
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+def classifier(key: str, folder: str, unsure_below: float):
+    """A ``Classifier`` for the model in ``folder`` (``key`` changes when weights change)."""
+    from lungct.inference import Classifier
+    from lungct.models import load_model
+    return Classifier(load_model(folder), unsure_below)
+
+
+@st.cache_data(ttl=20, show_spinner=False)
+def entries(folder: str) -> list[catalog.ModelEntry]:
+    """Model cards under ``folder``, re-read every 20 s (cards change while training)."""
+    return catalog.list_entries(folder)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def test_predictions(folder: str, key: str) -> dict | None:
+    return catalog.test_predictions(folder)
+
+
+@st.cache_data(ttl=600, show_spinner="Bootstrapping confidence intervals...")
+def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
+    return comparison.per_class_table(_entry, catalog.test_predictions(folder))
+
+
+@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Classifying...")
+def analyse(_classifier, key: str, files: tuple[tuple[str, bytes], ...], window: str,
+            max_pixels: int, examples: bool) -> list[case_mod.SliceResult]:
+    return case_mod.analyse_files(_classifier, list(files), window, max_pixels, examples)
+
+
+@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES * 4, show_spinner=False)
+def heatmap(_model, key: str, gray: np.ndarray, method: str, target: str | None,
+            layer: str | None) -> tuple[np.ndarray, str]:
+    """(heatmap, explained class) of ``lungct.explain.explain``."""
+    from lungct.explain import explain
+    result = explain(_model, gray, method=method, target_class=target, layer=layer)
+    return result.heatmap, result.target_class
+
+
+@st.cache_resource(show_spinner=False)
+def mlflow_client(uri: str):
+    return experiments.client(uri)
+
+
+@st.cache_data(ttl=30, show_spinner="Reading MLflow runs...")
+def runs(uri: str, experiment: str):
+    return experiments.list_runs(mlflow_client(uri), experiment)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def metric_history(uri: str, run_ids: tuple[str, ...], key: str, _runs):
+    return experiments.metric_history(mlflow_client(uri), _runs, key)

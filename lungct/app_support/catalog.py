@@ -1,0 +1,145 @@
+"""Which models the app can show: cards, weights, test predictions, versions.
+
+The models folder is read at call time (``LUNGCT_MODELS`` or ``models/``), so
+tests and private deployments can point the app elsewhere without restarting
+Python. A card may exist without its weights (VGG16 weights are too large for
+git): such a model is listed with its metrics but never used for inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lungct import CLASSES
+from lungct.config import REPO_ROOT
+from lungct.models.checkpoint import CARD_FILE, WEIGHTS_FILE, list_shipped, read_card
+
+NOT_EVALUATED = "not evaluated"
+SAMPLES_DIR = REPO_ROOT / "samples"
+SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+
+
+def models_dir() -> Path:
+    """``LUNGCT_MODELS`` if set, else the repository's ``models/``."""
+    return Path(os.environ.get("LUNGCT_MODELS") or REPO_ROOT / "models")
+
+
+@dataclass
+class ModelEntry:
+    """One model folder as the app sees it."""
+
+    name: str
+    folder: Path
+    card: dict = field(default_factory=dict)
+
+    @property
+    def has_weights(self) -> bool:
+        return (self.folder / WEIGHTS_FILE).is_file()
+
+    @property
+    def protocol(self) -> str:
+        return str(self.card.get("protocol") or "grouped")
+
+    @property
+    def test_metrics(self) -> dict | None:
+        return self.card.get("test_metrics") or None
+
+    @property
+    def description(self) -> str:
+        return str(self.card.get("description") or "")
+
+    def version(self) -> str:
+        """lungct version, creation time and a short hash of the weights file."""
+        parts = [f"lungct {self.card['lungct_version']}"] if self.card.get("lungct_version") \
+            else []
+        if self.card.get("created"):
+            parts.append(f"trained {self.card['created']}")
+        digest = weights_digest(self.folder)
+        if digest:
+            parts.append(f"weights sha256 {digest}")
+        return ", ".join(parts) or "unknown version"
+
+
+def weights_digest(folder: Path, length: int = 12) -> str | None:
+    """First ``length`` hex digits of the weights file's SHA-256, None when absent."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def list_entries(folder: str | Path | None = None) -> list[ModelEntry]:
+    """Every model folder with a readable card, sorted by name; broken cards are skipped."""
+    folder = Path(folder) if folder else models_dir()
+    out = []
+    for name in list_shipped(folder):
+        try:
+            out.append(ModelEntry(name, folder / name, read_card(folder / name)))
+        except Exception:  # a half-written card while training: show the others
+            continue
+    return out
+
+
+def runnable(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The entries whose weights are present (usable for live inference)."""
+    return [e for e in entries if e.has_weights]
+
+
+def default_model(entries: list[ModelEntry], preferred: str) -> str | None:
+    """``preferred`` if it can run, else the first runnable model, else None."""
+    names = [e.name for e in runnable(entries)]
+    if preferred in names:
+        return preferred
+    return names[0] if names else None
+
+
+def test_predictions(folder: str | Path) -> dict | None:
+    """``test_predictions.json`` as arrays: y_true (n,), probs (n, 3), protocol; or None."""
+    path = Path(folder) / "test_predictions.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        classes = list(raw.get("classes") or CLASSES)
+        y = np.array([classes.index(r["label"]) for r in raw["rows"]], dtype=np.int64)
+        probs = np.array([r["probs"] for r in raw["rows"]], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if y.size == 0 or probs.shape != (y.size, len(classes)):
+        return None
+    return {"y_true": y, "probs": probs, "classes": classes,
+            "protocol": raw.get("protocol"), "part": raw.get("part", "test")}
+
+
+def list_samples(folder: str | Path = SAMPLES_DIR) -> list[str]:
+    """File names of the shipped example slices (public data, see samples/README.md)."""
+    return sorted(p.name for p in Path(folder).glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+
+
+def read_sample(name: str, folder: str | Path = SAMPLES_DIR) -> bytes:
+    """Bytes of one example; only names from ``list_samples`` are accepted."""
+    if name not in list_samples(folder):
+        raise ValueError(f"unknown example {name!r}; examples: {list_samples(folder)}")
+    return (Path(folder) / name).read_bytes()
+
+
+def model_key(entry: ModelEntry) -> str:
+    """A cache key that changes when the weights file is replaced (retraining)."""
+    path = entry.folder / WEIGHTS_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    return f"{entry.folder.resolve()}@{stamp}"
+
+
+__all__ = ["list_samples", "model_key", "read_sample", "CARD_FILE", "ModelEntry", "NOT_EVALUATED", "default_model", "list_entries",
+           "models_dir", "runnable", "test_predictions", "weights_digest"]

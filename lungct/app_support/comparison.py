@@ -1,0 +1,184 @@
+"""Tables and curves for comparing models, built from cards and test predictions.
+
+Everything degrades gracefully: an older card without ``test_metrics`` gives a
+row marked "not evaluated"; a model without ``test_predictions.json`` has no
+per-class CIs, ROC or reliability curve, but keeps its card figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lungct import CLASSES
+from lungct.app_support.catalog import NOT_EVALUATED, ModelEntry
+from lungct.app_support.reference import PAPER_RESULTS
+from lungct.metrics import reliability_curve
+
+PROTOCOLS = {"grouped": "grouped (pseudo-patient split, no near-twins across parts)",
+             "paper": "paper (image-level split, as published: leaks near-duplicate slices)"}
+
+
+SUMMARY_COLUMNS = [
+    "model", "kind", "protocol", "arch", "teacher", "status", "n_test", "accuracy",
+    "accuracy_lo", "accuracy_hi", "malignant_recall", "malignant_recall_lo",
+    "malignant_recall_hi", "malignant_precision", "malignant_f1", "malignant_missed",
+    "auc_macro", "auc_malignant", "ece", "temperature", "params_m", "gflops", "weights_mb",
+    "cpu_latency_ms"]
+TEXT_COLUMNS = ("model", "kind", "protocol", "arch", "teacher", "status")
+
+
+def _get(d: dict | None, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _ci(values) -> tuple[float, float]:
+    if isinstance(values, (list, tuple)) and len(values) == 2 and None not in values:
+        return float(values[0]), float(values[1])
+    return float("nan"), float("nan")
+
+
+def summary_row(entry: ModelEntry) -> dict:
+    """One model's headline figures (NaN where the card lacks them)."""
+    m = entry.test_metrics or {}
+    stats = entry.card.get("stats") or {}
+    acc_lo, acc_hi = _ci(m.get("accuracy_ci95"))
+    rec_lo, rec_hi = _ci(m.get("malignant_recall_ci95"))
+    teacher = entry.card.get("teacher")
+    nan = float("nan")
+
+    def num(x):
+        return float(x) if isinstance(x, (int, float)) else nan
+
+    return {
+        "model": entry.name, "kind": "ours", "protocol": entry.protocol,
+        "arch": entry.card.get("arch", ""),
+        "teacher": teacher.get("name") if isinstance(teacher, dict) else "",
+        "status": ("evaluated" if m else NOT_EVALUATED) + ("" if entry.has_weights
+                                                          else "; card only, no weights"),
+        "n_test": m.get("n"),
+        "accuracy": num(m.get("accuracy")), "accuracy_lo": acc_lo, "accuracy_hi": acc_hi,
+        "malignant_recall": num(m.get("malignant_recall")),
+        "malignant_recall_lo": rec_lo, "malignant_recall_hi": rec_hi,
+        "malignant_precision": num(_get(m, "per_class", "malignant", "precision")),
+        "malignant_f1": num(_get(m, "per_class", "malignant", "f1")),
+        "malignant_missed": m.get("malignant_false_negatives"),
+        "auc_macro": num(_get(m, "roc_auc", "macro")),
+        "auc_malignant": num(_get(m, "roc_auc", "malignant")),
+        "ece": num(m.get("ece")),
+        "temperature": num(_get(entry.card, "calibration", "temperature")),
+        "params_m": num(stats.get("params")) / 1e6,
+        "gflops": num(stats.get("flops")) / 1e9,
+        "weights_mb": num(stats.get("weights_mb")),
+        "cpu_latency_ms": num(stats.get("cpu_latency_ms")),
+    }
+
+
+def reference_rows(protocol: str, leakage: dict) -> list[dict]:
+    """The paper's published figures and the pixel 1-NN leakage probe of ``protocol``."""
+    rows = [{**r, "kind": "published (paper protocol)", "protocol": "paper",
+             "status": "reported in the paper"} for r in PAPER_RESULTS]
+    probe = leakage.get(protocol) if isinstance(leakage, dict) else None
+    if isinstance(probe, dict) and probe.get("pixel_1nn_accuracy") is not None:
+        share = probe.get("share_test_with_twin")
+        rows.append({
+            "model": "leakage probe: pixel 1-NN", "kind": "reference (no learning)",
+            "protocol": protocol, "accuracy": float(probe["pixel_1nn_accuracy"]),
+            "n_test": probe.get("n_test"),
+            "status": ("copies the label of the most similar training image"
+                       + (f"; {share:.0%} of test slices have a near-twin in training"
+                          if isinstance(share, (int, float)) else ""))})
+    return rows
+
+
+def comparison_table(entries: list[ModelEntry], protocol: str, leakage: dict | None = None,
+                     references: bool = True) -> pd.DataFrame:
+    """Our models of ``protocol`` plus the reference rows, one row each."""
+    rows = [summary_row(e) for e in entries if e.protocol == protocol]
+    if references:
+        rows += reference_rows(protocol, leakage or {})
+    table = pd.DataFrame(rows)
+    for c in SUMMARY_COLUMNS:
+        if c not in table:
+            table[c] = "" if c in TEXT_COLUMNS else np.nan
+    for c in TEXT_COLUMNS:
+        table[c] = table[c].fillna("")
+    return table[SUMMARY_COLUMNS + [c for c in table.columns if c not in SUMMARY_COLUMNS]]
+
+
+def per_class_ci(y_true, y_pred, n_classes: int = len(CLASSES), n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> dict[int, dict[str, tuple]]:
+    """Percentile bootstrap CIs of per-class precision, recall and F1 (vectorised).
+
+    Resamples test slices with replacement; a resample where a metric is
+    undefined (no such class drawn or predicted) is left out of that metric.
+    """
+    yt = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, yt.size, size=(n_boot, yt.size))
+    t, p = yt[idx], yp[idx]
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k in range(n_classes):
+            tp = np.sum((t == k) & (p == k), axis=1).astype(float)
+            prec = tp / np.sum(p == k, axis=1)
+            rec = tp / np.sum(t == k, axis=1)
+            f1 = 2 * prec * rec / (prec + rec)
+            f1 = np.where((prec + rec) == 0, 0.0, f1)
+            f1 = np.where(np.isnan(prec) | np.isnan(rec), np.nan, f1)
+            out[k] = {}
+            for name, vals in (("precision", prec), ("recall", rec), ("f1", f1)):
+                vals = vals[np.isfinite(vals)]
+                out[k][name] = (tuple(float(v) for v in np.percentile(
+                    vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])) if vals.size
+                    else (float("nan"), float("nan")))
+    return out
+
+
+def per_class_table(entry: ModelEntry, predictions: dict | None, n_boot: int = 1000
+                    ) -> pd.DataFrame:
+    """Long table model/class/metric/value/lo/hi; CIs only with test predictions."""
+    per_class = _get(entry.test_metrics, "per_class") or {}
+    cis = None
+    if predictions is not None:
+        cis = per_class_ci(predictions["y_true"], predictions["probs"].argmax(1),
+                           n_classes=len(predictions["classes"]), n_boot=n_boot)
+    rows = []
+    for k, c in enumerate(CLASSES):
+        for metric in ("precision", "recall", "f1"):
+            value = _get(per_class, c, metric)
+            lo, hi = cis[k][metric] if cis else (float("nan"), float("nan"))
+            rows.append({"model": entry.name, "class": c, "metric": metric,
+                         "value": float(value) if value is not None else float("nan"),
+                         "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
+
+
+def roc_points(y_true, probs, k: int) -> dict:
+    """One-vs-rest ROC curve of class ``k``: fpr, tpr and AUC (None if undefined)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    positive = np.asarray(y_true) == k
+    if positive.all() or not positive.any():
+        return {"fpr": np.array([]), "tpr": np.array([]), "auc": None}
+    fpr, tpr, _ = roc_curve(positive, np.asarray(probs)[:, k])
+    return {"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(positive, np.asarray(probs)[:, k]))}
+
+
+def reliability(predictions: dict, n_bins: int = 10) -> dict:
+    """Reliability-diagram data of calibrated test probabilities."""
+    return reliability_curve(predictions["y_true"], predictions["probs"], n_bins=n_bins)
+
+
+def confusion_matrix(entry: ModelEntry) -> np.ndarray | None:
+    """The card's test confusion matrix (rows true, columns predicted) or None."""
+    m = _get(entry.test_metrics, "confusion_matrix")
+    try:
+        arr = np.asarray(m, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (len(CLASSES), len(CLASSES)) else None

@@ -1,0 +1,65 @@
+"""The model selector every page shares, and the active model it selects."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lungct.app_support import cache, catalog
+from lungct.app_support.reference import DISCLAIMER
+from lungct.config import load_config
+
+MODEL_KEY = "model_name"
+
+
+def model_selector(cfg: dict | None = None) -> str | None:
+    """Sidebar select box of runnable models; its choice lives in ``st.session_state``."""
+    cfg = cfg or load_config()
+    folder = catalog.models_dir()
+    all_entries = cache.entries(str(folder))
+    names = [e.name for e in catalog.runnable(all_entries)]
+    with st.sidebar:
+        if not names:
+            st.warning(f"No model with weights in `{folder}`. Train one with "
+                       "`python -m lungct train --name student_kd`.")
+            return None
+        if st.session_state.get(MODEL_KEY) not in names:
+            st.session_state[MODEL_KEY] = catalog.default_model(
+                all_entries, cfg["app"]["default_model"])
+        st.selectbox("Model", names, key=MODEL_KEY,
+                     help="Used on every page. Models whose weights are not shipped "
+                          "(e.g. VGG16) appear on the comparison page only.")
+        entry = active_entry()
+        if entry is not None:
+            st.caption(f"{entry.description or entry.card.get('arch', '')} "
+                       f"(protocol: {entry.protocol})")
+        st.caption(DISCLAIMER)
+    return st.session_state[MODEL_KEY]
+
+
+def active_entry() -> catalog.ModelEntry | None:
+    name = st.session_state.get(MODEL_KEY)
+    for entry in cache.entries(str(catalog.models_dir())):
+        if entry.name == name:
+            return entry
+    return None
+
+
+def active_classifier(cfg: dict):
+    """(Classifier, entry) of the selected model; shows an error and stops when impossible."""
+    entry = active_entry()
+    if entry is None or not entry.has_weights:
+        st.info("No model is available: train one with "
+                "`python -m lungct train --name student_kd`.")
+        st.stop()
+    return load_classifier(entry, cfg), entry
+
+
+def load_classifier(entry: catalog.ModelEntry, cfg: dict):
+    """The cached Classifier of ``entry``; a load failure is shown and stops the page."""
+    from lungct.models import ModelLoadError
+    try:
+        return cache.classifier(catalog.model_key(entry), str(entry.folder),
+                                float(cfg["app"]["unsure_below"]))
+    except ModelLoadError as err:
+        st.error(f"Model {entry.name} could not be loaded: {err}")
+        st.stop()

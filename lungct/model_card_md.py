@@ -1,0 +1,89 @@
+"""Render a model card (card.json) as the short README.md that sits beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lungct import CLASSES
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or ci[0] is None else f" (95% CI {_pct(ci[0])}-{_pct(ci[1])})"
+
+
+def render(card: dict) -> str:
+    lines = [f"# {card.get('name', 'model')}", "", card.get("description", ""), "",
+             f"- Architecture: `{card.get('arch')}` ({card.get('input_size')} px input, "
+             f"mean {card.get('mean')}, std {card.get('std')}), classes {card.get('classes')}",
+             f"- Protocol: **{card.get('protocol')}** (trained, selected and tested on the "
+             f"{card.get('protocol')} split of data/splits.csv)",
+             f"- Initialisation: {card.get('pretrained')}"]
+    if card.get("teacher"):
+        t = card["teacher"]
+        lines.append(f"- Distilled from `{t.get('name')}` ({t.get('arch')}, protocol "
+                     f"{t.get('protocol')}); alpha {card['training']['config'].get('alpha')}, "
+                     f"T {card['training']['config'].get('temperature')}")
+    tr = card.get("training", {})
+    if tr:
+        hist = tr.get("history", [])
+        best = next((h.get("best_epoch") for h in reversed(hist) if "best_epoch" in h), None)
+        lines.append(f"- Training: {len(hist)} epochs run (best by "
+                     f"{tr.get('config', {}).get('monitor')} at epoch {best}) on "
+                     f"{tr.get('device')} in {tr.get('minutes')} min; "
+                     f"{tr.get('data', {}).get('n_train')} train / "
+                     f"{tr.get('data', {}).get('n_val')} val images")
+    m = card.get("test_metrics")
+    if m:
+        ev = card.get("evaluated_on", {})
+        lines += ["", f"## Test metrics ({ev.get('protocol')} test split, n={m['n']})", "",
+                  f"- Accuracy {_pct(m['accuracy'])}{_ci(m.get('accuracy_ci95'))}",
+                  f"- Malignant recall {_pct(m['malignant_recall'])}"
+                  f"{_ci(m.get('malignant_recall_ci95'))}; malignant false negatives "
+                  f"{m.get('malignant_false_negatives')}",
+                  f"- ROC AUC (one vs rest): " + ", ".join(
+                      f"{c} {m['roc_auc'].get(c):.3f}" if m['roc_auc'].get(c) is not None
+                      else f"{c} n/a" for c in CLASSES),
+                  "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c in CLASSES:
+            p = m["per_class"][c]
+            lines.append(f"| {c} | {p['precision']:.3f} | {p['recall']:.3f} | "
+                         f"{p['f1']:.3f} | {p['support']} |")
+        lines += ["", "Confusion matrix (rows true, columns predicted: "
+                  + ", ".join(CLASSES) + "):", "", "```"]
+        lines += [" ".join(f"{v:>4}" for v in row) for row in m["confusion_matrix"]]
+        lines += ["```"]
+        cal = card.get("calibration", {})
+        if cal:
+            lines.append(f"- Calibration: temperature {cal.get('temperature')} (fitted on val); "
+                         f"ECE {cal.get('ece_before'):.3f} before, {cal.get('ece_after'):.3f} after")
+        probe = card.get("leakage_probe")
+        if probe:
+            lines.append(f"- For scale, a pixel 1-NN with no learning scores "
+                         f"{_pct(probe['pixel_1nn_accuracy'])} on the same split")
+    else:
+        lines += ["", "Not evaluated on a test split yet (`python -m lungct evaluate`)."]
+    s = card.get("stats", {})
+    if s:
+        lines += ["", "## Size and speed", "",
+                  f"- Parameters {s.get('params', 0) / 1e6:.2f} M; "
+                  f"{(s.get('flops') or 0) / 1e9:.2f} GFLOPs per image; weights "
+                  f"{s.get('weights_mb')} MB",
+                  f"- CPU latency {s.get('cpu_latency_ms')} ms per image end to end "
+                  f"({s.get('threads')} threads; `python -m lungct.bench --write-cards`)"]
+    lines += ["", "## Intended use", "",
+              "Research decision support for lung CT slices; not a medical device. Every "
+              "output needs a radiologist's review.", "", f"Data: {card.get('dataset')}", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(folder: str | Path) -> Path:
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text())
+    out = folder / "README.md"
+    out.write_text(render(card))
+    return out

@@ -1,0 +1,219 @@
+"""Export saved models to ONNX and prove the export right: ``python -m lungct export``.
+
+For each model folder with weights this writes ``model.onnx`` (raw logits,
+dynamic batch axis, opset 17, the TorchScript exporter: the dynamo one needs
+onnxscript) and adds to the card an ``"onnx"`` section with the preprocessing
+contract and a parity check: the PyTorch model and the ONNX Runtime session
+classify the test images of the model's own protocol (the committed
+``samples/*.jpg`` when the dataset is absent) through the production path,
+and the calibrated probabilities must agree within 1e-4 with identical
+labels. An export that fails parity is kept for inspection but marked, and
+the runtime refuses it.
+
+The ONNX file also carries the contract and the SHA-256 of the weights it
+came from in its metadata, so a retrained model with a stale ONNX file is
+detected at load time (see :func:`lungct.onnx_runtime.load_onnx`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungct.config import resolve
+from lungct.onnx_runtime import (INPUT_NAME, METADATA_KEY, ONNX_FILE, OPSET, OUTPUT_NAME,
+                                 calibrated_softmax, contract_of, file_sha256, load_onnx,
+                                 open_session, runtime_settings)
+
+PARITY_TOLERANCE = 1e-4
+"""Largest allowed |p_onnx - p_torch| over all images and classes."""
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, weights_sha256: str | None = None,
+                opset: int = OPSET) -> Path:
+    """Write ``model`` (with lungct attributes: input_size, mean, std, classes) as ONNX.
+
+    Written to a temporary name and renamed, so a crash never leaves a
+    half-written model.onnx behind.
+    """
+    path = Path(path)
+    size = int(model.input_size)
+    tmp = path.with_name(path.name + ".tmp")
+    model = model.eval()
+    try:
+        with warnings.catch_warnings():
+            # the legacy-exporter deprecation notice, and timm's trace-time size asserts
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, torch.zeros(2, 3, size, size), str(tmp),
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        import onnx
+
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        card = {"arch": model.arch, "classes": list(model.classes), "input_size": size,
+                "mean": list(model.mean), "std": list(model.std)}
+        meta = {**contract_of(card), "arch": model.arch, "weights_sha256": weights_sha256,
+                "output": "logits", "opset": opset}
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        proto.producer_name = "lungct"
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def parity_inputs(card: dict, cfg: dict, limit: int | None = None) -> tuple[list[Path], str]:
+    """Images for the parity check and a description of where they come from.
+
+    The test part of the model's own protocol when the manifest and the dataset
+    are present, else the committed samples/*.jpg.
+    """
+    from lungct.data.splits import read_manifest, select
+
+    protocol = card.get("protocol", "grouped")
+    root = resolve(cfg["data"]["root"])
+    try:
+        rows = select(read_manifest(resolve(cfg["data"]["manifest"])), protocol, "test")
+        paths = [root / r["path"] for r in rows]
+        if paths and all(p.exists() for p in paths):
+            if limit:
+                paths = paths[:limit]
+            return paths, f"{len(paths)} test images of the {protocol} protocol"
+        reason = f"dataset not found under {root}"
+    except (FileNotFoundError, ValueError) as err:
+        reason = str(err)
+    paths = sorted(resolve("samples").glob("*.jpg"))
+    if not paths:
+        raise FileNotFoundError("no dataset and no samples/*.jpg for the parity check")
+    if limit:
+        paths = paths[:limit]
+    return paths, f"{len(paths)} committed samples/*.jpg (dataset absent: {reason})"
+
+
+def parity_check(torch_clf, onnx_clf, paths: list[Path], batch_size: int = 32) -> dict:
+    """Compare two Classifiers (same card) on files, through the production path."""
+    from lungct.preprocess import load_image
+
+    worst_p = worst_logit = 0.0
+    same = True
+    for i in range(0, len(paths), batch_size):
+        x = np.stack([torch_clf.prepare(load_image(p)) for p in paths[i:i + batch_size]])
+        a, b = torch_clf.logits(x), onnx_clf.logits(x)
+        pa = calibrated_softmax(a, torch_clf.temperature)
+        pb = calibrated_softmax(b, onnx_clf.temperature)
+        worst_p = max(worst_p, float(np.abs(pa - pb).max()))
+        worst_logit = max(worst_logit, float(np.abs(a - b).max()))
+        same = same and bool((pa.argmax(1) == pb.argmax(1)).all())
+    return {"n": len(paths), "max_abs_diff": float(f"{worst_p:.3g}"),
+            "max_abs_logit_diff": float(f"{worst_logit:.3g}"), "labels_identical": same,
+            "tolerance": PARITY_TOLERANCE,
+            "passed": bool(same and worst_p <= PARITY_TOLERANCE)}
+
+
+def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
+                 opset: int = OPSET, write_card_: bool = True) -> dict:
+    """Export one model folder, check parity, update its card; returns the card's onnx section.
+
+    Raises ModelLoadError when the weights are missing or unusable.
+    """
+    import onnx
+    import onnxruntime
+
+    from lungct.inference import Classifier
+    from lungct.models import load_model
+    from lungct.models.checkpoint import WEIGHTS_FILE, read_card, resolve_model_dir, write_card
+
+    folder = resolve_model_dir(name_or_path)
+    model = load_model(folder)  # ModelLoadError if the weights are absent or corrupt
+    card = dict(model.card)
+    weights_sha = file_sha256(folder / WEIGHTS_FILE)
+    path = export_onnx(model, folder / ONNX_FILE, weights_sha, opset)
+    _, threads = runtime_settings(cfg)
+    onnx_clf = Classifier(None, onnx=open_session(path, threads), card=card, folder=folder)
+    torch_clf = Classifier(model, card=card, folder=folder)
+    paths, source = parity_inputs(card, cfg, limit)
+    parity = {**parity_check(torch_clf, onnx_clf, paths), "images": source}
+    size = int(card["input_size"])
+    section = {
+        "file": ONNX_FILE, "opset": opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", 3, size, size], "dtype": "float32",
+        "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},
+        **contract_of(card),
+        "preprocessing": (f"grey slice in [0, 1] -> square bilinear resize to {size}x{size} -> "
+                          "replicated to 3 channels -> (x - mean) / std per channel, NCHW"),
+        "output": ("raw logits in class order; probabilities = "
+                   "softmax(logits / calibration.temperature)"),
+        "weights_sha256": weights_sha, "onnx_sha256": file_sha256(path),
+        "size_mb": round(path.stat().st_size / 2**20, 2),
+        "exported_with": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+                          "onnxruntime": onnxruntime.__version__, "exporter": "torchscript"},
+        "parity": parity}
+    if write_card_:
+        fresh = read_card(folder)  # keep whatever else wrote the card meanwhile
+        fresh["onnx"] = section
+        write_card(folder, fresh)
+        if parity["passed"]:
+            load_onnx(folder, fresh, threads)  # the runtime's own checks accept it
+    return section
+
+
+def format_section(name: str, section: dict) -> str:
+    p = section["parity"]
+    verdict = "OK" if p["passed"] else "FAILED"
+    return (f"{name}: {section['file']} ({section['size_mb']} MB, opset {section['opset']}); "
+            f"parity {verdict} on {p['images']}: labels identical {p['labels_identical']}, "
+            f"max |dp| {p['max_abs_diff']:.2g} (tolerance {p['tolerance']:g}), "
+            f"max |dlogit| {p['max_abs_logit_diff']:.2g}")
+
+
+def cmd_export(args) -> int:
+    from lungct.cli import _config
+    from lungct.models import ModelLoadError, list_shipped
+    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE
+
+    cfg = _config(args)
+    names = args.model or list_shipped()
+    if not names:
+        print(f"error: no models with a card under {MODELS_DIR}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in names:
+        explicit = bool(args.model)
+        folder = Path(name) if Path(name).is_dir() else MODELS_DIR / name
+        if not explicit and not (folder / WEIGHTS_FILE).exists():
+            print(f"skip {name}: no {WEIGHTS_FILE} (a DVC output: `dvc pull` or `dvc repro`)",
+                  file=sys.stderr)
+            continue
+        try:
+            section = export_model(name, cfg, limit=args.limit, opset=args.opset)
+        except ModelLoadError as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            status = 1
+            continue
+        print(format_section(name, section), flush=True)
+        if not section["parity"]["passed"]:
+            print(f"error: {name}: the ONNX export disagrees with PyTorch; the runtime will "
+                  "not use it", file=sys.stderr)
+            status = 1
+    return status
+
+
+def add_command(sub, common) -> None:
+    p = sub.add_parser("export", parents=[common],
+                       help="export models to ONNX (models/NAME/model.onnx) with a parity check")
+    p.add_argument("--model", nargs="+", action="extend",
+                   help="model names or folders (default: every shipped model with weights)")
+    p.add_argument("--limit", type=int, help="at most N images in the parity check")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,223 @@
+"""Run an exported ``model.onnx`` with ONNX Runtime: the fast CPU path.
+
+The ONNX file holds the network only and returns raw logits; the
+preprocessing contract (input size, mean, std, class order) and the
+calibration temperature come from the model card, exactly as for the PyTorch
+model, and temperature + softmax are applied here in numpy, so both backends
+share one definition of "probability".
+
+Which backend runs is one switch: ``runtime.backend`` in params.yaml
+(``auto`` | ``onnx`` | ``torch``), overridden by the environment variable
+``LUNGCT_BACKEND``. ``auto`` uses ONNX Runtime when ``onnxruntime`` imports
+and ``models/<name>/model.onnx`` exists, is readable, matches the card and
+was exported from the current weights; otherwise it falls back to PyTorch
+(with a warning when a file was there but unusable). ``onnx`` insists and
+raises ``OnnxUnavailable`` instead of falling back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lungct.preprocess import resize_gray
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 17
+BACKENDS = ("auto", "onnx", "torch")
+BACKEND_ENV = "LUNGCT_BACKEND"
+METADATA_KEY = "lungct_contract"
+"""ONNX metadata_props key holding the export's contract and weights hash (JSON)."""
+
+
+class OnnxUnavailable(RuntimeError):
+    """The ONNX path cannot be used for this model; the message says why and what to do.
+
+    ``kind``: "no_runtime" (onnxruntime not installed), "no_file" (never
+    exported) or "unusable" (corrupt, stale or mismatched file).
+    """
+
+    def __init__(self, message: str, kind: str = "unusable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ------------------------------------------------------------------ settings
+
+def runtime_settings(cfg: dict | None = None, backend: str | None = None,
+                     threads: int | None = None) -> tuple[str, int]:
+    """(backend, threads): explicit arguments > ``LUNGCT_BACKEND`` > params.yaml > auto.
+
+    ``threads`` is ONNX Runtime's intra-op thread count; 0 lets it choose
+    (one per physical core).
+    """
+    if cfg is None:
+        try:
+            from lungct.config import load_config
+            cfg = load_config()
+        except Exception:  # no or unreadable params.yaml (installed package): defaults
+            cfg = {}
+    section = (cfg or {}).get("runtime") or {}
+    if backend:
+        chosen, source = backend, "the backend argument"
+    elif os.environ.get(BACKEND_ENV):
+        chosen, source = os.environ[BACKEND_ENV], BACKEND_ENV
+    else:
+        chosen, source = section.get("backend") or "auto", "runtime.backend"
+    chosen = str(chosen).strip().lower()
+    if chosen not in BACKENDS:
+        raise ValueError(f"unknown inference backend {chosen!r} in {source}; "
+                         f"use one of {list(BACKENDS)}")
+    n = section.get("threads", 0) if threads is None else threads
+    return chosen, int(n or 0)
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or OnnxUnavailable when it is not installed (or hidden)."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise OnnxUnavailable(f"onnxruntime is not installed ({err})", "no_runtime") from None
+    return onnxruntime
+
+
+# ------------------------------------------------------------ numeric helpers
+
+def input_array(gray: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """Model input for a [0, 1] grey slice: (3, size, size) float32, NCHW without N.
+
+    The numpy twin of ``lungct.preprocess.to_tensor``: square bilinear resize,
+    grey replicated to 3 channels, ``(v - mean) / std`` per channel, float32.
+    """
+    small = resize_gray(gray, size)
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((small[None, :, :] - m) / s, dtype=np.float32)
+
+
+def calibrated_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / T) row-wise, float32 (computed in float64)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) in this process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def contract_of(card: dict) -> dict:
+    """The part of a card an ONNX file must agree with."""
+    return {"classes": list(card["classes"]), "input_size": int(card["input_size"]),
+            "mean": [float(v) for v in card["mean"]], "std": [float(v) for v in card["std"]]}
+
+
+# ------------------------------------------------------------------- session
+
+class OnnxModel:
+    """An ONNX Runtime session over one exported model: ``logits = m(x)`` for (N, 3, S, S)."""
+
+    def __init__(self, session, path: Path, threads: int = 0):
+        self.session = session
+        self.path = Path(path)
+        self.threads = threads
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def session_options(ort, threads: int = 0):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads > 0:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3  # errors only: no optimiser chatter on stderr
+    return so
+
+
+def open_session(path: str | Path, threads: int = 0, source: bytes | None = None) -> OnnxModel:
+    """An OnnxModel for a file (or its bytes); OnnxUnavailable with the reason on any failure."""
+    ort = import_onnxruntime()
+    path = Path(path)
+    try:
+        model_bytes = source if source is not None else path.read_bytes()
+    except OSError as err:
+        raise OnnxUnavailable(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=session_options(ort, threads),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own Fail/InvalidProtobuf/... types
+        text = " ".join(str(err).split())
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise OnnxUnavailable(f"{path} is corrupt or not a valid ONNX model "
+                              f"({type(err).__name__}: {text})") from None
+    return OnnxModel(session, path, threads)
+
+
+def load_onnx(folder: str | Path, card: dict, threads: int = 0) -> OnnxModel:
+    """The checked ONNX model of a model folder.
+
+    Raises OnnxUnavailable when onnxruntime is missing, the file is missing,
+    unreadable or corrupt, its contract differs from the card, it was
+    exported from other weights than the folder's ``model.safetensors``, or
+    the card records a failed parity check.
+    """
+    folder = Path(folder)
+    path = folder / ONNX_FILE
+    redo = f"re-export it with `python -m lungct export --model {folder.name}`"
+    import_onnxruntime()
+    if not path.exists():
+        raise OnnxUnavailable(f"{path} not found (`python -m lungct export --model "
+                              f"{folder.name}` writes it)", "no_file")
+    model = open_session(path, threads)
+    meta = model.session.get_modelmeta().custom_metadata_map or {}
+    try:
+        exported = json.loads(meta[METADATA_KEY])
+    except (KeyError, ValueError):
+        raise OnnxUnavailable(f"{path} has no lungct contract in its metadata "
+                              f"(not written by lungct export); {redo}") from None
+    want = contract_of(card)
+    got = {k: exported.get(k) for k in want}
+    if got != want:
+        diff = sorted(k for k in want if got[k] != want[k])
+        raise OnnxUnavailable(f"{path} does not match its card (differs in {diff}); {redo}")
+    weights = folder / "model.safetensors"
+    if weights.exists() and exported.get("weights_sha256") != file_sha256(weights):
+        raise OnnxUnavailable(f"{path} was exported from other weights than {weights} "
+                              f"(the model was retrained since); {redo}")
+    parity = (card.get("onnx") or {}).get("parity") or {}
+    if parity and parity.get("passed") is False:
+        raise OnnxUnavailable(f"{path} failed its parity check against PyTorch at export "
+                              f"(max abs diff {parity.get('max_abs_diff')}, labels identical: "
+                              f"{parity.get('labels_identical')})")
+    shape = model.session.get_inputs()[0].shape
+    size = want["input_size"]
+    if len(shape) != 4 or list(shape[1:]) != [3, size, size]:
+        raise OnnxUnavailable(f"{path} expects input shape {shape}, not (N, 3, {size}, {size}); "
+                              f"{redo}")
+    return model

@@ -1,0 +1,116 @@
+"""Classify: upload CT slices (or try an example) -> label, probabilities, heatmap, case summary.
+
+Files are named on screen only by their position and extension ("File 2 of 5 (.dcm)"):
+file names and DICOM tags can identify a patient and are never shown or kept.
+Uploaded bytes stay in memory.
+"""
+
+import streamlit as st
+
+from lungct import CLASSES
+from lungct.app_support import cache, catalog, sidebar
+from lungct.app_support.case import (ACCEPTED_HELP, case_csv, case_table, case_verdict,
+                                     most_suspicious_first)
+from lungct.app_support.charts import probability_bar
+from lungct.app_support.reference import DISCLAIMER
+from lungct.app_support.report import build_report, to_uint8
+from lungct.config import load_config
+from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
+from lungct.preprocess import WINDOWS
+
+ALL_EXAMPLES = "all six examples (as one case)"
+INJECTED = "classify_files"  # (name, bytes) pairs placed here by tests or integrations
+
+cfg = load_config()
+st.title("Classify CT slices")
+st.caption(DISCLAIMER)
+clf, entry = sidebar.active_classifier(cfg)
+
+uploads = st.file_uploader(
+    "CT slices of one case", type=None, accept_multiple_files=True,
+    help=f"{ACCEPTED_HELP}; up to 50 MB each. Nothing is written to disk.")
+samples = catalog.list_samples()
+example = st.selectbox("...or try an example", ["none"] + samples + [ALL_EXAMPLES],
+                       key="classify_example")
+
+with st.expander("Display and heatmap options", expanded=True):
+    c1, c2, c3, c4 = st.columns(4)
+    windows = list(WINDOWS) + ["file"]
+    window = c1.selectbox("DICOM window", windows,
+                          index=windows.index(cfg["preprocess"].get("dicom_window", "lung")),
+                          help="Applied to DICOM files before the model (lung W1500/L-600, "
+                               "mediastinal W350/L50, or the file's own window).")
+    method = c2.selectbox("Heatmap method", list(CAM_METHODS),
+                          format_func=lambda m: m if m in FAST_METHODS else f"{m} (slow: 5-25 s)",
+                          help="EigenCAM, AblationCAM and ScoreCAM are gradient-free.")
+    target = c3.selectbox("Explain class", ["predicted"] + list(CLASSES))
+    opacity = c4.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
+
+examples = False
+if uploads:
+    files = tuple((f.name, f.getvalue()) for f in uploads)
+elif st.session_state.get(INJECTED):
+    files = tuple(st.session_state[INJECTED])
+elif example != "none":
+    names = samples if example == ALL_EXAMPLES else [example]
+    files, examples = tuple((n, catalog.read_sample(n)) for n in names), True
+else:
+    st.info("Upload one or more slices, or pick an example.")
+    st.stop()
+
+results = cache.analyse(clf, catalog.model_key(entry), files, window,
+                        int(cfg["preprocess"].get("max_pixels", 40_000_000)), examples)
+target_class = None if target == "predicted" else target
+overlays = {}
+
+verdict = case_verdict(results)
+if len(results) > 1:
+    st.subheader("Case summary")
+    if verdict:
+        flag = " (unsure: review carefully)" if verdict["unsure"] else ""
+        st.markdown(f"**Case verdict: {verdict['label']}**{flag}  \nRule: {verdict['rule']}. "
+                    f"Deciding slice: {verdict['deciding_slice']}.")
+    st.dataframe(case_table(results), hide_index=True)
+    st.download_button("Download case table (CSV)", case_csv(results, entry.name),
+                       "lungct_case.csv", "text/csv", on_click="ignore")
+
+report_slot = st.empty()
+for r in most_suspicious_first(results):
+    with st.container(border=True):
+        st.markdown(f"#### {r.title}")
+        if not r.ok:
+            st.error(f"{r.title} could not be classified: {r.error}")
+            continue
+        pred = r.prediction
+        with st.spinner(f"{method} heatmap..."):
+            try:
+                heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r.gray,
+                                                method, target_class, None)
+                overlays[r.position] = overlay(r.gray, heat, opacity)
+            except Exception as err:  # a heatmap failure must not hide the label
+                explained = None
+                st.error(f"Heatmap failed ({type(err).__name__}); the label is unaffected.")
+        left, mid, right = st.columns([1, 1, 1.2])
+        left.image(to_uint8(r.gray), caption="slice", width="stretch")
+        if r.position in overlays:
+            mid.image(overlays[r.position], caption=f"{method}, class {explained}",
+                      width="stretch")
+        right.metric("Label", pred.label, help=f"model {entry.name}")
+        if pred.unsure:
+            right.warning(f"Unsure: top probability {pred.confidence:.2f} is below "
+                          f"{clf.unsure_below:.2f}. Review this slice carefully.")
+        if r.warning:
+            right.warning(r.warning)
+        right.plotly_chart(probability_bar(pred.probabilities, clf.unsure_below),
+                           key=f"probs_{r.position}")
+        if right.button("Open in the Grad-CAM page", key=f"to_cam_{r.position}"):
+            name, data = files[r.position - 1]
+            st.session_state["gradcam_input"] = {
+                "data": data, "name": name if examples else "upload" + r.extension,
+                "title": r.title, "window": window}
+            st.switch_page("pages/gradcam.py")
+
+html = build_report(results, entry.name, entry.version(), overlays, method,
+                    target if target_class else "predicted class")
+report_slot.download_button("Download case report (HTML, no patient data)", html.encode("utf-8"), "lungct_report.html",
+                   "text/html", on_click="ignore", type="primary")

@@ -1,0 +1,87 @@
+"""Grad-CAM: one slice under every CAM method, for each class and a chosen target layer."""
+
+import streamlit as st
+
+from lungct import CLASSES
+from lungct.app_support import cache, catalog, sidebar
+from lungct.app_support.case import ACCEPTED_HELP, check_extension
+from lungct.app_support.report import png_bytes, to_uint8
+from lungct.config import load_config
+from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
+from lungct.models import cam_target_layers
+from lungct.preprocess import InvalidImageError, decode_image
+
+cfg = load_config()
+st.title("Grad-CAM explorer")
+st.caption("Heatmaps show which regions drove the model's score for a class. They are not "
+           "segmentations and do not locate disease.")
+clf, entry = sidebar.active_classifier(cfg)
+
+carried = st.session_state.get("gradcam_input")
+sources = (["from the Classify page"] if carried else []) + ["example", "upload"]
+source = st.radio("Image", sources, horizontal=True, key="gradcam_source")
+if source == "from the Classify page":
+    data, name, window = carried["data"], carried["name"], carried["window"]
+    st.caption(carried["title"])
+elif source == "example":
+    name = st.selectbox("Example", catalog.list_samples(), key="gradcam_example")
+    data, window = catalog.read_sample(name), cfg["preprocess"]["dicom_window"]
+else:
+    upload = st.file_uploader("One CT slice", type=None, help=ACCEPTED_HELP)
+    if upload is None:
+        st.info("Upload a slice, or choose an example.")
+        st.stop()
+    # only the extension travels on; the name may identify a patient
+    data, window = upload.getvalue(), cfg["preprocess"]["dicom_window"]
+    try:
+        name = "upload" + check_extension(upload.name)
+    except InvalidImageError as err:
+        st.error(str(err))
+        st.stop()
+
+try:
+    gray = decode_image(data, name=name, window=window)
+except InvalidImageError as err:
+    st.error(f"This file could not be read: {err}")
+    st.stop()
+
+pred = clf.predict_gray(gray)
+layers = list(cam_target_layers(clf.model))
+c1, c2, c3, c4 = st.columns(4)
+target = c1.selectbox("Explain class", CLASSES, index=CLASSES.index(pred.label),
+                      help="Defaults to the predicted class.")
+layer = c2.selectbox("Target layer", layers, help="The first one is the recommended layer.")
+opacity = c3.slider("Opacity", 0.0, 1.0, 0.45, 0.05)
+slow = c4.checkbox("Also the slow methods", help="AblationCAM and ScoreCAM: 5-25 s each on CPU")
+st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
+            f"({', '.join(f'{c} {p:.3f}' for c, p in pred.probabilities.items())})"
+            + (" — *unsure*" if pred.unsure else ""))
+
+
+def show(column, method: str, cls: str, caption: str, key: str) -> None:
+    try:
+        heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), gray, method, cls, layer)
+    except Exception as err:  # one method failing must not hide the others
+        column.error(f"{method} failed ({type(err).__name__})")
+        return
+    image = overlay(gray, heat, opacity)
+    column.image(image, caption=caption, width="stretch")
+    column.download_button("PNG", png_bytes(image, max_side=1024), f"{key}.png", "image/png",
+                           key=key, on_click="ignore")
+
+
+st.subheader(f"Every method, class {target}")
+methods = list(FAST_METHODS) + ([m for m in CAM_METHODS if m not in FAST_METHODS] if slow else [])
+columns = st.columns(len(methods) + 1)
+columns[0].image(to_uint8(gray), caption="slice", width="stretch")
+for column, method in zip(columns[1:], methods):
+    with column, st.spinner(method):
+        show(column, method, target, method, f"cam_{method}_{target}")
+
+st.subheader("Each class, one method")
+method = st.selectbox("Method", list(CAM_METHODS), key="gradcam_class_method",
+                      format_func=lambda m: m if m in FAST_METHODS else f"{m} (slow)")
+for column, cls in zip(st.columns(len(CLASSES)), CLASSES):
+    with column, st.spinner(cls):
+        show(column, method, cls, f"{cls} (p = {pred.probabilities[cls]:.3f})",
+             f"class_{method}_{cls}")

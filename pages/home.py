@@ -1,0 +1,70 @@
+"""Home: what lungct is and is not, the active model and its test figures, credits."""
+
+import streamlit as st
+
+from lungct.app_support import sidebar
+from lungct.app_support.catalog import NOT_EVALUATED
+from lungct.app_support.comparison import summary_row
+from lungct.app_support.reference import DATASET_CREDIT, DATASET_URL, DISCLAIMER
+
+st.title("lungct: lung CT slice classification")
+st.warning(f"**{DISCLAIMER}**", icon=":material/warning:")
+st.markdown(
+    "**What it does.** For each axial CT slice you upload (PNG, JPEG, TIFF, BMP or DICOM) "
+    "it estimates the probability of three classes, *normal*, *benign* and *malignant*, "
+    "flags uncertain results, and shows a Grad-CAM heatmap of the regions that drove the "
+    "prediction. Several slices of one case get a case summary with the most suspicious "
+    "slice first, and a downloadable report.\n\n"
+    "**What it is not.** It is not a medical device and not a diagnosis. It sees single "
+    "2-D slices from one public dataset of 110 patients from one hospital, so its figures "
+    "say little about other scanners, protocols or populations. A heatmap shows where the "
+    "model looked, not where disease is.")
+
+entry = sidebar.active_entry()
+st.subheader("Active model")
+if entry is None:
+    st.info("No model is available: train one with `python -m lungct train --name student_kd`.")
+    st.stop()
+st.markdown(f"**{entry.name}**: {entry.description or entry.card.get('arch', '')}")
+row = summary_row(entry)
+if entry.test_metrics is None:
+    st.info(f"Test metrics: {NOT_EVALUATED}. Run `python -m lungct evaluate --model "
+            f"{entry.name}` to compute them.")
+else:
+    st.caption(f"Test split of the **{entry.protocol}** protocol, {row['n_test']} slices; "
+               "95% bootstrap confidence intervals in brackets; probabilities calibrated "
+               "by temperature scaling.")
+    if entry.protocol != "grouped":
+        st.warning("This model was evaluated on the paper's image-level split, where "
+                   "near-duplicate slices of one patient sit in training and test; its "
+                   "figures are optimistic. The grouped-protocol models give honest ones.")
+
+    def pct(value, lo=None, hi=None):
+        if value != value:  # NaN
+            return "n/a"
+        text = f"{value:.1%}"
+        return text + (f" [{lo:.1%}, {hi:.1%}]" if lo == lo and hi == hi and lo is not None
+                       else "")
+
+    cols = st.columns(4)
+    cols[0].metric("Accuracy", pct(row["accuracy"], row["accuracy_lo"], row["accuracy_hi"]))
+    cols[1].metric("Malignant recall", pct(row["malignant_recall"], row["malignant_recall_lo"],
+                                           row["malignant_recall_hi"]),
+                   help="Share of malignant test slices labelled malignant.")
+    cols[2].metric("AUC (macro, one-vs-rest)",
+                   "n/a" if row["auc_macro"] != row["auc_macro"] else f"{row['auc_macro']:.3f}")
+    cols[3].metric("AUC malignant",
+                   "n/a" if row["auc_malignant"] != row["auc_malignant"]
+                   else f"{row['auc_malignant']:.3f}")
+
+st.subheader("Pages")
+st.markdown(
+    "- **Classify**: upload slices (or try an example) for labels, probabilities, heatmaps, "
+    "a case summary and a report.\n"
+    "- **Grad-CAM**: one slice under every CAM method, for each class and target layer.\n"
+    "- **Model comparison**: test metrics with confidence intervals, confusion matrices, "
+    "ROC and calibration of every model, beside the paper's published figures and a "
+    "leakage probe.\n"
+    "- **Experiments**: MLflow training runs and learning curves.")
+st.subheader("Data")
+st.markdown(f"Models are trained on the {DATASET_CREDIT} [{DATASET_URL}]({DATASET_URL})")

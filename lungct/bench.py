@@ -1,117 +1,317 @@
-"""Benchmark: size and CPU speed of every shipped model, with VGG16 as the reference.
+"""Benchmark: size and CPU speed of every shipped model on both backends, VGG16 as the reference.
 
-    python -m lungct.bench [--write-cards] [--repeats 30] [--batch 32]
+    python -m lungct.bench [--write-cards] [--repeats 20] [--batch 32] [--models NAME ...]
 
-Per model: parameters, FLOPs, weight file size, median single-image latency
-end to end from file bytes (decode, preprocess, forward) and batched
-throughput (preprocess + forward, images/s), and each model's speed as a
-ratio to VGG16 (torchvision VGG16 at 224 px, 3-class head; its weights do
-not change its speed). Run it on a quiet machine: numbers are only
-comparable within one run.
+Per model and backend (PyTorch eager, ONNX Runtime): parameters, FLOPs,
+weight file size, median single-image latency end to end from file bytes
+(decode, preprocess, forward, calibrated softmax: ``Classifier.predict_bytes``)
+and batched throughput (preprocess + forward, images/s), with ratios to VGG16
+(torchvision VGG16 at 224 px, 3-class head, PyTorch eager: the paper's
+student; its weights do not change its speed) and ONNX-over-PyTorch. A model
+without a ``model.onnx`` is exported to a temporary folder for the run.
+
+Then the CLI path: images/s through ``predict``'s batched pipeline (decoding
+in a background thread, batches of ``--batch``) on a folder, the dataset's
+when present, else the committed samples copied into a temporary folder.
+
+Run it on a quiet machine: numbers are only comparable within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from lungct.config import resolve
-from lungct.model_stats import count_flops, single_image_latency_ms
+from lungct.config import load_config, resolve
+from lungct.inference import Classifier
+from lungct.model_stats import count_flops
 from lungct.models import create_model, list_shipped, load_model
-from lungct.models.checkpoint import MODELS_DIR, read_card, write_card
-from lungct.preprocess import decode_image, to_tensor
+from lungct.models.checkpoint import MODELS_DIR, model_card_base, read_card, write_card
+from lungct.onnx_runtime import (ONNX_FILE, OnnxUnavailable, import_onnxruntime, load_onnx,
+                                 open_session, runtime_settings)
+from lungct.preprocess import decode_image
+
+TARGETS = {"latency_ms": 15.0, "cli_ips": 100.0, "speedup_vs_vgg16": 20.0}
+"""The issue's goals for the default student (reported, not asserted)."""
 
 
-def batch_throughput(model, data: list[bytes], batch: int = 32, rounds: int = 3) -> float:
-    """Images per second for decode + preprocess + forward in batches."""
-    grays = [decode_image(d) for d in data]
-    rates = []
-    for _ in range(rounds + 1):
+def latency_ms(clf: Classifier, data: bytes, repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds from file bytes to a Prediction, one image at a time."""
+    times = []
+    for i in range(warmup + repeats):
         start = time.perf_counter()
-        for i in range(0, len(grays), batch):
-            x = torch.stack([to_tensor(g, model.input_size, model.mean, model.std)
-                             for g in grays[i:i + batch]])
-            with torch.inference_mode():
-                model(x)
+        clf.predict_bytes(data)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def throughput_ips(clf: Classifier, grays: list[np.ndarray], batch: int = 32,
+                   rounds: int = 2) -> float:
+    """Images per second for preprocess + forward in batches (decoding excluded)."""
+    clf.predict_many(grays[:batch], batch)  # warm-up
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        clf.predict_many(grays, batch)
         rates.append(len(grays) / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+    return statistics.median(rates)
+
+
+def onnx_classifier(model, name: str, folder: Path | None, card: dict, tmp: Path,
+                    settings) -> tuple[Classifier, str]:
+    """The model's ONNX classifier: its own model.onnx if usable, else a fresh temporary export."""
+    if folder is not None and (folder / ONNX_FILE).exists():
+        try:
+            return Classifier(None, onnx=load_onnx(folder, card, *settings[1:]), card=card,
+                              folder=folder), "model.onnx"
+        except OnnxUnavailable as err:
+            print(f"note: {name}: {err}; benchmarking a temporary export instead")
+    from lungct.onnx_export import export_onnx
+
+    out = tmp / name.split(" ")[0]
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, out / ONNX_FILE)
+    clf = Classifier(None, onnx=open_session(path, *settings[1:]), card=card, folder=out)
+    return clf, "temporary"
 
 
 def bench_model(model, name: str, samples: list[bytes], repeats: int, batch: int,
-                folder: Path | None) -> dict:
-    row = {"model": name, "arch": model.arch, "input_size": model.input_size,
-           "params": sum(p.numel() for p in model.parameters()),
-           "flops": count_flops(model, model.input_size)}
+                folder: Path | None, backends: list[str], tmp: Path, settings,
+                n_images: int = 64, rounds: int = 2) -> list[dict]:
+    """One row per backend for one model."""
+    base = {"model": name, "arch": model.arch, "input_size": model.input_size,
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops": count_flops(model, model.input_size)}
     if folder is not None and (folder / "model.safetensors").exists():
-        row["weights_mb"] = round((folder / "model.safetensors").stat().st_size / 2**20, 2)
-    row["latency_ms"] = round(single_image_latency_ms(model, samples[0], repeats), 2)
-    row["throughput_ips"] = round(batch_throughput(model, samples * (64 // len(samples) + 1),
-                                                   batch), 1)
-    return row
-
-
-def run(repeats: int = 30, batch: int = 32, write_cards: bool = False,
-        models: list[str] | None = None) -> list[dict]:
-    samples = [p.read_bytes() for p in sorted(resolve("samples").glob("*.jpg"))]
-    if not samples:
-        raise FileNotFoundError("no samples/*.jpg to benchmark with")
+        base["weights_mb"] = round((folder / "model.safetensors").stat().st_size / 2**20, 2)
+    card = dict(getattr(model, "card", None) or model_card_base(model))
+    grays = [decode_image(d) for d in samples]
+    grays = (grays * (n_images // len(grays) + 1))[:n_images]
     rows = []
-    reference = create_model("vgg16", pretrained=False).eval()
-    rows.append(bench_model(reference, "vgg16 (reference, 224 px)", samples, max(5, repeats // 3),
-                            batch, None))
-    for name in models or list_shipped():
-        folder = MODELS_DIR / name
-        if not (folder / "model.safetensors").exists():
-            continue
-        rows.append(bench_model(load_model(name), name, samples, repeats, batch, folder))
-    ref = rows[0]
-    for row in rows:
-        row["speedup_vs_vgg16"] = round(ref["latency_ms"] / row["latency_ms"], 1)
-        row["flops_ratio_vs_vgg16"] = round(row["flops"] / ref["flops"], 4)
-    if write_cards:
-        for row in rows[1:]:
-            card = read_card(MODELS_DIR / row["model"])
-            card["stats"] = {**card.get("stats", {}), **{
-                "params": row["params"], "flops": row["flops"],
-                "weights_mb": row.get("weights_mb"), "cpu_latency_ms": row["latency_ms"],
-                "cpu_throughput_ips": row["throughput_ips"],
-                "speedup_vs_vgg16": row["speedup_vs_vgg16"],
-                "measured_with": "python -m lungct.bench", "threads": torch.get_num_threads()}}
-            write_card(MODELS_DIR / row["model"], card)
+    for backend in backends:
+        if backend == "torch":
+            clf, source = Classifier(model, card=card, folder=folder), "eager"
+        else:
+            clf, source = onnx_classifier(model, name, folder, card, tmp, settings)
+        row = {**base, "backend": backend, "source": source,
+               "latency_ms": round(latency_ms(clf, samples[0], repeats), 2),
+               "throughput_ips": round(throughput_ips(clf, grays, batch, rounds), 1)}
+        if backend == "onnx":
+            row["onnx_mb"] = round(clf.onnx_model.path.stat().st_size / 2**20, 2)
+        rows.append(row)
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    head = (f"{'model':<28}{'params':>10}{'GFLOPs':>8}{'MB':>7}{'ms/img':>8}"
-            f"{'img/s':>8}{'x VGG16':>9}")
+def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_images: int,
+                          tmp: Path, workers: int = 1) -> dict:
+    """Images/s through ``predict``'s batched pipeline on a folder (model load excluded)."""
+    from lungct.cli_predict import expand_inputs, predict_paths
+
+    root = resolve(cfg["data"]["root"])
+    paths = expand_inputs([str(root)]) if root.is_dir() else []
+    if paths:
+        step = max(1, len(paths) // n_images) if n_images else 1
+        paths = paths[::step][:n_images or None]
+        where = f"{len(paths)} dataset images (every {step}th file of {root.name})"
+    else:
+        folder = tmp / "cli_folder"
+        folder.mkdir(parents=True, exist_ok=True)
+        samples = sorted(resolve("samples").glob("*.jpg"))
+        n = n_images or 256
+        for i in range(n):
+            src = samples[i % len(samples)]
+            shutil.copy(src, folder / f"{i:04d}_{src.name}")
+        paths = sorted(folder.iterdir())
+        where = f"{n} copies of samples/*.jpg in a temporary folder (dataset absent)"
+    clf = Classifier.from_name(name, backend=backend, cfg=cfg)
+    list(predict_paths(clf, paths[:batch], batch_size=batch, progress=False))  # warm-up
+    start = time.perf_counter()
+    results = list(predict_paths(clf, paths, batch_size=batch, workers=workers, progress=False))
+    seconds = time.perf_counter() - start
+    errors = sum("error" in r for r in results)
+    return {"model": name, "backend": clf.backend, "images": len(paths), "errors": errors,
+            "seconds": round(seconds, 2), "throughput_ips": round(len(paths) / seconds, 1),
+            "batch_size": batch, "workers": workers, "folder": where}
+
+
+def run(repeats: int = 20, batch: int = 32, write_cards: bool = False,
+        models: list[str] | None = None, backends: list[str] | None = None,
+        cli_images: int = 256, reference_repeats: int | None = None,
+        reference_onnx: bool = False) -> dict:
+    cfg = load_config()
+    settings = runtime_settings(cfg)
+    samples = [p.read_bytes() for p in sorted(resolve("samples").glob("*.jpg"))]
+    if not samples:
+        raise FileNotFoundError("no samples/*.jpg to benchmark with")
+    backends = backends or ["torch", "onnx"]
+    if "onnx" in backends:
+        try:
+            import_onnxruntime()
+        except OnnxUnavailable as err:
+            print(f"note: {err}: PyTorch only")
+            backends = [b for b in backends if b != "onnx"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lungct-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        reference = create_model("vgg16", pretrained=False).eval()
+        ref_backends = backends if reference_onnx else ["torch"]
+        rows += bench_model(reference, "vgg16 (reference, 224 px)", samples,
+                            reference_repeats or max(5, repeats // 3), batch, None,
+                            ref_backends, tmp, settings, n_images=32, rounds=1)
+        del reference
+        names = models or list_shipped()
+        for name in names:
+            folder = MODELS_DIR / name
+            if not (folder / "model.safetensors").exists():
+                print(f"skip {name}: no model.safetensors")
+                continue
+            rows += bench_model(load_model(name), name, samples, repeats, batch, folder,
+                                backends, tmp, settings)
+        ref = rows[0]
+        torch_latency = {r["model"]: r["latency_ms"] for r in rows if r["backend"] == "torch"}
+        for row in rows:
+            row["speedup_vs_vgg16"] = round(ref["latency_ms"] / row["latency_ms"], 1)
+            row["flops_ratio_vs_vgg16"] = round(row["flops"] / ref["flops"], 4)
+            if row["backend"] != "torch" and row["model"] in torch_latency:
+                row["speedup_vs_torch"] = round(torch_latency[row["model"]] / row["latency_ms"], 2)
+        default = cfg["app"]["default_model"]
+        cli_model = default if default in names else next(
+            (r["model"] for r in rows[1:]), None)
+        cli = []
+        if cli_model and cli_images >= 0:
+            for backend in backends:
+                try:
+                    cli.append(cli_folder_throughput(cli_model, cfg, backend, batch, cli_images,
+                                                     tmp))
+                except OnnxUnavailable as err:
+                    print(f"note: CLI throughput on {backend} skipped: {err}")
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "torch_threads": torch.get_num_threads(),
+              "onnx_threads": settings.threads or "auto",
+              "onnx_max_batch": settings.max_batch, "rows": rows, "cli_folder": cli}
+    try:
+        import onnxruntime
+        report["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    report["targets"] = targets(report, cli_model)
+    if write_cards:
+        store_in_cards(report)
+    return report
+
+
+def targets(report: dict, model: str | None) -> dict:
+    """The issue's goals for the default model on the backend it runs on by default."""
+    rows = [r for r in report["rows"] if r["model"] == model]
+    if not rows:
+        return {}
+    best = min(rows, key=lambda r: r["latency_ms"])
+    cli = max(report["cli_folder"], key=lambda c: c["throughput_ips"], default=None)
+    out = {"model": model, "backend": best["backend"],
+           "latency_ms": best["latency_ms"], "latency_target_ms": TARGETS["latency_ms"],
+           "speedup_vs_vgg16": best["speedup_vs_vgg16"],
+           "speedup_target": TARGETS["speedup_vs_vgg16"]}
+    if cli:
+        out.update(cli_ips=cli["throughput_ips"], cli_backend=cli["backend"],
+                   cli_target_ips=TARGETS["cli_ips"])
+    out["met"] = {"latency": out["latency_ms"] <= TARGETS["latency_ms"],
+                  "speedup": out["speedup_vs_vgg16"] >= TARGETS["speedup_vs_vgg16"]}
+    if cli:
+        out["met"]["cli"] = out["cli_ips"] >= TARGETS["cli_ips"]
+    return out
+
+
+def store_in_cards(report: dict) -> None:
+    """Per model: the figures of each backend, and the default backend's as the headline."""
+    by_model: dict[str, list[dict]] = {}
+    for row in report["rows"][1:]:
+        by_model.setdefault(row["model"], []).append(row)
+    for name, rows in by_model.items():
+        folder = MODELS_DIR / name
+        card = read_card(folder)
+        has_onnx = any(r["backend"] == "onnx" and r["source"] == "model.onnx" for r in rows)
+        default = "onnx" if has_onnx and runtime_settings().backend != "torch" else "torch"
+        head = next((r for r in rows if r["backend"] == default), rows[0])
+        per_backend = {r["backend"]: {"latency_ms": r["latency_ms"],
+                                      "throughput_ips": r["throughput_ips"],
+                                      "speedup_vs_vgg16": r["speedup_vs_vgg16"],
+                                      **({"speedup_vs_torch": r["speedup_vs_torch"]}
+                                         if "speedup_vs_torch" in r else {})}
+                       for r in rows}
+        stats = {**card.get("stats", {}),
+                 "params": head["params"], "flops": head["flops"],
+                 "weights_mb": head.get("weights_mb"), "cpu_latency_ms": head["latency_ms"],
+                 "cpu_throughput_ips": head["throughput_ips"],
+                 "speedup_vs_vgg16": head["speedup_vs_vgg16"], "cpu_backend": head["backend"],
+                 "backends": per_backend,
+                 "measured_with": "python -m lungct.bench", "threads": torch.get_num_threads(),
+                 "onnx_threads": report["onnx_threads"]}
+        for cli in report["cli_folder"]:
+            if cli["model"] == name and cli["backend"] == default:
+                stats["cli_folder_ips"] = cli["throughput_ips"]
+        card["stats"] = stats
+        write_card(folder, card)
+
+
+def format_report(report: dict) -> str:
+    head = (f"{'model':<28}{'backend':>8}{'params':>10}{'GFLOPs':>8}{'MB':>7}{'ms/img':>8}"
+            f"{'img/s':>8}{'x VGG16':>9}{'x torch':>9}")
     lines = [head]
-    for r in rows:
-        lines.append(f"{r['model']:<28}{r['params'] / 1e6:>9.2f}M{r['flops'] / 1e9:>8.2f}"
-                     f"{r.get('weights_mb') or 0:>7.1f}{r['latency_ms']:>8.1f}"
-                     f"{r['throughput_ips']:>8.1f}{r['speedup_vs_vgg16']:>9.1f}")
+    for r in report["rows"]:
+        lines.append(f"{r['model']:<28}{r['backend']:>8}{r['params'] / 1e6:>9.2f}M"
+                     f"{r['flops'] / 1e9:>8.2f}{r.get('weights_mb') or 0:>7.1f}"
+                     f"{r['latency_ms']:>8.1f}{r['throughput_ips']:>8.1f}"
+                     f"{r['speedup_vs_vgg16']:>9.1f}"
+                     f"{r['speedup_vs_torch'] if 'speedup_vs_torch' in r else '':>9}")
+    for c in report["cli_folder"]:
+        lines.append(f"CLI predict, {c['model']} on {c['backend']}: {c['throughput_ips']} img/s "
+                     f"({c['images']} images in {c['seconds']} s, batch {c['batch_size']}, "
+                     f"{c['errors']} errors; {c['folder']})")
+    t = report.get("targets") or {}
+    if t:
+        ok = {True: "met", False: "NOT met"}
+        lines.append(f"targets for {t['model']} ({t['backend']}): single image "
+                     f"{t['latency_ms']} ms (goal <= {t['latency_target_ms']:g}: "
+                     f"{ok[t['met']['latency']]}); {t['speedup_vs_vgg16']}x VGG16 (goal >= "
+                     f"{t['speedup_target']:g}x: {ok[t['met']['speedup']]})"
+                     + (f"; CLI {t['cli_ips']} img/s (goal >= {t['cli_target_ips']:g}: "
+                        f"{ok[t['met']['cli']]})" if "cli_ips" in t else ""))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.bench", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser = argparse.ArgumentParser(prog="python -m lungct.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="single-image runs per model")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--write-cards", action="store_true",
                         help="store latency and throughput in each model card")
     parser.add_argument("--models", nargs="*", help="model names (default: all shipped)")
+    parser.add_argument("--backends", nargs="+", choices=["torch", "onnx"],
+                        help="default: both")
+    parser.add_argument("--cli-images", type=int, default=256,
+                        help="images in the CLI folder run (0: the whole dataset; -1: skip)")
+    parser.add_argument("--reference-onnx", action="store_true",
+                        help="also time VGG16 on ONNX Runtime (a 0.5 GB temporary export)")
     parser.add_argument("--out", default="reports/bench.json")
     args = parser.parse_args(argv)
-    rows = run(args.repeats, args.batch, args.write_cards, args.models)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(format_rows(rows))
+    report = run(args.repeats, args.batch, args.write_cards, args.models, args.backends,
+                 args.cli_images, reference_onnx=args.reference_onnx)
+    print(f"torch {report['torch']} ({report['torch_threads']} threads), onnxruntime "
+          f"{report.get('onnxruntime', '-')} ({report['onnx_threads']} threads)")
+    print(format_report(report))
     out = resolve(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

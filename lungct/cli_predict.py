@@ -116,8 +116,8 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
 def _csv_row(out: dict) -> dict:
     row = {"file": out["file"], "error": out.get("error", "")}
     if "error" not in out:
-        row.update(label=out["label"], unsure=int(bool(out["unsure"])), model=out["model"],
-                   backend=out.get("backend", ""))
+        row.update(label=out["label"], unsure=str(bool(out["unsure"])).lower(),
+                   model=out["model"], backend=out.get("backend", ""))
         for c in CLASSES:
             row[f"p_{c}"] = f"{out['probabilities'][c]:.6f}"
     return row

@@ -36,7 +36,13 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:

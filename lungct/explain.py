@@ -107,7 +107,11 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
             with torch.no_grad():
                 target_class = int(model(x).argmax(1).item())
         elif isinstance(target_class, str):
+            if target_class not in classes:
+                raise ValueError(f"unknown class {target_class!r}; choose from {list(classes)}")
             target_class = classes.index(target_class)
+        if not 0 <= int(target_class) < len(classes):
+            raise ValueError(f"target class {target_class} out of range for {list(classes)}")
         # frozen parameters (e.g. a frozen VGG base) still need input gradients
         with torch.enable_grad(), cam_cls(model=model, target_layers=[layers[layer]],
                                           **kwargs) as cam:

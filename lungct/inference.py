@@ -119,11 +119,12 @@ class Classifier:
 
         folder = resolve_model_dir(name_or_path)
         card = read_card(folder)
-        chosen, n_threads = runtime_settings(cfg, backend, threads)
+        settings = runtime_settings(cfg, backend, threads)
+        chosen = settings.backend
         reason = None
         if chosen != "torch":
             try:
-                onnx = load_onnx(folder, card, n_threads)
+                onnx = load_onnx(folder, card, settings.threads, settings.max_batch)
             except OnnxUnavailable as err:
                 if chosen == "onnx":
                     raise

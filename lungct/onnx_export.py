@@ -139,8 +139,9 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
     card = dict(model.card)
     weights_sha = file_sha256(folder / WEIGHTS_FILE)
     path = export_onnx(model, folder / ONNX_FILE, weights_sha, opset)
-    _, threads = runtime_settings(cfg)
-    onnx_clf = Classifier(None, onnx=open_session(path, threads), card=card, folder=folder)
+    settings = runtime_settings(cfg)
+    onnx_clf = Classifier(None, onnx=open_session(path, settings.threads), card=card,
+                          folder=folder)
     torch_clf = Classifier(model, card=card, folder=folder)
     paths, source = parity_inputs(card, cfg, limit)
     parity = {**parity_check(torch_clf, onnx_clf, paths), "images": source}
@@ -164,7 +165,7 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
         fresh["onnx"] = section
         write_card(folder, fresh)
         if parity["passed"]:
-            load_onnx(folder, fresh, threads)  # the runtime's own checks accept it
+            load_onnx(folder, fresh, settings.threads)  # the runtime's own checks accept it
     return section
 
 

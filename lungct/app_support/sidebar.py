@@ -28,7 +28,7 @@ def model_selector(cfg: dict | None = None) -> str | None:
         st.selectbox("Model", names, key=MODEL_KEY,
                      help="Used on every page. Models whose weights are not shipped "
                           "(e.g. VGG16) appear on the comparison page only.")
-        entry = active_entry()
+        entry = active_entry(cfg)
         if entry is not None:
             st.caption(f"{entry.description or entry.card.get('arch', '')} "
                        f"(protocol: {entry.protocol})")
@@ -36,18 +36,24 @@ def model_selector(cfg: dict | None = None) -> str | None:
     return st.session_state[MODEL_KEY]
 
 
-def active_entry() -> catalog.ModelEntry | None:
+def active_entry(cfg: dict | None = None) -> catalog.ModelEntry | None:
+    """The selected model's entry; the default model when nothing valid is selected.
+
+    The fallback matters when a page runs without the entry point (AppTest's
+    ``switch_page``) or when the selected model disappeared from the folder.
+    """
+    all_entries = cache.entries(str(catalog.models_dir()))
+    by_name = {e.name: e for e in catalog.runnable(all_entries)}
     name = st.session_state.get(MODEL_KEY)
-    for entry in cache.entries(str(catalog.models_dir())):
-        if entry.name == name:
-            return entry
-    return None
+    if name not in by_name:
+        name = catalog.default_model(all_entries, (cfg or load_config())["app"]["default_model"])
+    return by_name.get(name)
 
 
 def active_classifier(cfg: dict):
     """(Classifier, entry) of the selected model; shows an error and stops when impossible."""
-    entry = active_entry()
-    if entry is None or not entry.has_weights:
+    entry = active_entry(cfg)
+    if entry is None:
         st.info("No model is available: train one with "
                 "`python -m lungct train --name student_kd`.")
         st.stop()

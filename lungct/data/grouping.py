@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from lungct import CLASSES
+
 import numpy as np
 
 from lungct.data.similarity import correlation_matrix
@@ -85,11 +87,13 @@ def group_slices(labels: list[str], numbers: list[int | None], thumbs: np.ndarra
 
 
 def group_label(groups: list[str], labels: list[str]) -> dict[str, str]:
-    """The majority label of each group (ties: first in CLASSES order via sorting)."""
+    """The majority label of each group (ties go to the earlier class in CLASSES)."""
     by_group: dict[str, Counter] = {}
     for g, lab in zip(groups, labels):
         by_group.setdefault(g, Counter())[lab] += 1
-    return {g: max(sorted(c), key=lambda lab: c[lab]) for g, c in by_group.items()}
+    order = list(CLASSES) + sorted(set(labels) - set(CLASSES))
+    return {g: max((lab for lab in order if lab in c), key=c.__getitem__)
+            for g, c in by_group.items()}
 
 
 def cross_class_twins(labels: list[str], thumbs: np.ndarray, twin_corr: float = 0.95):

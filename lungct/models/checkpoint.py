@@ -99,11 +99,11 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
                              input_size=card["input_size"], **card.get("arch_kwargs", {}))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in state.items()}, strict=True)
-    except (KeyError, RuntimeError, ValueError) as err:
+        model.mean, model.std = tuple(card["mean"]), tuple(card["std"])
+        model.classes = tuple(card["classes"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise ModelLoadError(f"{weights} does not match its card "
                              f"({card.get('arch')}): {str(err)[:300]}") from err
-    model.mean, model.std = tuple(card["mean"]), tuple(card["std"])
-    model.classes = tuple(card["classes"])
     model.card = card
     model.name = folder.name
     return model.to(device).eval()

@@ -40,7 +40,7 @@ def train_transform(aug: dict) -> v2.Compose:
     if degrees or zoom or shift:
         steps.append(v2.RandomAffine(degrees=degrees, translate=(shift, shift),
                                      scale=(1 - zoom, 1 + zoom)))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()
 
 
 class SliceDataset(Dataset):

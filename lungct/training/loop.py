@@ -180,7 +180,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
             on_epoch(stats)
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in stats.items()), flush=True)
-        if epoch - best_epoch >= patience:
+        if epoch != best_epoch and epoch - best_epoch >= patience:
             print(f"early stop: no {monitor} improvement for {patience} epochs", flush=True)
             break
     if best_state is not None:

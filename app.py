@@ -1,7 +1,12 @@
 """lungct: decision support for lung CT slices (normal / benign / malignant) with Grad-CAM.
 
-Run with ``streamlit run app.py``. Pages live in ``pages/``; their logic in
+Run with ``streamlit run app.py``. Pages live in ``app_pages/``; their logic in
 ``lungct.app_support``. The sidebar's model selector is shared by every page.
+
+Why not ``pages/``: Streamlit treats a folder of that name as the old multipage
+style and, until this entry point has called ``st.navigation`` once in the
+process, runs a deep-linked page (``/classify``) without it: no sidebar, no
+page titles. AppTest re-detects the folder on every run, likewise.
 """
 
 import streamlit as st
@@ -13,13 +18,13 @@ st.set_page_config(page_title="lungct", page_icon=":material/pulmonology:", layo
 
 pages = {
     "Radiologist": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/classify.py", title="Classify", icon=":material/radiology:"),
-        st.Page("pages/gradcam.py", title="Grad-CAM", icon=":material/visibility:"),
+        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("app_pages/classify.py", title="Classify", icon=":material/radiology:"),
+        st.Page("app_pages/gradcam.py", title="Grad-CAM", icon=":material/visibility:"),
     ],
     "Research": [
-        st.Page("pages/compare.py", title="Model comparison", icon=":material/leaderboard:"),
-        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
+        st.Page("app_pages/compare.py", title="Model comparison", icon=":material/leaderboard:"),
+        st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
     ],
 }
 navigation = st.navigation(pages)

@@ -15,16 +15,19 @@ import streamlit as st
 from lungct.app_support import case as case_mod
 from lungct.app_support import catalog, comparison, experiments
 
-RESULT_TTL_S = 3600
-RESULT_ENTRIES = 64
+RESULT_TTL_S = 1800
+RESULT_ENTRIES = 16   # one entry is a whole upload (its decoded slices included)
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
 def classifier(key: str, folder: str, unsure_below: float):
-    """A ``Classifier`` for the model in ``folder`` (``key`` changes when weights change)."""
+    """A ``Classifier`` for the model in ``folder`` (``key`` changes when weights change).
+
+    ONNX Runtime classifies when ``model.onnx`` is there (``runtime.backend``);
+    the PyTorch weights load on the first heatmap.
+    """
     from lungct.inference import Classifier
-    from lungct.models import load_model
-    return Classifier(load_model(folder), unsure_below)
+    return Classifier.from_name(folder, unsure_below)
 
 
 @st.cache_data(ttl=20, show_spinner=False)
@@ -43,10 +46,22 @@ def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
     return comparison.per_class_table(_entry, catalog.test_predictions(folder))
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def guard(key: str, folder: str):
+    """The out-of-distribution guard (``lungct.ood.OODGuard``), or None when not fitted."""
+    from lungct.ood import GuardLoadError, OODGuard
+    try:
+        return OODGuard.load(folder)
+    except GuardLoadError:
+        return None
+
+
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Classifying...")
 def analyse(_classifier, key: str, files: tuple[tuple[str, bytes], ...], window: str,
-            max_pixels: int, examples: bool) -> list[case_mod.SliceResult]:
-    return case_mod.analyse_files(_classifier, list(files), window, max_pixels, examples)
+            max_pixels: int, examples: bool, _guard=None,
+            guard_key: str = "") -> list[case_mod.SliceResult]:
+    return case_mod.analyse_files(_classifier, list(files), window, max_pixels, examples,
+                                  guard=_guard)
 
 
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES * 4, show_spinner=False)

@@ -16,13 +16,18 @@ import numpy as np
 import pandas as pd
 
 from lungct import CLASSES
-from lungct.preprocess import InvalidImageError, decode_image, dicom_modality, is_dicom
+from lungct.preprocess import (WINDOWS, InvalidImageError, decode_image, dicom_modality,
+                               is_dicom)
 
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 ACCEPTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
 ACCEPTED_HELP = ("PNG, JPEG, TIFF, BMP or DICOM (.dcm, or DICOM files without an extension, "
                  "as scanners export them)")
+
+WINDOW_CHOICES = (*WINDOWS, "file")
+WINDOW_HELP = ("Applied to DICOM files before the model: lung (W1500/L-600), mediastinal "
+               "(W350/L50) or the file's own window.")
 
 MALIGNANT_THRESHOLD = 0.5
 CASE_RULE = (f"malignant if any slice has P(malignant) >= {MALIGNANT_THRESHOLD:.2f}; "
@@ -42,6 +47,7 @@ class SliceResult:
     gray: np.ndarray | None = None
     prediction: object | None = None   # lungct.inference.Prediction
     error: str | None = None
+    rejected: bool = False        # the OOD guard says: not a lung CT slice
     warning: str | None = None
 
     @property
@@ -75,10 +81,26 @@ def check_extension(name: str) -> str:
     return ext
 
 
-def analyse_file(classifier, data: bytes, name: str, position: int, total: int,
-                 window: str = "lung", max_pixels: int | None = None,
-                 example: str | None = None) -> SliceResult:
-    """Decode and classify one file; every failure becomes ``error`` text, never an exception."""
+def predict(classifier, gray: np.ndarray):
+    """``classifier.predict_gray`` under the model's CAM lock.
+
+    While another session computes a heatmap, the shared model carries
+    pytorch-grad-cam hooks that record every forward pass; a classification
+    running at that moment would feed its activations into that heatmap.
+    """
+    if getattr(classifier, "backend", "torch") != "torch":
+        return classifier.predict_gray(gray)   # an ONNX session carries no hooks
+    model = getattr(classifier, "model", None)
+    if model is None:
+        return classifier.predict_gray(gray)
+    from lungct.explain import model_lock
+    with model_lock(model):
+        return classifier.predict_gray(gray)
+
+
+def decode_file(data: bytes, name: str, position: int, total: int, window: str = "lung",
+                max_pixels: int | None = None, example: str | None = None) -> SliceResult:
+    """Decode one upload; a failure becomes ``error`` text, never an exception."""
     ext = file_extension(name)
     # an unknown "extension" is part of a name we do not show (e.g. "scan.Doe^Jane")
     shown = ext if ext in ACCEPTED_EXTENSIONS or not ext else "unsupported extension"
@@ -88,33 +110,96 @@ def analyse_file(classifier, data: bytes, name: str, position: int, total: int,
         result.is_dicom = is_dicom(data)
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         # only the extension is passed on as a hint: the name itself is never used
-        result.gray = decode_image(data, name="upload" + ext, window=window,
-                                   **kwargs)
+        result.gray = decode_image(data, name="upload" + ext, window=window, **kwargs)
         if result.is_dicom:
             modality = dicom_modality(data)
             if modality and modality != "CT":
                 result.warning = (f"DICOM modality is {modality}: the model was trained on "
                                   "CT slices only; treat this result with extra caution.")
-        result.prediction = classifier.predict_gray(result.gray)
-    except InvalidImageError as err:
-        result.error = str(err)
-        result.gray = None
-    except Exception as err:  # the page must go on with the other files
-        result.error = (f"could not process this file ({type(err).__name__}); "
-                        "the other files are unaffected")
-        result.gray = None
-        result.prediction = None
+    except Exception as err:
+        _fail(result, err)
     return result
 
 
+def _fail(result: SliceResult, err: Exception) -> None:
+    if isinstance(err, InvalidImageError):
+        result.error = str(err)
+    else:  # the page must go on with the other files; the message may quote data
+        result.error = (f"could not process this file ({type(err).__name__}); "
+                        "the other files are unaffected")
+    result.gray, result.prediction = None, None
+
+
+def screen(guard, results: list[SliceResult], datas: list[bytes]) -> None:
+    """Mark decoded slices the out-of-distribution guard rejects (``lungct.ood``).
+
+    DICOM files of a non-CT modality are rejected by their tag; the pixels of
+    the others are checked in one batch. If the guard itself fails, the slices
+    go on with a warning rather than being hidden.
+    """
+    from lungct.ood import modality_verdict
+
+    todo = []
+    for r, data in zip(results, datas):
+        if r.gray is None:
+            continue
+        verdict = modality_verdict(dicom_modality(data)) if r.is_dicom else None
+        if verdict is not None:
+            r.error, r.rejected, r.warning = verdict.reason, True, None
+        else:
+            todo.append(r)
+    if not todo:
+        return
+    try:
+        verdicts = guard.check_many([r.gray for r in todo])
+    except Exception as err:
+        for r in todo:
+            r.warning = (f"the input check (is this a lung CT slice?) failed "
+                         f"({type(err).__name__}); review with extra care")
+        return
+    for r, verdict in zip(todo, verdicts):
+        if not verdict.in_distribution:
+            r.error, r.rejected = verdict.reason, True
+
+
+def rejection(guard, data: bytes, gray: np.ndarray) -> str | None:
+    """The guard's reason for refusing one decoded file, or None (also without a guard)."""
+    if guard is None:
+        return None
+    result = SliceResult(1, 1, "", is_dicom=is_dicom(data), gray=gray)
+    screen(guard, [result], [data])
+    return result.error if result.rejected else None
+
+
 def analyse_files(classifier, files: list[tuple[str, bytes]], window: str = "lung",
-                  max_pixels: int | None = None,
-                  examples: bool = False) -> list[SliceResult]:
-    """``analyse_file`` over an upload; ``examples`` keeps the (public) sample names."""
+                  max_pixels: int | None = None, examples: bool = False,
+                  guard=None) -> list[SliceResult]:
+    """Decode, screen (with an ``OODGuard``, if given) and classify every file of an upload.
+
+    ``examples`` keeps the (public) sample names. Each file's failure stays its own.
+    """
     total = len(files)
-    return [analyse_file(classifier, data, name, i, total, window, max_pixels,
-                         example=os.path.basename(name) if examples else None)
-            for i, (name, data) in enumerate(files, start=1)]
+    results = [decode_file(data, name, i, total, window, max_pixels,
+                           example=os.path.basename(name) if examples else None)
+               for i, (name, data) in enumerate(files, start=1)]
+    if guard is not None:
+        screen(guard, results, [data for _, data in files])
+    for r in results:
+        if r.gray is not None and r.error is None:
+            try:
+                r.prediction = predict(classifier, r.gray)
+            except Exception as err:
+                _fail(r, err)
+    return results
+
+
+def analyse_file(classifier, data: bytes, name: str, position: int = 1, total: int = 1,
+                 window: str = "lung", max_pixels: int | None = None,
+                 guard=None) -> SliceResult:
+    """``analyse_files`` for a single file at ``position`` of ``total``."""
+    result = analyse_files(classifier, [(name, data)], window, max_pixels, guard=guard)[0]
+    result.position, result.total = position, total
+    return result
 
 
 def most_suspicious_first(results: list[SliceResult]) -> list[SliceResult]:
@@ -164,7 +249,7 @@ def case_table(results: list[SliceResult]) -> pd.DataFrame:
                         "status": "ok" if not r.warning else r.warning})
         else:
             row.update({"label": None, "unsure": None, **{f"p_{c}": None for c in CLASSES},
-                        "status": f"error: {r.error}"})
+                        "status": r.error if r.rejected else f"error: {r.error}"})
         rows.append(row)
     columns = ["rank", "file", "label", "unsure", *[f"p_{c}" for c in CLASSES], "status"]
     return pd.DataFrame(rows, columns=columns)

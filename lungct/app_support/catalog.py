@@ -131,15 +131,32 @@ def read_sample(name: str, folder: str | Path = SAMPLES_DIR) -> bytes:
     return (Path(folder) / name).read_bytes()
 
 
+def _stamps(folder: Path, names: tuple[str, ...]) -> str:
+    out = []
+    for name in names:
+        try:
+            out.append(str((folder / name).stat().st_mtime_ns))
+        except OSError:
+            out.append("0")
+    return f"{folder.resolve()}@{'-'.join(out)}"
+
+
 def model_key(entry: ModelEntry) -> str:
-    """A cache key that changes when the weights file is replaced (retraining)."""
-    path = entry.folder / WEIGHTS_FILE
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = 0
-    return f"{entry.folder.resolve()}@{stamp}"
+    """A cache key that changes when the weights, ONNX export or card are replaced."""
+    return _stamps(entry.folder, (WEIGHTS_FILE, "model.onnx", CARD_FILE))
 
 
-__all__ = ["list_samples", "model_key", "read_sample", "CARD_FILE", "ModelEntry", "NOT_EVALUATED", "default_model", "list_entries",
+GUARD_NAME = "ood_guard"
+
+
+def guard_folder() -> Path:
+    """Where the out-of-distribution guard lives (``lungct.ood``): beside the models."""
+    return models_dir() / GUARD_NAME
+
+
+def guard_key() -> str:
+    return _stamps(guard_folder(), ("guard.safetensors", "guard.json"))
+
+
+__all__ = ["guard_folder", "guard_key", "list_samples", "model_key", "read_sample", "CARD_FILE", "ModelEntry", "NOT_EVALUATED", "default_model", "list_entries",
            "models_dir", "runnable", "test_predictions", "weights_digest"]

@@ -119,7 +119,7 @@ def build_report(results: list[SliceResult], model_name: str, model_version: str
         parts.append("<div class='imgs'>")
         if r.gray is not None:
             parts.append(f"<figure><img alt='slice' src='{png_data_uri(r.gray)}'>"
-                         "<figcaption>slice (as given to the model)</figcaption></figure>")
+                         "<figcaption>slice (as decoded, before resizing)</figcaption></figure>")
         if r.position in overlays:
             parts.append(f"<figure><img alt='heatmap' src='{png_data_uri(overlays[r.position])}'>"
                          f"<figcaption>{e(cam_method)} heatmap</figcaption></figure>")

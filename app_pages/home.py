@@ -31,31 +31,27 @@ if entry.test_metrics is None:
     st.info(f"Test metrics: {NOT_EVALUATED}. Run `python -m lungct evaluate --model "
             f"{entry.name}` to compute them.")
 else:
-    st.caption(f"Test split of the **{entry.protocol}** protocol, {row['n_test']} slices; "
-               "95% bootstrap confidence intervals in brackets; probabilities calibrated "
-               "by temperature scaling.")
+    n = f", {row['n_test']} slices" if row["n_test"] else ""
+    st.caption(f"Test split of the **{entry.protocol}** protocol{n}; 95% bootstrap confidence "
+               "intervals under the figures; probabilities calibrated by temperature scaling.")
     if entry.protocol != "grouped":
         st.warning("This model was evaluated on the paper's image-level split, where "
                    "near-duplicate slices of one patient sit in training and test; its "
                    "figures are optimistic. The grouped-protocol models give honest ones.")
 
-    def pct(value, lo=None, hi=None):
-        if value != value:  # NaN
-            return "n/a"
-        text = f"{value:.1%}"
-        return text + (f" [{lo:.1%}, {hi:.1%}]" if lo == lo and hi == hi and lo is not None
-                       else "")
+    def show(column, label, value, lo, hi, help_text=None, percent=True):
+        fmt = "{:.1%}" if percent else "{:.3f}"
+        column.metric(label, "n/a" if value != value else fmt.format(value), help=help_text)
+        if lo == lo and hi == hi:
+            column.caption(f"95% CI {fmt.format(lo)} to {fmt.format(hi)}")
 
+    nan = float("nan")
     cols = st.columns(4)
-    cols[0].metric("Accuracy", pct(row["accuracy"], row["accuracy_lo"], row["accuracy_hi"]))
-    cols[1].metric("Malignant recall", pct(row["malignant_recall"], row["malignant_recall_lo"],
-                                           row["malignant_recall_hi"]),
-                   help="Share of malignant test slices labelled malignant.")
-    cols[2].metric("AUC (macro, one-vs-rest)",
-                   "n/a" if row["auc_macro"] != row["auc_macro"] else f"{row['auc_macro']:.3f}")
-    cols[3].metric("AUC malignant",
-                   "n/a" if row["auc_malignant"] != row["auc_malignant"]
-                   else f"{row['auc_malignant']:.3f}")
+    show(cols[0], "Accuracy", row["accuracy"], row["accuracy_lo"], row["accuracy_hi"])
+    show(cols[1], "Malignant recall", row["malignant_recall"], row["malignant_recall_lo"],
+         row["malignant_recall_hi"], "Share of malignant test slices labelled malignant.")
+    show(cols[2], "AUC (macro, one-vs-rest)", row["auc_macro"], nan, nan, percent=False)
+    show(cols[3], "AUC malignant", row["auc_malignant"], nan, nan, percent=False)
 
 st.subheader("Pages")
 st.markdown(

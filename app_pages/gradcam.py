@@ -3,13 +3,12 @@
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, sidebar
-from lungct.app_support.case import ACCEPTED_HELP, check_extension
+from lungct.app_support import cache, catalog, inputs, sidebar
+from lungct.app_support.case import ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, predict
 from lungct.app_support.report import png_bytes, to_uint8
 from lungct.config import load_config
 from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
 from lungct.models import cam_target_layers
-from lungct.preprocess import InvalidImageError, decode_image
 
 cfg = load_config()
 st.title("Grad-CAM explorer")
@@ -31,21 +30,13 @@ else:
     if upload is None:
         st.info("Upload a slice, or choose an example.")
         st.stop()
-    # only the extension travels on; the name may identify a patient
-    data, window = upload.getvalue(), cfg["preprocess"]["dicom_window"]
-    try:
-        name = "upload" + check_extension(upload.name)
-    except InvalidImageError as err:
-        st.error(str(err))
-        st.stop()
+    data = upload.getvalue()
+    window = st.selectbox("DICOM window", WINDOW_CHOICES, help=WINDOW_HELP,
+                          index=WINDOW_CHOICES.index(cfg["preprocess"]["dicom_window"]))
+    name = inputs.upload_name(upload)
 
-try:
-    gray = decode_image(data, name=name, window=window)
-except InvalidImageError as err:
-    st.error(f"This file could not be read: {err}")
-    st.stop()
-
-pred = clf.predict_gray(gray)
+gray = inputs.one_slice(data, name, window)
+pred = predict(clf, gray)
 layers = list(cam_target_layers(clf.model))
 c1, c2, c3, c4 = st.columns(4)
 target = c1.selectbox("Explain class", CLASSES, index=CLASSES.index(pred.label),

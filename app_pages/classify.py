@@ -9,16 +9,15 @@ import streamlit as st
 
 from lungct import CLASSES
 from lungct.app_support import cache, catalog, sidebar
-from lungct.app_support.case import (ACCEPTED_HELP, case_csv, case_table, case_verdict,
-                                     most_suspicious_first)
+from lungct.app_support.case import (ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, case_csv,
+                                     case_table, case_verdict, most_suspicious_first)
 from lungct.app_support.charts import probability_bar
 from lungct.app_support.reference import DISCLAIMER
 from lungct.app_support.report import build_report, to_uint8
 from lungct.config import load_config
 from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
-from lungct.preprocess import WINDOWS
 
-ALL_EXAMPLES = "all six examples (as one case)"
+ALL_EXAMPLES = "all examples (as one case)"
 INJECTED = "classify_files"  # (name, bytes) pairs placed here by tests or integrations
 
 cfg = load_config()
@@ -35,16 +34,14 @@ example = st.selectbox("...or try an example", ["none"] + samples + [ALL_EXAMPLE
 
 with st.expander("Display and heatmap options", expanded=True):
     c1, c2, c3, c4 = st.columns(4)
-    windows = list(WINDOWS) + ["file"]
-    window = c1.selectbox("DICOM window", windows,
-                          index=windows.index(cfg["preprocess"].get("dicom_window", "lung")),
-                          help="Applied to DICOM files before the model (lung W1500/L-600, "
-                               "mediastinal W350/L50, or the file's own window).")
-    method = c2.selectbox("Heatmap method", list(CAM_METHODS),
+    window = c1.selectbox("DICOM window", WINDOW_CHOICES, key="classify_window",
+                          index=WINDOW_CHOICES.index(cfg["preprocess"]["dicom_window"]),
+                          help=WINDOW_HELP)
+    method = c2.selectbox("Heatmap method", list(CAM_METHODS), key="classify_method",
                           format_func=lambda m: m if m in FAST_METHODS else f"{m} (slow: 5-25 s)",
                           help="EigenCAM, AblationCAM and ScoreCAM are gradient-free.")
-    target = c3.selectbox("Explain class", ["predicted"] + list(CLASSES))
-    opacity = c4.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
+    target = c3.selectbox("Explain class", ["predicted"] + list(CLASSES), key="classify_target")
+    opacity = c4.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="classify_opacity")
 
 examples = False
 if uploads:
@@ -58,8 +55,13 @@ else:
     st.info("Upload one or more slices, or pick an example.")
     st.stop()
 
+guard = cache.guard(catalog.guard_key(), str(catalog.guard_folder()))
 results = cache.analyse(clf, catalog.model_key(entry), files, window,
-                        int(cfg["preprocess"].get("max_pixels", 40_000_000)), examples)
+                        int(cfg["preprocess"].get("max_pixels", 40_000_000)), examples,
+                        guard, catalog.guard_key())
+if guard is None:
+    st.caption("The input check (is each file a lung CT slice?) is not installed: "
+               "`python -m lungct.ood fit` makes it.")
 target_class = None if target == "predicted" else target
 overlays = {}
 
@@ -78,14 +80,19 @@ report_slot = st.empty()
 for r in most_suspicious_first(results):
     with st.container(border=True):
         st.markdown(f"#### {r.title}")
+        if r.rejected:
+            st.warning(f"{r.title}: {r.error}")
+            st.image(to_uint8(r.gray), caption="not classified", width=240)
+            continue
         if not r.ok:
             st.error(f"{r.title} could not be classified: {r.error}")
             continue
         pred = r.prediction
         with st.spinner(f"{method} heatmap..."):
             try:
+                # the shown label is explained (ONNX may have computed it)
                 heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r.gray,
-                                                method, target_class, None)
+                                                method, target_class or pred.label, None)
                 overlays[r.position] = overlay(r.gray, heat, opacity)
             except Exception as err:  # a heatmap failure must not hide the label
                 explained = None
@@ -95,7 +102,8 @@ for r in most_suspicious_first(results):
         if r.position in overlays:
             mid.image(overlays[r.position], caption=f"{method}, class {explained}",
                       width="stretch")
-        right.metric("Label", pred.label, help=f"model {entry.name}")
+        right.metric("Label", pred.label,
+                     help=f"model {entry.name}, computed with {pred.backend or 'torch'}")
         if pred.unsure:
             right.warning(f"Unsure: top probability {pred.confidence:.2f} is below "
                           f"{clf.unsure_below:.2f}. Review this slice carefully.")
@@ -108,7 +116,8 @@ for r in most_suspicious_first(results):
             st.session_state["gradcam_input"] = {
                 "data": data, "name": name if examples else "upload" + r.extension,
                 "title": r.title, "window": window}
-            st.switch_page("pages/gradcam.py")
+            st.session_state["gradcam_source"] = "from the Classify page"
+            st.switch_page("app_pages/gradcam.py")
 
 html = build_report(results, entry.name, entry.version(), overlays, method,
                     target if target_class else "predicted class")

@@ -4,12 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, charts, comparison
+from lungct.app_support import cache, catalog, charts, comparison, inputs
+from lungct.app_support.case import predict
 from lungct.app_support.reference import PAPER_NOTE, leakage_reference
 from lungct.app_support.report import to_uint8
 from lungct.config import load_config
 from lungct.explain import overlay
-from lungct.preprocess import InvalidImageError, decode_image
 
 cfg = load_config()
 st.title("Model comparison")
@@ -24,9 +24,9 @@ protocol = st.radio("Protocol", list(comparison.PROTOCOLS), horizontal=True,
 st.caption("Each model is tested only on its own protocol's test split: the other split's "
            "test images are in its training data. " + PAPER_NOTE)
 table = comparison.comparison_table(all_entries, protocol, leakage_reference())
-st.dataframe(table, hide_index=True, column_config={
-    c: st.column_config.NumberColumn(format="%.3f") for c in table.columns
-    if table[c].dtype.kind == "f"})
+st.dataframe(comparison.display_table(table), hide_index=True)
+st.download_button("Download the table (CSV, raw numbers)", table.to_csv(index=False),
+                   f"lungct_models_{protocol}.csv", "text/csv", on_click="ignore")
 st.plotly_chart(charts.headline_bars(table), key="headline")
 
 evaluated = [e for e in all_entries if e.protocol == protocol and e.test_metrics]
@@ -65,27 +65,31 @@ else:
 
 st.subheader("Run every available model on one image")
 runnable = catalog.runnable(all_entries)
-name = st.selectbox("Example", ["none"] + catalog.list_samples(), key="compare_example")
-if name == "none" or not runnable:
-    st.caption("Pick an example to see every model's prediction and Grad-CAM side by side.")
+left, right = st.columns(2)
+name = left.selectbox("Example", ["none"] + catalog.list_samples(), key="compare_example")
+upload = right.file_uploader("...or upload one slice", type=None, key="compare_upload")
+if (name == "none" and upload is None) or not runnable:
+    st.caption("Pick an example or upload a slice to see every model's prediction and "
+               "Grad-CAM side by side.")
     st.stop()
-try:
-    gray = decode_image(catalog.read_sample(name))
-except InvalidImageError as err:
-    st.error(str(err))
-    st.stop()
-columns = st.columns(len(runnable) + 1)
-columns[0].image(to_uint8(gray), caption=name, width="stretch")
-for column, e in zip(columns[1:], runnable):
+if upload is not None:
+    name, data = inputs.upload_name(upload), upload.getvalue()
+else:
+    data = catalog.read_sample(name)
+gray = inputs.one_slice(data, name, cfg["preprocess"]["dicom_window"])
+cells = [c for _ in range(0, len(runnable) + 1, 4) for c in st.columns(4)]
+cells[0].image(to_uint8(gray), caption=name, width="stretch")
+for column, e in zip(cells[1:], runnable):
     try:
         clf = cache.classifier(catalog.model_key(e), str(e.folder),
                                float(cfg["app"]["unsure_below"]))
-        pred = clf.predict_gray(gray)
-        heat, _ = cache.heatmap(clf.model, catalog.model_key(e), gray, "Grad-CAM", None, None)
+        pred = predict(clf, gray)
+        heat, _ = cache.heatmap(clf.model, catalog.model_key(e), gray, "Grad-CAM", pred.label,
+                                None)
     except Exception as err:  # one broken model must not hide the others
         column.error(f"{e.name} failed ({type(err).__name__}: {str(err)[:200]})")
         continue
     column.markdown(f"**{e.name}**: {pred.label}" + (" (unsure)" if pred.unsure else ""))
+    column.image(overlay(gray, heat), caption=f"Grad-CAM, {pred.label}", width="stretch")
     column.plotly_chart(charts.probability_bar(pred.probabilities, clf.unsure_below, 160),
                         key=f"run_{e.name}")
-    column.image(overlay(gray, heat), caption=f"Grad-CAM, {pred.label}", width="stretch")

@@ -1,0 +1,36 @@
+"""Single-image input for the Grad-CAM and comparison pages: decode, check, or stop the page."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from lungct.app_support import cache, catalog
+from lungct.app_support.case import check_extension, rejection
+from lungct.preprocess import InvalidImageError, decode_image
+
+
+def upload_name(upload) -> str:
+    """"upload" plus the file's accepted extension: the name itself may identify a patient.
+
+    An unsupported type is shown as an error and stops the page.
+    """
+    try:
+        return "upload" + check_extension(upload.name)
+    except InvalidImageError as err:
+        st.error(str(err))
+        st.stop()
+
+
+def one_slice(data: bytes, name: str, window: str) -> np.ndarray:
+    """The decoded slice; an unreadable file or one the input check refuses stops the page."""
+    try:
+        gray = decode_image(data, name=name, window=window)
+    except InvalidImageError as err:
+        st.error(f"This file could not be read: {err}")
+        st.stop()
+    refused = rejection(cache.guard(catalog.guard_key(), str(catalog.guard_folder())), data, gray)
+    if refused:
+        st.warning(refused)
+        st.stop()
+    return gray

@@ -4,16 +4,20 @@ We wrap the library instead of re-implementing it. Two things matter for an
 app where many users share one cached model:
 - CAM objects register hooks on the model; they are used as context managers
   so the hooks are removed on exit, even on error;
-- two CAMs computed at once on the same model would see each other's
-  activations through those hooks, so every CAM on a model runs under that
-  model's lock. Plain classification never takes the lock.
+- hooks on a shared model would also catch the forward passes of other
+  users' plain classifications (and theirs would feed this heatmap), so CAMs
+  run on a private copy of the model, made once per model and kept as long
+  as the model lives, one CAM at a time per model (a lock). Plain
+  classification on the shared model never waits for a heatmap.
 For transformers (timm ViT and the hybrid ViT) the token sequence is reshaped
 to the patch grid taken from the model, after dropping every prefix token.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,14 +37,28 @@ CAM_METHODS = {
 }
 FAST_METHODS = ("Grad-CAM", "Grad-CAM++", "EigenCAM", "LayerCAM")
 
-_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = \
+    weakref.WeakKeyDictionary()
+_CAM_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = \
+    weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: torch.nn.Module) -> threading.Lock:
     """The lock that serialises hook-based work on one model object."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(id(model), threading.Lock())
+        if model not in _LOCKS:
+            _LOCKS[model] = threading.Lock()
+        return _LOCKS[model]
+
+
+def cam_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The private copy of ``model`` that carries CAM hooks (call under model_lock)."""
+    twin = _CAM_COPIES.get(model)
+    if twin is None:
+        twin = copy.deepcopy(model).eval()
+        _CAM_COPIES[model] = twin
+    return twin
 
 
 def vit_reshape(model: torch.nn.Module):
@@ -91,6 +109,7 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
         raise ValueError(f"unknown CAM method {method!r}; choose from {list(CAM_METHODS)}")
     layers = cam_target_layers(model)
     layer = layer or next(iter(layers))
+    shared = model
     if layer not in layers:
         raise ValueError(f"unknown layer {layer!r} for {model.arch}; choose from {list(layers)}")
     classes = tuple(model.classes)
@@ -102,7 +121,9 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
     if method == "AblationCAM" and is_vit:
         kwargs["ablation_layer"] = pgc.AblationLayerVit()
     cam_cls = getattr(pgc, CAM_METHODS[method])
-    with model_lock(model):
+    with model_lock(shared):
+        model = cam_copy(shared)
+        layers = cam_target_layers(model)
         if target_class is None:
             with torch.no_grad():
                 target_class = int(model(x).argmax(1).item())

@@ -124,7 +124,8 @@ class Classifier:
         reason = None
         if chosen != "torch":
             try:
-                onnx = load_onnx(folder, card, settings.threads, settings.max_batch)
+                onnx = load_onnx(folder, card, settings.threads, settings.max_batch,
+                                 settings.parity_max_diff)
             except OnnxUnavailable as err:
                 if chosen == "onnx":
                     raise

@@ -51,10 +51,16 @@ class OnnxUnavailable(RuntimeError):
 
 # ------------------------------------------------------------------ settings
 
+PARITY_MAX_DIFF = 1e-3
+"""Default of ``runtime.parity_max_diff``: the largest |p_onnx - p_torch| at export that the
+runtime accepts (labels must be identical too). See lungct.onnx_export.parity_check."""
+
+
 class RuntimeSettings(NamedTuple):
-    backend: str      # auto | onnx | torch
-    threads: int      # ONNX Runtime intra-op threads; 0 = its default (one per physical core)
-    max_batch: int    # ONNX Runtime runs bigger batches in chunks of this size; 0 = no limit
+    backend: str            # auto | onnx | torch
+    threads: int            # ONNX Runtime intra-op threads; 0 = its default (one per core)
+    max_batch: int          # ONNX Runtime runs bigger batches in chunks of this size; 0 = any
+    parity_max_diff: float  # refuse an export whose parity check found a larger |dp|
 
 
 def runtime_settings(cfg: dict | None = None, backend: str | None = None,
@@ -78,7 +84,8 @@ def runtime_settings(cfg: dict | None = None, backend: str | None = None,
         raise ValueError(f"unknown inference backend {chosen!r} in {source}; "
                          f"use one of {list(BACKENDS)}")
     n = section.get("threads", 0) if threads is None else threads
-    return RuntimeSettings(chosen, int(n or 0), int(section.get("max_batch", 0) or 0))
+    return RuntimeSettings(chosen, int(n or 0), int(section.get("max_batch", 0) or 0),
+                           float(section.get("parity_max_diff", PARITY_MAX_DIFF)))
 
 
 def import_onnxruntime():
@@ -197,13 +204,15 @@ def open_session(path: str | Path, threads: int = 0, max_batch: int = 0,
     return OnnxModel(session, path, threads, max_batch)
 
 
-def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int = 0) -> OnnxModel:
+def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int = 0,
+              parity_max_diff: float = PARITY_MAX_DIFF) -> OnnxModel:
     """The checked ONNX model of a model folder.
 
     Raises OnnxUnavailable when onnxruntime is missing, the file is missing,
     unreadable or corrupt, its contract differs from the card, it was
     exported from other weights than the folder's ``model.safetensors``, or
-    the card records a failed parity check.
+    the card's parity check found a different label or a probability more
+    than ``parity_max_diff`` away from PyTorch's.
     """
     folder = Path(folder)
     path = folder / ONNX_FILE
@@ -233,10 +242,12 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
         raise OnnxUnavailable(f"{path} was exported from other weights than {weights} "
                               f"(the model was retrained since); {redo}")
     parity = (card.get("onnx") or {}).get("parity") or {}
-    if parity and parity.get("passed") is False:
+    if parity and (parity.get("labels_identical") is False
+                   or float(parity.get("max_abs_diff", 0.0)) > parity_max_diff
+                   or (parity.get("passed") is False and "max_abs_diff" not in parity)):
         raise OnnxUnavailable(f"{path} failed its parity check against PyTorch at export "
-                              f"(max abs diff {parity.get('max_abs_diff')}, labels identical: "
-                              f"{parity.get('labels_identical')})")
+                              f"(labels identical: {parity.get('labels_identical')}, max |dp| "
+                              f"{parity.get('max_abs_diff')}, allowed {parity_max_diff:g})")
     shape = model.session.get_inputs()[0].shape
     size = want["input_size"]
     if len(shape) != 4 or list(shape[1:]) != [3, size, size]:

@@ -28,7 +28,15 @@ The threshold is a high percentile of the *val* split's scores (plain and
 varied); the *test* split is only used to measure false rejection.
 
 A cheap rule runs first: near-uniform images (blank, a single colour) are
-rejected with their own reason. Files: ``models/ood_guard/guard.safetensors``
+rejected with their own reason; for DICOM uploads, ``check_upload`` also
+rejects modalities that are never a CT slice (MR, US, MG, CR/DX, ...) by
+their tag, while secondary captures (OT/SC) are judged by their pixels.
+
+Use: ``guard.check(gray)`` -> :class:`Verdict`; ``guard.check_upload(data,
+gray)`` adds the modality rule; ``guard.require(gray, data)`` raises
+:class:`OutOfDistribution` (an ``InvalidImageError``) instead, so callers'
+existing error paths show the reason and never a class. The guard is
+read-only and hook-free: one instance may serve many threads. Files: ``models/ood_guard/guard.safetensors``
 (arrays) + ``guard.json`` (card: method, fit data, threshold; not named
 card.json so it is not listed among the classifiers). No pickle anywhere.
 
@@ -45,14 +53,14 @@ import math
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from lungct.preprocess import resize_gray
+from lungct.preprocess import InvalidImageError, resize_gray
 
 GUARD_NAME = "ood_guard"
 WEIGHTS_FILE = "guard.safetensors"
@@ -68,7 +76,7 @@ DEFAULTS = {
     "threshold": None,          # None: the fitted value stored in guard.json
     "val_percentile": 99.0,
     "components": 64,           # PPCA eigenvectors kept per depth
-    "variants_per_image": 5,    # random variants per train slice (besides the slice)
+    "variants_per_image": 3,    # random variants per train slice (besides the slice)
     "val_variants_per_image": 3,
     "min_std": 0.02,            # below: "blank or nearly uniform image"
     "seed": 0,
@@ -101,6 +109,19 @@ class Verdict:
         out["score"] = None if not math.isfinite(self.score) else round(self.score, 4)
         out["threshold"] = round(self.threshold, 4)
         return out
+
+
+class OutOfDistribution(InvalidImageError):
+    """Raised by :meth:`OODGuard.require`: the input is not a lung CT slice; ``.verdict`` says why.
+
+    A subclass of ``InvalidImageError``, so every existing error path (CLI
+    error lines, the app's error box) handles it without a new branch, and
+    no class can be shown for it.
+    """
+
+    def __init__(self, verdict: "Verdict"):
+        super().__init__(verdict.reason)
+        self.verdict = verdict
 
 
 # ----------------------------------------------------------- pure helpers
@@ -274,8 +295,8 @@ def random_variant(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = retissue(g, soft=rng.uniform(0.35, 0.65), lung=rng.uniform(0.0, 0.05),
                      detail=rng.uniform(0.2, 0.8), blur=rng.uniform(0.5, 1.5),
                      seed=int(rng.integers(1 << 31)))
-    if rng.random() < 0.4:
-        g = crop(g, rng.uniform(0.7, 0.97), rng.random(), rng.random())
+    if rng.random() < 0.5:
+        g = crop(g, rng.uniform(0.6, 0.97), rng.random(), rng.random())
     if rng.random() < 0.3:
         g = resample(g, int(rng.choice([128, 192, 256, 384, 768])))
     if rng.random() < 0.2:
@@ -396,7 +417,8 @@ _EXTRACTORS: dict[tuple, FeatureExtractor] = {}
 _EXTRACTORS_LOCK = threading.Lock()
 
 
-def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE) -> FeatureExtractor:
+def shared_extractor(layers: Sequence[str] = LAYERS,
+                     size: int = EXTRACTOR_SIZE) -> FeatureExtractor:
     """One extractor per (layers, size) per process (it is read-only, so threads may share it)."""
     key = (tuple(layers), int(size))
     with _EXTRACTORS_LOCK:
@@ -485,6 +507,17 @@ class OODGuard:
         verdict = modality_verdict(dicom_modality(data), self.threshold) if is_dicom(data) else None
         return verdict or self.check(gray)
 
+    def require(self, gray: np.ndarray, data: bytes | None = None) -> Verdict:
+        """The verdict if the input may be classified; raises :class:`OutOfDistribution` if not.
+
+        Pass the upload's ``data`` too when there is one, so a non-CT DICOM
+        modality is caught by its tag.
+        """
+        verdict = self.check_upload(data, gray) if data is not None else self.check(gray)
+        if not verdict.in_distribution:
+            raise OutOfDistribution(verdict)
+        return verdict
+
     def check_many(self, grays: Sequence[np.ndarray], batch_size: int = 32) -> list[Verdict]:
         grays = [as_gray(g) for g in grays]
         stds = [spread(g) for g in grays]
@@ -512,7 +545,10 @@ class OODGuard:
 
     @classmethod
     def load(cls, path: str | Path | None = None, cfg: dict | None = None) -> "OODGuard":
-        """Load ``models/ood_guard`` (or ``path``); params.yaml ``ood.threshold`` wins over the card's."""
+        """Load ``models/ood_guard`` (or ``path``).
+
+        params.yaml ``ood.threshold`` (or ``cfg``'s) wins over the card's fitted value.
+        """
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
@@ -535,7 +571,8 @@ class OODGuard:
         params = ood_config(cfg)
         threshold = params.get("threshold")
         threshold = float(card["threshold"] if threshold is None else threshold)
-        return cls(gaussians, threshold, card, min_std=float(params.get("min_std", card["min_std"])))
+        min_std = float(params.get("min_std", card.get("min_std", DEFAULTS["min_std"])))
+        return cls(gaussians, threshold, card, min_std=min_std)
 
 
 # ------------------------------------------------------------------- fit
@@ -621,7 +658,8 @@ def fit_guard(cfg: dict | None = None, log: Callable[[str], None] = print) -> OO
 # -------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.ood", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lungct.ood",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--params", help="params.yaml to read")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit the guard on the grouped train split and save it")

@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -127,7 +126,8 @@ def chest_xray_phantom(seed: int = 0, n: int = 512) -> np.ndarray:
         arc = yk + 0.25 * (np.abs(x) - 0.4) ** 2
         ribs += np.exp(-((y - arc) / 0.018) ** 2) * (np.abs(x) > 0.08) * (np.abs(x) < 0.75)
     for side in (-1, 1):  # clavicles
-        ribs += np.exp(-((y + 0.72 - 0.2 * side * x) / 0.02) ** 2) * (side * x > 0.05) * (side * x < 0.6)
+        ribs += (np.exp(-((y + 0.72 - 0.2 * side * x) / 0.02) ** 2)
+                 * (side * x > 0.05) * (side * x < 0.6))
     img = img + 0.25 * np.clip(ribs, 0, 1) * torso
     img = ndi.gaussian_filter(img, rng.uniform(2, 4)) + 0.02 * _smooth_noise(rng, n, 2)
     if rng.random() < 0.3:
@@ -171,18 +171,18 @@ def _skimage_images() -> list[tuple[str, np.ndarray]]:
     names = ("astronaut", "camera", "coffee", "chelsea", "rocket", "text", "page", "moon",
              "coins", "horse", "brick", "cat", "cell", "clock", "grass", "gravel",
              "hubble_deep_field", "immunohistochemistry", "logo", "retina", "colorwheel",
-             "microaneurysms", "binary_blobs", "checkerboard", "shepp_logan_phantom", "brain")
+             "microaneurysms", "binary_blobs", "checkerboard", "shepp_logan_phantom")
+    # "brain" (an MRI) needs an optional download (pooch): not available offline
     out = []
     for name in names:
         try:
             img = getattr(skd, name)()
-        except Exception:  # e.g. brain needs the optional pooch download: skip offline
+        except Exception:  # a sample that needs a download: skip it offline
             continue
-        if name == "brain":
-            img = img[img.shape[0] // 2]
         img = np.asarray(img, dtype=np.float64)
         if img.ndim == 3:
-            img = img[..., :3] @ np.array([0.299, 0.587, 0.114]) if img.shape[-1] >= 3 else img[..., 0]
+            img = (img[..., :3] @ np.array([0.299, 0.587, 0.114]) if img.shape[-1] >= 3
+                   else img[..., 0])
         img = (img - img.min()) / max(img.max() - img.min(), 1e-9)
         out.append((name, img.astype(np.float32)))
     return out
@@ -201,15 +201,17 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
     n = 384
     for i in range(6):
         out.append(("noise", f"uniform_{i}", rng.random((n, n)).astype(np.float32)))
-        out.append(("noise", f"gaussian_{i}", np.clip(rng.normal(0.5, 0.2, (n, n)), 0, 1).astype(np.float32)))
-        out.append(("noise", f"smooth_{i}", np.clip(0.5 + 0.2 * _smooth_noise(rng, n, 2 + 3 * i), 0, 1).astype(np.float32)))
+        out.append(("noise", f"gaussian_{i}", np.clip(rng.normal(0.5, 0.2, (n, n)), 0, 1)))
+        out.append(("noise", f"smooth_{i}", np.clip(0.5 + 0.2 * _smooth_noise(rng, n, 2 + 3 * i),
+                                                    0, 1)))
         sp = np.zeros((n, n), np.float32)
         sp[rng.random((n, n)) < 0.05 * (i + 1)] = 1.0
         out.append(("noise", f"salt_{i}", sp))
     for v in (0.0, 0.02, 0.5, 1.0):
         out.append(("blank", f"uniform_{v}", np.full((n, n), v, np.float32)))
-    out.append(("blank", "near_black_noise", np.clip(rng.normal(0.01, 0.005, (n, n)), 0, 1).astype(np.float32)))
-    out.append(("blank", "dark_frame", np.pad(np.full((n - 40, n - 40), 0.03, np.float32), 20, constant_values=0.5)))
+    out.append(("blank", "near_black_noise", np.clip(rng.normal(0.01, 0.005, (n, n)), 0, 1)))
+    out.append(("blank", "dark_frame", np.pad(np.full((n - 40, n - 40), 0.03, np.float32), 20,
+                                              constant_values=0.5)))
     x, y = _grid(n)
     out += [("gradient", "horizontal", (x + 1) / 2), ("gradient", "vertical", (y + 1) / 2),
             ("gradient", "diagonal", (x + y + 2) / 4),
@@ -218,16 +220,18 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
             ("gradient", "vignette_disc", np.clip(1.2 - np.hypot(x, y) ** 2, 0, 1))]
     for k in (2, 4, 8, 16, 32, 64):
         yy, xx = np.mgrid[0:n, 0:n]
-        out.append(("checkerboard", f"squares_{k}", (((xx // (n // k)) + (yy // (n // k))) % 2).astype(np.float32)))
+        out.append(("checkerboard", f"squares_{k}", ((xx // (n // k)) + (yy // (n // k))) % 2))
     out.append(("checkerboard", "stripes", ((np.mgrid[0:n, 0:n][1] // 16) % 2).astype(np.float32)))
     for i in range(8):
         out.append(("document", f"page_{i}", document(seed * 100 + i)))
     for i in range(8):
         out.append(("chest_xray_phantom", f"cxr_{i}", chest_xray_phantom(seed * 100 + i)))
     for i, win in enumerate(("brain", "bone", "lung", "dataset_like", "brain", "mediastinal")):
-        out.append(("brain_ct_phantom", f"brain_{i}_{win}", hu_window(brain_ct_phantom(seed * 100 + i), win)))
+        out.append(("brain_ct_phantom", f"brain_{i}_{win}",
+                    hu_window(brain_ct_phantom(seed * 100 + i), win)))
     for i, win in enumerate(("abdomen", "lung", "dataset_like", "mediastinal", "abdomen", "bone")):
-        out.append(("abdomen_ct_phantom", f"abdomen_{i}_{win}", hu_window(abdomen_ct_phantom(seed * 100 + i), win)))
+        out.append(("abdomen_ct_phantom", f"abdomen_{i}_{win}",
+                    hu_window(abdomen_ct_phantom(seed * 100 + i), win)))
     return [(c, nm, np.clip(np.asarray(g, np.float32), 0, 1)) for c, nm, g in out]
 
 
@@ -305,6 +309,22 @@ def _rate(flags) -> float | None:
     return round(float(np.mean(flags)), 4) if flags else None
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of a proportion k/n (sensible at 0/n and n/n)."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def _ci(flags) -> str:
+    flags = list(flags)
+    lo, hi = wilson(sum(flags), len(flags)) or (math.nan, math.nan)
+    return f"95% CI {100 * lo:.1f}-{100 * hi:.1f}%"
+
+
 def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
     """False rejection on grouped test, non-CT rejection, other-source pass rate."""
     from lungct.config import resolve
@@ -322,11 +342,13 @@ def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
         k: guard.card.get(k) for k in ("method", "fit", "threshold_selection")}}
     out["test_false_rejection"] = {
         "split": "grouped test", "n": len(rows), "rejected": len(rejected),
-        "rate": _rate(not v.in_distribution for v in verdicts), "rejected_files": rejected,
+        "rate": _rate(not v.in_distribution for v in verdicts),
+        "ci95": wilson(len(rejected), len(rows)), "rejected_files": rejected,
         "max_score": round(max(v.score for v in verdicts), 4)}
     per_slice_ms = 1000 * (time.time() - t0) / max(len(rows), 1)
     log(f"grouped test: {len(rejected)}/{len(rows)} lung CT slices rejected "
-        f"({100 * out['test_false_rejection']['rate']:.1f}%)")
+        f"({100 * out['test_false_rejection']['rate']:.1f}%, "
+        f"{_ci(not v.in_distribution for v in verdicts)})")
 
     non = non_ct_set()
     nv = guard.check_many([g for _, _, g in non])
@@ -335,12 +357,15 @@ def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
         cats.setdefault(cat, []).append((name, v))
     out["non_ct_rejection"] = {
         "n": len(non), "rate": _rate(not v.in_distribution for v in nv),
-        "per_category": {c: {"n": len(items), "rate": _rate(not v.in_distribution for _, v in items),
+        "ci95": wilson(sum(not v.in_distribution for v in nv), len(nv)),
+        "per_category": {c: {"n": len(items),
+                             "rate": _rate(not v.in_distribution for _, v in items),
                              "accepted": [n for n, v in items if v.in_distribution]}
                          for c, items in cats.items()},
         "min_score_over_threshold": round(min(v.score for v in nv) / guard.threshold, 3)}
     log(f"non-CT set: {sum(not v.in_distribution for v in nv)}/{len(non)} rejected "
-        f"({100 * out['non_ct_rejection']['rate']:.1f}%)")
+        f"({100 * out['non_ct_rejection']['rate']:.1f}%, "
+        f"{_ci(not v.in_distribution for v in nv)})")
     for c, d in out["non_ct_rejection"]["per_category"].items():
         extra = f"  accepted: {', '.join(d['accepted'])}" if d["accepted"] else ""
         log(f"  {c:22s} {100 * d['rate']:5.1f}% of {d['n']}{extra}")
@@ -355,11 +380,12 @@ def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
     all_flags = [f for fl in kinds.values() for f in fl]
     out["other_source_pass"] = {
         "source": f"grouped test slices (every {every}), each re-rendered per kind",
-        "rate": _rate(all_flags), "n": len(all_flags),
+        "rate": _rate(all_flags), "n": len(all_flags), "ci95": wilson(sum(all_flags),
+                                                                      len(all_flags)),
         "per_kind": {k: {"n": len(fl), "rate": _rate(fl)} for k, fl in kinds.items()},
         "ct_small_dcm": {name: v.as_dict() for (name, _), v in zip(small, small_v)}}
     log(f"other-source lung CTs: {100 * out['other_source_pass']['rate']:.1f}% of "
-        f"{len(all_flags)} pass")
+        f"{len(all_flags)} pass ({_ci(all_flags)})")
     for k, d in out["other_source_pass"]["per_kind"].items():
         log(f"  {k:30s} {100 * d['rate']:5.1f}% of {d['n']}")
     for (name, _), v in zip(small, small_v):
@@ -398,6 +424,7 @@ def memory_figures(cfg: dict, iterations: int = 200, guard=None, log=print) -> d
     from lungct.explain import explain
     from lungct.inference import Classifier
     from lungct.models import list_shipped, load_model
+    from lungct.preprocess import decode_image
 
     name = cfg.get("app", {}).get("default_model", "student_kd")
     shipped = list_shipped()
@@ -416,7 +443,6 @@ def memory_figures(cfg: dict, iterations: int = 200, guard=None, log=print) -> d
     t0 = time.time()
     for i in range(iterations):
         data = blobs[i % len(blobs)]
-        from lungct.preprocess import decode_image
         gray = decode_image(data)
         if guard is not None:
             guard.check(gray)
@@ -429,17 +455,71 @@ def memory_figures(cfg: dict, iterations: int = 200, guard=None, log=print) -> d
     end = rss_mb()
     half = trace[len(trace) // 2:]
     out = {"model": name, "iterations": iterations, "with_guard": guard is not None,
-           "rss_start_mb": round(start, 1), "rss_end_mb": round(end, 1),
-           "rss_peak_mb": round(peak, 1),
+           "rss_start_mb": round(start, 1), "rss_after_first_mb": trace[0] if trace else None,
+           "rss_end_mb": round(end, 1), "rss_peak_mb": round(peak, 1),
            "growth_second_half_mb": round(half[-1] - half[0], 1) if half else None,
            "seconds_per_iteration": round((time.time() - t0) / iterations, 3),
            "rss_every_20": trace[::20],
            "rss_source": "psutil" if _has_psutil() else "/proc/self/status VmRSS"}
     log(f"  {name}: {iterations} x (decode + guard + classify + Grad-CAM): RSS start "
-        f"{out['rss_start_mb']} MB, end {out['rss_end_mb']} MB, peak {out['rss_peak_mb']} MB, "
-        f"growth over the second half {out['growth_second_half_mb']} MB "
+        f"{out['rss_start_mb']} MB, after the first {out['rss_after_first_mb']} MB, end "
+        f"{out['rss_end_mb']} MB, peak {out['rss_peak_mb']} MB, growth over the second half "
+        f"{out['growth_second_half_mb']} MB "
         f"({out['seconds_per_iteration']} s/iteration)")
     return out
+
+
+def recompression_figures(cfg: dict, qualities=(95, 85, 75), every: int = 1, log=print) -> dict:
+    """How the default model's answer moves when a test slice is re-saved as JPEG.
+
+    Uploads are often re-compressed (messaging apps, PACS exports, screenshots);
+    the guard passes them (they are lung CT slices), so the classifier must be
+    stable under it. Per quality: label agreement with the original file, mean
+    and max change of any class probability, malignant -> other flips.
+    """
+    from lungct.config import resolve
+    from lungct.data.splits import read_manifest
+    from lungct.inference import Classifier
+    from lungct.models import list_shipped, load_model
+    from lungct.preprocess import decode_image, load_image
+
+    name = cfg.get("app", {}).get("default_model", "student_kd")
+    shipped = list_shipped()
+    if name not in shipped:
+        if not shipped:
+            return {"skipped": "no shipped model"}
+        name = shipped[0]
+    clf = Classifier(load_model(name), cfg.get("app", {}).get("unsure_below", 0.6))
+    root = resolve(cfg["data"]["root"])
+    rows = [r for r in read_manifest(resolve(cfg["data"]["manifest"]))
+            if r["grouped_split"] == "test"][::every]
+    grays = [load_image(root / r["path"]) for r in rows]
+    base = np.array([[p.probabilities[c] for c in clf.classes] for p in clf.predict_many(grays)])
+    out = {"model": name, "n": len(rows), "source": "grouped test slices re-saved as 8-bit JPEG",
+           "per_quality": {}}
+    mal = list(clf.classes).index("malignant") if "malignant" in clf.classes else None
+    for q in qualities:
+        probs = np.array([[p.probabilities[c] for c in clf.classes]
+                          for p in clf.predict_many([decode_image(_jpeg_bytes(g, q))
+                                                     for g in grays])])
+        same = base.argmax(1) == probs.argmax(1)
+        delta = np.abs(probs - base).max(1)
+        flips = (int(((base.argmax(1) == mal) & (probs.argmax(1) != mal)).sum())
+                 if mal is not None else None)
+        out["per_quality"][str(q)] = {
+            "label_agreement": _rate(same), "mean_max_abs_dp": round(float(delta.mean()), 4),
+            "max_abs_dp": round(float(delta.max()), 4), "malignant_to_other": flips}
+        log(f"  {name}: JPEG q{q}: same label {100 * float(same.mean()):.1f}% of {len(rows)}, "
+            f"mean |dp| {delta.mean():.3f}, max |dp| {delta.max():.3f}, "
+            f"malignant -> other: {flips}")
+    return out
+
+
+def _jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=int(quality))
+    return buf.getvalue()
 
 
 def _has_psutil() -> bool:
@@ -466,23 +546,26 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.params)
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print("== OOD guard ==")
     try:
         guard = OODGuard.load(cfg=cfg)
     except GuardLoadError as err:
-        print(f"  {err}")
+        print(f"== OOD guard: {err} ==")
         guard = None
         report["guard"] = {"skipped": str(err)}
-    if guard is not None:
-        print(f"  threshold {guard.threshold:.4f} ({guard.card.get('method', '')[:60]}...)")
-        report["guard"] = guard_figures(guard, cfg, every=max(1, args.every),
-                                        log=lambda s: print("  " + s))
-    print("== calibration: ECE before -> after temperature scaling (model cards, own test split) ==")
-    report["calibration"] = calibration_figures()
-    if not args.skip_memory:
+    if not args.skip_memory:  # first, so the figures are those of a fresh app-like process
         print(f"== memory over {args.iterations} classifications + heatmaps ==")
         report["memory"] = memory_figures(cfg, args.iterations, guard)
-    out = Path(args.out) if args.out else resolve(cfg.get("reports", {}).get("dir", "reports")) / "safety.json"
+    if guard is not None:
+        print(f"== OOD guard: threshold {guard.threshold:.4f} ==")
+        report["guard"] = guard_figures(guard, cfg, every=max(1, args.every),
+                                        log=lambda s: print("  " + s))
+    print("== calibration: ECE before -> after temperature scaling "
+          "(model cards, own test split) ==")
+    report["calibration"] = calibration_figures()
+    print("== stability of the default model under JPEG re-compression ==")
+    report["recompression"] = recompression_figures(cfg, every=max(1, args.every))
+    reports = resolve(cfg.get("reports", {}).get("dir", "reports"))
+    out = Path(args.out) if args.out else reports / "safety.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

@@ -1,0 +1,77 @@
+"""The results table of README.md, built from the model cards.
+
+    python -m lungct.results_table
+
+Every figure comes from a card written by ``python -m lungct evaluate`` and
+``python -m lungct.bench --write-cards``; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lungct.config import resolve
+from lungct.models import list_shipped
+from lungct.models.checkpoint import MODELS_DIR, read_card
+
+PAPER_ROWS = [("VGG16 (transfer), paper", "97.14%", "0.96"),
+              ("ViT teacher, paper", "98.09%", "0.98"),
+              ("VGG16 distilled, paper", "98.09%", "0.98")]
+
+
+def _pct(x, ci=None) -> str:
+    if x is None:
+        return "n/a"
+    s = f"{100 * x:.1f}%"
+    if ci and ci[0] is not None:
+        s += f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
+    return s
+
+
+def rows(protocol: str) -> list[str]:
+    out = []
+    for name in list_shipped():
+        card = read_card(MODELS_DIR / name)
+        if card.get("protocol") != protocol or card.get("kind") == "ood_guard":
+            continue
+        m, s = card.get("test_metrics"), card.get("stats", {})
+        if not m:
+            out.append(f"| {name} | {card.get('arch')} | not evaluated | | | | | | | |")
+            continue
+        cal = card.get("calibration", {})
+        auc = m["roc_auc"].get("malignant")
+        out.append(
+            f"| {name} | {card.get('arch')} {card.get('input_size')} px | "
+            f"{_pct(m['accuracy'], m.get('accuracy_ci95'))} | "
+            f"{_pct(m['malignant_recall'], m.get('malignant_recall_ci95'))} | "
+            f"{'n/a' if auc is None else f'{auc:.3f}'} | "
+            f"{_pct(m['per_class']['benign']['recall'])} | "
+            f"{cal.get('ece_before', float('nan')):.3f} / {cal.get('ece_after', float('nan')):.3f} | "
+            f"{s.get('params', 0) / 1e6:.1f} M | {(s.get('flops') or 0) / 1e9:.2f} | "
+            f"{s.get('cpu_latency_ms', 'n/a')} |")
+    return out
+
+
+def table() -> str:
+    leak = {}
+    path = resolve("reports/leakage.json")
+    if path.exists():
+        leak = json.loads(path.read_text())
+    head = ("| model | architecture | accuracy (95% CI) | malignant recall (95% CI) | "
+            "malignant AUC | benign recall | ECE before / after | params | GFLOPs | "
+            "CPU ms/image |\n|---|---|---|---|---|---|---|---|---|---|")
+    parts = []
+    for protocol, title in (("grouped", "Grouped split (pseudo-patients; the number we trust)"),
+                            ("paper", "Paper split (image-level; leaks, for comparison only)")):
+        lines = [f"**{title}**", "", head, *rows(protocol)]
+        if protocol in leak:
+            lines.append(f"| pixel 1-NN probe (no learning) | raw 64x64 pixels | "
+                         f"{_pct(leak[protocol]['pixel_1nn_accuracy'])} | | | | | | | |")
+        if protocol == "paper":
+            lines += [f"| {n} (published) | | {a} | {r} | | | | | | |" for n, a, r in PAPER_ROWS]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -134,8 +134,8 @@ def screen(guard, results: list[SliceResult], datas: list[bytes]) -> None:
     """Mark decoded slices the out-of-distribution guard rejects (``lungct.ood``).
 
     DICOM files of a non-CT modality are rejected by their tag; the pixels of
-    the others are checked in one batch. If the guard itself fails, the slices
-    go on with a warning rather than being hidden.
+    the others are checked in one batch. If the guard itself fails, no class
+    is shown: a tool that cannot tell a lung CT from a photo must not guess.
     """
     from lungct.ood import modality_verdict
 
@@ -154,8 +154,8 @@ def screen(guard, results: list[SliceResult], datas: list[bytes]) -> None:
         verdicts = guard.check_many([r.gray for r in todo])
     except Exception as err:
         for r in todo:
-            r.warning = (f"the input check (is this a lung CT slice?) failed "
-                         f"({type(err).__name__}); review with extra care")
+            r.error, r.rejected = (f"the input check (is this a lung CT slice?) failed "
+                                   f"({type(err).__name__}): no classification shown"), True
         return
     for r, verdict in zip(todo, verdicts):
         if not verdict.in_distribution:

@@ -22,7 +22,7 @@ from lungct import CLASSES
 from lungct.data.discover import IMAGE_SUFFIXES
 
 CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
-               "error")
+               "ood_score", "error")
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -67,8 +67,13 @@ def _reason(err: Exception) -> str:
 
 
 def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int = 32,
-                  workers: int = 1, progress: bool | None = None) -> Iterator[dict]:
+                  workers: int = 1, progress: bool | None = None,
+                  guard=None) -> Iterator[dict]:
     """One result dict per path, in order: ``{"file", **prediction}`` or ``{"file", "error"}``.
+
+    With an ``OODGuard`` every decoded slice is checked first: results carry
+    ``"ood"`` (verdict and score), and a slice that does not look like a lung
+    CT gets ``{"file", "error", "rejected": true, "ood"}`` and no class.
 
     Reading, decoding and preprocessing run ``workers`` threads ahead of the
     model; the model sees batches of ``batch_size``. ``progress``: a tqdm bar on
@@ -78,9 +83,19 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
 
     from lungct.preprocess import InvalidImageError, decode_image
 
+    verdicts: dict[Path, dict] = {}
+
     def load(path: Path):
         try:
-            gray = decode_image(path.read_bytes(), name=path.name, window=window)
+            data = path.read_bytes()
+            gray = decode_image(data, name=path.name, window=window)
+            if guard is not None:
+                try:
+                    verdicts[path] = guard.require(gray, data).as_dict()
+                except InvalidImageError as err:  # OutOfDistribution carries its verdict
+                    if hasattr(err, "verdict"):
+                        verdicts[path] = err.verdict.as_dict()
+                    raise
             return path, clf.prepare(gray), None
         except (InvalidImageError, OSError) as err:
             return path, None, _reason(err)
@@ -96,8 +111,13 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
         preds = iter(clf.predict_prepared([x for _, x in good])) if good else iter(())
         out = []
         for path, x, err in batch:
-            out.append({"file": str(path), "error": err} if err is not None
-                       else {"file": str(path), **next(preds).as_dict()})
+            row = ({"file": str(path), "error": err} if err is not None
+                   else {"file": str(path), **next(preds).as_dict()})
+            if path in verdicts:
+                row["ood"] = verdicts.pop(path)
+                if err is not None and not row["ood"]["in_distribution"]:
+                    row["rejected"] = True
+            out.append(row)
         bar.update(len(batch))
         batch.clear()
         return out
@@ -114,7 +134,8 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
 
 
 def _csv_row(out: dict) -> dict:
-    row = {"file": out["file"], "error": out.get("error", "")}
+    row = {"file": out["file"], "error": out.get("error", ""),
+           "ood_score": (out.get("ood") or {}).get("score", "")}
     if "error" not in out:
         row.update(label=out["label"], unsure=str(bool(out["unsure"])).lower(),
                    model=out["model"], backend=out.get("backend", ""))
@@ -152,6 +173,15 @@ def cmd_predict(args) -> int:
     except (ModelLoadError, OnnxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    guard = None
+    if cfg.get("ood", {}).get("enabled", True) and not args.no_guard:
+        from lungct.ood import GuardLoadError, OODGuard
+        try:
+            guard = OODGuard.load(cfg=cfg)
+        except GuardLoadError as err:
+            print(f"error: the input guard could not be loaded ({err}); "
+                  "use --no-guard to classify without it", file=sys.stderr)
+            return 2
     window = args.window or cfg["preprocess"]["dicom_window"]
     paths = expand_inputs(args.files)
     if not paths:
@@ -168,7 +198,7 @@ def cmd_predict(args) -> int:
     n = failed = 0
     try:
         for out in predict_paths(clf, paths, window, args.batch_size, args.workers,
-                                 args.progress):
+                                 args.progress, guard=guard):
             n += 1
             failed += "error" in out
             _print_result(out, args.json)
@@ -208,6 +238,8 @@ def add_commands(sub, common) -> None:
     p.add_argument("files", nargs="+", help="files or folders")
     p.add_argument("--model", help="model name under models/ or a folder (default: app's)")
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
+    p.add_argument("--no-guard", action="store_true",
+                   help="skip the input guard (is this a lung CT slice?): not recommended")
     p.add_argument("--csv", metavar="OUT", help="also write one CSV row per input to OUT")
     p.add_argument("--window", choices=["lung", "mediastinal", "file"],
                    help="DICOM window (default: preprocess.dicom_window)")

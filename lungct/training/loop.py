@@ -69,11 +69,28 @@ class _RankShard(torch.utils.data.Sampler):
         return math.ceil(len(self.sampler) / self.world)
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Keep BatchNorm layers in eval mode: use, and never update, their running stats.
+
+    Fine-tuning the ImageNet EfficientNet-Lite on ~700 slices, the running
+    variances of near-dead channels drift to ~0 and validation accuracy swung
+    by 30 points between epochs at a learning rate near zero; frozen
+    statistics remove that instability (weights and BN affine parameters
+    still train).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_one_epoch(model, loader, optimizer, device, scaler=None, teacher=None,
                     alpha: float = 0.5, temperature: float = 4.0, scheduler=None,
-                    label_smoothing: float = 0.0, desc: str = "train") -> dict:
+                    label_smoothing: float = 0.0, desc: str = "train",
+                    freeze_bn: bool = False) -> dict:
     """One pass over ``loader``; with a teacher the loss is the distillation loss."""
     model.train()
+    if freeze_bn:
+        freeze_batchnorm(model)
     use_amp = scaler is not None
     total, correct, loss_sum = 0, 0, 0.0
     for x, y, _ in tqdm(loader, desc=desc, leave=False, mininterval=5):
@@ -166,7 +183,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
         stats = train_one_epoch(train_model, train_loader, optimizer, device, scaler, teacher,
                                 cfg.get("alpha", 0.5), cfg.get("temperature", 4.0),
                                 scheduler, cfg.get("label_smoothing", 0.0),
-                                desc=f"epoch {epoch + 1}/{epochs}")
+                                desc=f"epoch {epoch + 1}/{epochs}",
+                                freeze_bn=bool(cfg.get("freeze_bn", False)))
         stats.update(validate(model, val_loader, device))
         stats.update(epoch=epoch + 1, seconds=round(time.time() - start, 1),
                      lr=optimizer.param_groups[0]["lr"])

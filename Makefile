@@ -16,7 +16,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# ONNX files are build outputs (not in git): export them once for fast CPU
+# inference; without them the app runs the same models on PyTorch.
 app: install
+	-test -f models/student_kd/model.onnx || $(PY) -m lungct export --model student_kd teacher_hybrid_vit
 	$(VENV)/bin/streamlit run app.py
 
 test: install

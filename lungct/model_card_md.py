@@ -25,9 +25,9 @@ def render(card: dict) -> str:
              f"- Initialisation: {card.get('pretrained')}"]
     if card.get("teacher"):
         t = card["teacher"]
+        tc = card.get("training", {}).get("config", {})
         lines.append(f"- Distilled from `{t.get('name')}` ({t.get('arch')}, protocol "
-                     f"{t.get('protocol')}); alpha {card['training']['config'].get('alpha')}, "
-                     f"T {card['training']['config'].get('temperature')}")
+                     f"{t.get('protocol')}); alpha {tc.get('alpha')}, T {tc.get('temperature')}")
     tr = card.get("training", {})
     if tr:
         hist = tr.get("history", [])

@@ -237,6 +237,11 @@ def cmd_export(args) -> int:
             print(f"error: {name}: {err}", file=sys.stderr)
             status = 1
             continue
+        except Exception as err:  # e.g. an operator ONNX cannot express: PyTorch serves it
+            print(f"error: {name}: ONNX export failed ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:200]}); it will run on PyTorch", file=sys.stderr)
+            status = 1
+            continue
         print(format_section(name, section), flush=True)
         if not section["parity"]["passed"]:
             print(f"error: {name}: the ONNX export disagrees with PyTorch; the runtime will "

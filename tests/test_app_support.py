@@ -189,10 +189,12 @@ def test_guard_rejects_before_classification(sample_bytes):
     assert rejection(None, black.getvalue(), results[1].gray) is None
 
 
-def test_guard_failure_warns_but_classifies(sample_bytes):
+def test_guard_failure_shows_no_class(sample_bytes):
+    """Fail closed: if the input check itself breaks, no class is shown."""
     results = analyse_files(FakeClassifier(), [("a.jpg", sample_bytes["benign_1.jpg"])],
                             guard=FakeGuard(fail=True))
-    assert results[0].ok and "input check" in results[0].warning
+    assert not results[0].ok and results[0].rejected
+    assert "input check" in results[0].error and results[0].prediction is None
 
 
 # ------------------------------------------------------------------ report

@@ -366,7 +366,7 @@ def test_model_config_merges_an_entry(clean_env):
     assert merged["train"]["batch_size"] == cfg["train"]["batch_size"]
     scratch, teacher, _ = model_config(cfg, "vgg16_scratch")
     assert teacher is None
-    assert scratch["preprocess"]["image_size"] == 96
+    assert scratch["preprocess"]["image_size"] == 64
     assert scratch["train"]["model"] == "vgg16_bn" and scratch["train"]["pretrained"] is False
     assert cfg["preprocess"]["image_size"] == 224          # input not mutated
     plain, teacher, description = model_config(cfg, "not_a_shipped_model")

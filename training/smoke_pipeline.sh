@@ -16,7 +16,9 @@ $PY -m lungct leakage "${COMMON[@]}" --out "$OUT/reports/leakage.json"
 $PY -m lungct train --name teacher_hybrid_vit --out "$OUT/models/teacher_hybrid_vit" --limit 4 "${COMMON[@]}"
 $PY -m lungct train --name student_kd --out "$OUT/models/student_kd" --teacher "$OUT/models/teacher_hybrid_vit" --limit 4 "${COMMON[@]}"
 $PY -m lungct evaluate --model "$OUT/models/student_kd" "${COMMON[@]}"
+$PY -m lungct export --model "$OUT/models/student_kd" --limit 8 "${COMMON[@]}"
+cp -r models/ood_guard "$OUT/models/"   # the committed input guard
 $PY -m lungct predict --json --model "$OUT/models/student_kd" samples/
-$PY -m lungct.bench --repeats 3 --out "$OUT/reports/bench.json" --models student_kd
+$PY -m lungct.bench --repeats 3 --cli-images 16 --out "$OUT/reports/bench.json" --models student_kd
 .venv/bin/dvc dag > /dev/null   # dvc.yaml still parses
 echo "smoke pipeline OK"

@@ -158,3 +158,15 @@ class FakeGuard:
             raise RuntimeError("guard exploded")
         return [Verdict(g.mean() > 0.05, float(g.mean()), 0.05,
                         "not a lung CT slice: no classification (test)") for g in grays]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine
+    spinning OpenMP workers make them ~10x slower; restored after each module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

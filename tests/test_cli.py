@@ -20,16 +20,6 @@ from lungct.models import create_model, save_model
 SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
-    spinning OpenMP workers make them ~10x slower; the setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     torch.manual_seed(0)

@@ -31,16 +31,6 @@ from lungct.preprocess import to_tensor
 SMALL = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
-    spinning OpenMP workers make them ~10x slower; the setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def forward(model: nn.Module, size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

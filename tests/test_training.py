@@ -30,16 +30,6 @@ CPU = torch.device("cpu")
 HALF = (0.5, 0.5, 0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
-    spinning OpenMP workers make them ~10x slower; the setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in ("LUNGCT_DATA", "MLFLOW_TRACKING_URI", "LUNGCT_PARAMS"):

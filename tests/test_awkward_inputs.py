@@ -16,6 +16,7 @@ import io
 
 import numpy as np
 import pytest
+from dicom_factory import ct_dataset
 from PIL import Image
 
 from lungct import ood
@@ -25,7 +26,6 @@ from lungct.preprocess import WINDOWS, decode_image
 
 SAMPLES = ("malignant_1.jpg", "normal_1.jpg")
 LUNG_W, LUNG_L = WINDOWS["lung"]
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _model_name() -> str | None:
@@ -56,18 +56,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def dicom_bytes(stored: np.ndarray, *, photometric="MONOCHROME2", rescale=(1.0, -1024.0),
                 window=None, signed=True, bits=16) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = ct_dataset()
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_factory import ct_dataset
 from PIL import Image
 
 from lungct import ood
@@ -51,25 +52,14 @@ FILE_TOKENS = (b"Doe^Jane", b"PID-12345", b"19600101", b"ACC-999", b"St Example 
 EXTERNAL_WRITERS = ("logs", "mlruns", "mlartifacts", "mlflow.db", "models", "reports", "dvc_cache",
                     ".dvc")
 SKIP_DIRS = {"__pycache__", ".git", ".venv", ".pytest_cache", ".hypothesis"}
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def phi_dicom(pixels=True, bad_window=False, truncate=False) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     u8 = np.asarray(Image.open(REPO_ROOT / "samples" / "benign_1.jpg").convert("L"))
     width, level = WINDOWS["lung"]
     hu = u8 / 255.0 * width + (level - width / 2)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = ct_dataset()
     for key, value in PHI.items():
         setattr(ds, key, value)
     ds.Rows, ds.Columns = hu.shape

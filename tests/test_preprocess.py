@@ -10,13 +10,14 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import ct_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 from lungct.preprocess import (
     MAX_PIXELS,
@@ -31,7 +32,6 @@ from lungct.preprocess import (
     to_tensor,
 )
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 JPEG2000 = "1.2.840.10008.1.2.4.90"
 
 
@@ -69,16 +69,7 @@ def make_dicom(hu: np.ndarray | None = None, *, slope=1.0, intercept=-1024.0,
     """A CT image DICOM whose stored values map to ``hu`` via slope/intercept."""
     if hu is None:
         hu = np.linspace(-1350, 150, 32 * 32).reshape(32, 32)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    if modality:
-        ds.Modality = modality
+    ds = ct_dataset(modality)
     ds.Rows, ds.Columns = hu.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

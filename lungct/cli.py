@@ -72,6 +72,28 @@ def cmd_cards(args) -> int:
     return 0
 
 
+def cmd_half(args) -> int:
+    import torch
+    from lungct.data.splits import read_manifest, select
+    from lungct.models import load_model
+    from lungct.models.half import store_half
+    from lungct.training.datasets import SliceDataset, preload
+    cfg = _config(args)
+    rows = read_manifest(resolve(cfg["data"]["manifest"]))
+    for name in args.models:
+        model = load_model(name)
+        protocol = model.card.get("protocol", "grouped")
+        val = select(rows, protocol, "val")
+        x, y = preload(resolve(cfg["data"]["root"]), val, model.input_size)
+        ds = SliceDataset(x, y, model.mean, model.std)
+        inputs = torch.stack([ds[i][0] for i in range(len(ds))])
+        check = store_half(name, inputs, f"{protocol} val", args.tol)
+        print(f"{name}: {check['label_changes']} label changes, max |dp| "
+              f"{check['max_prob_diff']:.4f} on {check['images']} {protocol}-val images -> "
+              f"{'float16' if check['stored'] else 'kept float32'}")
+    return 0  # a failed check keeps float32: a bigger file, never a changed model
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lungct", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -101,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cards", parents=[common], help="render models/*/README.md from cards")
     p.add_argument("models", nargs="*", help="model names (default: all shipped)")
     p.set_defaults(func=cmd_cards)
+
+    p = sub.add_parser("half", parents=[common],
+                       help="store weights in float16 if that changes no label on validation")
+    p.add_argument("models", nargs="+", help="model names or folders")
+    p.add_argument("--tol", type=float, default=0.02,
+                   help="largest allowed change of any class probability (default 0.02)")
+    p.set_defaults(func=cmd_half)
 
     from lungct import cli_predict
     cli_predict.add_commands(sub, common)

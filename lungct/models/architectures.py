@@ -104,7 +104,8 @@ for _name, _what in [("vit_base_patch16_224", "ViT-B/16, the paper's teacher"),
 
 
 class _LiteStem(nn.Sequential):
-    """EfficientNet-Lite0 up to stride 16 (its first five stages)."""
+    """EfficientNet-Lite0's stem and first ``stages`` stages (5: stride 16, 112 channels;
+    6 or 7: stride 32, 192 or 320 channels)."""
 
     def __init__(self, pretrained: bool, stages: int = 5):
         lite = timm.create_model("efficientnet_lite0", pretrained=False)
@@ -117,9 +118,17 @@ class _LiteStem(nn.Sequential):
           "encoder over the stride-16 feature map of an ImageNet EfficientNet-Lite0",
           mean=HALF, std=HALF, cam_layers=_vit_layers, is_transformer=True)
 def hybrid_vit_lite0(num_classes=3, pretrained=False, input_size=224, embed_dim=192,
-                     depth=4, num_heads=3, drop_rate=0.1, drop_path_rate=0.1):
+                     depth=4, num_heads=3, drop_rate=0.1, drop_path_rate=0.1, stages=5):
+    """``stages`` sets how much of the pretrained CNN sits under the transformer: more
+    pretrained stages and fewer (randomly initialised) transformer blocks suit a few
+    hundred training slices better."""
     from timm.models.vision_transformer import VisionTransformer
-    embed = partial(HybridEmbed, backbone=_LiteStem(pretrained), patch_size=1)
+    if not 1 <= int(stages) <= 7:
+        raise ValueError(f"hybrid_vit_lite0: stages must be 1..7, got {stages}")
+    if int(depth) < 2:
+        raise ValueError("hybrid_vit_lite0: depth must be at least 2 (Grad-CAM uses the "
+                         "last two blocks)")
+    embed = partial(HybridEmbed, backbone=_LiteStem(pretrained, int(stages)), patch_size=1)
     return VisionTransformer(img_size=input_size, patch_size=1, num_classes=num_classes,
                              embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                              embed_layer=embed, drop_rate=drop_rate,

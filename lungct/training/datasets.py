@@ -4,7 +4,9 @@ Decoding 1097 JPEGs every epoch would cost more than the forward pass of a
 small model on a 2-core CPU, so every slice is decoded once through the same
 ``lungct.preprocess`` path the app uses, resized to the model size and kept
 as uint8 in memory (about 55 MB at 224 px). Augmentation follows the paper:
-horizontal flip, rotation up to 15 degrees, zoom and shift.
+horizontal flip, rotation up to 15 degrees, zoom and shift; optionally also
+JPEG re-compression, because slices reach the app re-saved by PACS exports,
+screenshots and e-mail at qualities the training JPEGs never had.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def train_transform(aug: dict) -> v2.Compose:
     if degrees or zoom or shift:
         steps.append(v2.RandomAffine(degrees=degrees, translate=(shift, shift),
                                      scale=(1 - zoom, 1 + zoom)))
+    quality = aug.get("jpeg_quality")
+    if quality and float(aug.get("jpeg_p", 0.5)) > 0:
+        lo, hi = (int(quality[0]), int(quality[1])) if isinstance(quality, (list, tuple)) \
+            else (int(quality), int(quality))
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"augment.jpeg_quality must be 1 <= low <= high <= 100, got {quality}")
+        steps.append(v2.RandomApply([v2.JPEG(quality=(lo, hi))], p=float(aug.get("jpeg_p", 0.5))))
     return v2.Compose(steps) if steps else v2.Identity()
 
 

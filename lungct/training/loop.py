@@ -86,8 +86,11 @@ def freeze_batchnorm(model: nn.Module) -> None:
 def train_one_epoch(model, loader, optimizer, device, scaler=None, teacher=None,
                     alpha: float = 0.5, temperature: float = 4.0, scheduler=None,
                     label_smoothing: float = 0.0, desc: str = "train",
-                    freeze_bn: bool = False) -> dict:
-    """One pass over ``loader``; with a teacher the loss is the distillation loss."""
+                    freeze_bn: bool = False, ema=None) -> dict:
+    """One pass over ``loader``; with a teacher the loss is the distillation loss.
+
+    ``ema`` (an ``AveragedModel``) is updated after every optimizer step.
+    """
     model.train()
     if freeze_bn:
         freeze_batchnorm(model)
@@ -113,6 +116,8 @@ def train_one_epoch(model, loader, optimizer, device, scaler=None, teacher=None,
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if hasattr(model, "module") else model)
         total += len(y)
         correct += (logits.argmax(1) == y).sum().item()
         loss_sum += loss.item() * len(y)
@@ -147,13 +152,28 @@ def validate(model, loader, device) -> dict:
     return out
 
 
+def make_ema(model: nn.Module, decay: float):
+    """An exponential moving average of the weights (buffers too), updated every step.
+
+    On ~700 slices from ~70 pseudo-patients the validation loss of the raw
+    weights jumps between epochs (normal vs benign recall swapping by 40
+    points); the averaged weights move smoothly, so early stopping and the
+    best-epoch choice pick a model rather than a lucky step.
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: dict,
         teacher: nn.Module | None = None, on_epoch: Callable[[dict], None] | None = None,
         device: torch.device | None = None) -> tuple[nn.Module, list[dict]]:
     """Train with AdamW + one-cycle cosine schedule and early stopping.
 
     ``cfg`` is params.yaml's ``train`` section (plus ``alpha``/``temperature``
-    from ``distill`` when a teacher is given). Returns the model holding the
+    from ``distill`` when a teacher is given). With ``ema_decay`` set, the
+    weight average is what is validated and kept. Returns the model holding the
     best validation weights and the per-epoch history.
     """
     device = device or pick_device()
@@ -178,21 +198,23 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
     sign = 1.0 if monitor.endswith("loss") else -1.0
     best, best_state, best_epoch, history = math.inf, None, -1, []
     patience = int(cfg.get("early_stopping_patience", 3))
+    ema = make_ema(model, float(cfg["ema_decay"])) if cfg.get("ema_decay") else None
+    eval_model = ema.module if ema is not None else model
     for epoch in range(epochs):
         start = time.time()
         stats = train_one_epoch(train_model, train_loader, optimizer, device, scaler, teacher,
                                 cfg.get("alpha", 0.5), cfg.get("temperature", 4.0),
                                 scheduler, cfg.get("label_smoothing", 0.0),
                                 desc=f"epoch {epoch + 1}/{epochs}",
-                                freeze_bn=bool(cfg.get("freeze_bn", False)))
-        stats.update(validate(model, val_loader, device))
+                                freeze_bn=bool(cfg.get("freeze_bn", False)), ema=ema)
+        stats.update(validate(eval_model, val_loader, device))
         stats.update(epoch=epoch + 1, seconds=round(time.time() - start, 1),
                      lr=optimizer.param_groups[0]["lr"])
         history.append(stats)
         score = sign * stats[monitor]
         if score < best:
             best, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(eval_model.state_dict())
         stats["best_epoch"] = best_epoch + 1
         if on_epoch:
             on_epoch(stats)

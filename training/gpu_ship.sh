@@ -5,12 +5,16 @@
 #
 # Runs the same `python -m lungct train --name ...` commands as the DVC stages,
 # reading each model's entry in params.yaml, on a single CUDA GPU (mixed
-# precision), four runs side by side in phase 1 and two in phase 2:
-#   1. three teacher candidates (lr 1e-3, 5e-4, 2e-4), the paper-protocol teacher,
-#      and student_plain (needs no teacher);
-#   2. the teacher with the lower best validation loss becomes
+# precision), six runs side by side in phase 1 and two in phase 2:
+#   1. four teacher candidates (how much of the pretrained CNN sits under the
+#      transformer, and the learning rate: the last round of the search recorded
+#      in the teacher's card), the paper-protocol teacher, and student_plain;
+#   2. the candidate with the lowest best validation loss becomes
 #      models/teacher_hybrid_vit (the choice is written into its card), then
 #      student_kd and student_kd_paper are distilled from their teachers.
+# Every model is then stored in float16 if that changes no validation label.
+# A GPU box with a small upload limit can take the data pre-decoded:
+# `python training/pack_data.py --size 320 --out DIR`, then LUNGCT_DATA=DIR.
 # Only train/val images are read; test parts stay untouched. EPOCHS overrides
 # every model's train.epochs and LIMIT=N keeps N images per class and part (quick
 # checks). Logs go to logs/gpu_ship/.
@@ -34,9 +38,14 @@ train() {  # train LOGNAME ARGS...
 }
 
 start=$(date +%s)
-train teacher_lr5e-4 --name teacher_hybrid_vit --out sweep/teacher_lr5e-4 --set train.lr=0.0005 &
-train teacher_lr2e-4 --name teacher_hybrid_vit --out sweep/teacher_lr2e-4 --set train.lr=0.0002 &
-train teacher_lr1e-3 --name teacher_hybrid_vit --out sweep/teacher_lr1e-3 --set train.lr=0.001 &
+cand() {  # cand STAGES DEPTH LR
+    train "teacher_s$1_d$2_lr$3" --name teacher_hybrid_vit --out "sweep/teacher_s$1_d$2_lr$3" \
+        --set "train.model_kwargs.stages=$1" --set "train.model_kwargs.depth=$2" --set "train.lr=$3"
+}
+cand 5 2 0.0005 &
+cand 6 2 0.0005 &
+cand 7 2 0.0005 &
+cand 7 2 0.0002 &
 train teacher_paper --name teacher_hybrid_vit_paper &
 train student_plain --name student_plain &
 wait
@@ -68,4 +77,7 @@ PYEOF
 train student_kd --name student_kd &
 train student_kd_paper --name student_kd_paper &
 wait
+for n in teacher_hybrid_vit student_kd student_plain teacher_hybrid_vit_paper student_kd_paper; do
+    "$PY" -m lungct half "$n" --set "train.num_workers=0"
+done
 echo "total: $(( $(date +%s) - start )) s"

@@ -15,6 +15,7 @@ $PY -m lungct split "${COMMON[@]}"
 $PY -m lungct leakage "${COMMON[@]}" --out "$OUT/reports/leakage.json"
 $PY -m lungct train --name teacher_hybrid_vit --out "$OUT/models/teacher_hybrid_vit" --limit 4 "${COMMON[@]}"
 $PY -m lungct train --name student_kd --out "$OUT/models/student_kd" --teacher "$OUT/models/teacher_hybrid_vit" --limit 4 "${COMMON[@]}"
+$PY -m lungct half "$OUT/models/student_kd" "${COMMON[@]}"
 $PY -m lungct evaluate --model "$OUT/models/student_kd" "${COMMON[@]}"
 $PY -m lungct export --model "$OUT/models/student_kd" --limit 8 "${COMMON[@]}"
 cp -r models/ood_guard "$OUT/models/"   # the committed input guard

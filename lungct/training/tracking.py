@@ -31,7 +31,11 @@ def tracking_uri(cfg: dict) -> str:
     return resolve(uri).as_uri()
 
 
-def artifact_root() -> str:
+def artifact_root(uri: str) -> str:
+    """Artifacts beside a local SQLite store (``mlartifacts/`` next to the .db file), so a
+    store elsewhere (tests, MLFLOW_TRACKING_URI) never writes into the repository."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
     return resolve("mlartifacts").as_uri()
 
 
@@ -53,10 +57,11 @@ def mlflow_run(cfg: dict, run_name: str, enabled: bool = True):
         yield _NullRun()
         return
     import mlflow
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     name = cfg.get("tracking", {}).get("experiment", "lungct")
     if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=artifact_root())
+        mlflow.create_experiment(name, artifact_location=artifact_root(uri))
     mlflow.set_experiment(name)
     with mlflow.start_run(run_name=run_name):
         params = {k: str(v)[:250] for k, v in flatten(cfg).items()}
@@ -105,3 +110,56 @@ class _MlflowRun(_NullRun):
 
     def log_model(self, folder: Path) -> None:
         self.mlflow.log_artifacts(str(folder), artifact_path="model")
+
+
+def import_card(cfg: dict, folder: str | Path) -> None:
+    """Log a model trained elsewhere (e.g. a GPU box without MLflow) from its card.
+
+    The card holds everything a live run logs: the training config, the
+    per-epoch history, the validation report and, next to it, the weights.
+    The run is tagged ``imported_from_card`` so it is never mistaken for a
+    live one.
+    """
+    import json
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    training = card.get("training") or {}
+    if not training.get("history"):
+        raise ValueError(f"{folder}: the card has no training history to import")
+    run_cfg = {"train": training.get("config", {}), "data": training.get("data", {}),
+               "tracking": cfg.get("tracking", {}), "protocol": card.get("protocol"),
+               "teacher": (card.get("teacher") or {}).get("name")}
+    with mlflow_run(run_cfg, card.get("name", folder.name)) as run:
+        run.mlflow.set_tags({"imported_from_card": "true",
+                             "trained_on": str(training.get("device", "unknown")),
+                             "card_created": str(card.get("created", ""))})
+        for stats in training["history"]:
+            run.log_epoch(stats)
+        val = card.get("val_metrics") or {}
+        run.log_final({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+        if val.get("confusion_matrix"):
+            run.log_confusion(val["confusion_matrix"], f"{card.get('name', folder.name)} (val)")
+        run.log_model(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from lungct.config import load_config
+    from lungct.models.checkpoint import resolve_model_dir
+    ap = argparse.ArgumentParser(
+        prog="python -m lungct.training.tracking",
+        description="MLflow tracking utilities")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="log models trained without MLflow from their cards")
+    imp.add_argument("models", nargs="+", help="model names or folders")
+    args = ap.parse_args(argv)
+    cfg = load_config()
+    for name in args.models:
+        folder = resolve_model_dir(name)
+        import_card(cfg, folder)
+        print(f"imported {folder.name} into {tracking_uri(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

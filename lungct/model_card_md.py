@@ -16,6 +16,25 @@ def _ci(ci) -> str:
     return "" if not ci or ci[0] is None else f" (95% CI {_pct(ci[0])}-{_pct(ci[1])})"
 
 
+def _selection_lines(sel, indent: str = "", title: str = "Selection") -> list[str]:
+    """How the model was chosen on validation (card ``training.selection``), as bullets."""
+    if not sel:
+        return []
+    if not isinstance(sel, dict):
+        return [f"{indent}- {title}: {sel}"]
+    lines = [f"{indent}- {title}: {sel.get('rule', '')}".rstrip()]
+    for key, value in sel.items():
+        if key == "rule":
+            continue
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            lines.append(f"{indent}  - {key}: " + "; ".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, dict):
+            lines += _selection_lines(value, indent + "  ", key.replace("_", " "))
+        else:
+            lines.append(f"{indent}  - {key}: {value}")
+    return lines
+
+
 def render(card: dict) -> str:
     lines = [f"# {card.get('name', 'model')}", "", card.get("description", ""), "",
              f"- Architecture: `{card.get('arch')}` ({card.get('input_size')} px input, "
@@ -37,6 +56,17 @@ def render(card: dict) -> str:
                      f"{tr.get('device')} in {tr.get('minutes')} min; "
                      f"{tr.get('data', {}).get('n_train')} train / "
                      f"{tr.get('data', {}).get('n_val')} val images")
+        tc = tr.get("config", {})
+        recipe = [f"lr {tc.get('lr')}", f"batch {tc.get('batch_size')}"]
+        if tc.get("freeze_bn"):
+            recipe.append("frozen BatchNorm statistics")
+        if tc.get("ema_decay"):
+            recipe.append(f"weight EMA {tc.get('ema_decay')}")
+        aug = tc.get("augment", {})
+        if aug.get("jpeg_quality") and aug.get("jpeg_p"):
+            recipe.append(f"JPEG re-compression q{aug['jpeg_quality']} p{aug['jpeg_p']}")
+        lines.append("- Recipe: " + ", ".join(recipe))
+        lines += _selection_lines(tr.get("selection"))
     m = card.get("test_metrics")
     if m:
         ev = card.get("evaluated_on", {})
@@ -75,6 +105,13 @@ def render(card: dict) -> str:
                   f"{s.get('weights_mb')} MB",
                   f"- CPU latency {s.get('cpu_latency_ms')} ms per image end to end "
                   f"({s.get('threads')} threads; `python -m lungct.bench --write-cards`)"]
+    st = card.get("storage")
+    if st:
+        c = st.get("check", {})
+        lines.append(f"- Stored in {st.get('dtype')} (`python -m lungct half`): on "
+                     f"{c.get('images')} {c.get('split')} images, {c.get('label_changes')} "
+                     f"label changes, largest probability change {c.get('max_prob_diff')}; "
+                     "computes in float32")
     lines += ["", "## Intended use", "",
               "Research decision support for lung CT slices; not a medical device. Every "
               "output needs a radiologist's review.", "", f"Data: {card.get('dataset')}", ""]

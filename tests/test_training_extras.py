@@ -210,3 +210,26 @@ def test_import_card_refuses_a_card_without_history(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps({"name": "x", "training": {}}))
     with pytest.raises(ValueError, match="no training history"):
         import_card({}, tmp_path)
+
+
+# ------------------------------------------------------- card markdown
+
+def test_card_markdown_shows_recipe_selection_and_storage():
+    from lungct.model_card_md import render
+    card = {"name": "m", "arch": "efficientnet_lite0", "input_size": 320, "protocol": "grouped",
+            "training": {"history": [{"epoch": 1, "best_epoch": 1}], "device": "cuda:0",
+                         "minutes": 1.0, "data": {"n_train": 702, "n_val": 176},
+                         "config": {"lr": 3e-4, "batch_size": 32, "freeze_bn": True,
+                                    "ema_decay": 0.98, "monitor": "val_loss",
+                                    "augment": {"jpeg_quality": [40, 95], "jpeg_p": 0.5}},
+                         "selection": {"rule": "lowest val loss",
+                                       "candidates_val_loss": {"a": 0.4, "b": 0.3},
+                                       "chosen": "b"}},
+            "storage": {"dtype": "float16", "check": {"images": 176, "split": "grouped val",
+                                                      "label_changes": 0,
+                                                      "max_prob_diff": 0.003}}}
+    md = render(card)
+    assert "frozen BatchNorm statistics, weight EMA 0.98, JPEG re-compression" in md
+    assert "- Selection: lowest val loss" in md and "a 0.4; b 0.3" in md and "chosen: b" in md
+    assert "Stored in float16" in md and "0 label changes" in md
+    assert "Not evaluated on a test split yet" in md

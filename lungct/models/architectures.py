@@ -115,7 +115,8 @@ class _LiteStem(nn.Sequential):
 
 
 @register("hybrid_vit_lite0", "Hybrid ViT (Dosovitskiy et al. 2021, sec. 3.1): a transformer "
-          "encoder over the stride-16 feature map of an ImageNet EfficientNet-Lite0",
+          "encoder over the feature map of an ImageNet EfficientNet-Lite0 (stride 16 or 32: "
+          "option stages)",
           mean=HALF, std=HALF, cam_layers=_vit_layers, is_transformer=True)
 def hybrid_vit_lite0(num_classes=3, pretrained=False, input_size=224, embed_dim=192,
                      depth=4, num_heads=3, drop_rate=0.1, drop_path_rate=0.1, stages=5):

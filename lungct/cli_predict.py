@@ -217,7 +217,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from lungct.cli import _config
     from lungct.evaluate import evaluate
-    from lungct.metrics import format_report
+    from lungct.metrics import format_operating_point, format_report
 
     cfg = _config(args)
     card = evaluate(args.model, cfg, protocol=args.split, write=not args.no_write)
@@ -227,6 +227,7 @@ def cmd_evaluate(args) -> int:
                               f"{part} split (calibrated, T={card['calibration']['temperature']})"))
     print(f"ECE before calibration {card['calibration']['ece_before']:.4f}, "
           f"after {card['calibration']['ece_after']:.4f}")
+    print(format_operating_point(card["operating_point"]))
     if "leakage_probe" in card:
         print(f"leakage probe on this split: pixel 1-NN accuracy "
               f"{card['leakage_probe']['pixel_1nn_accuracy']:.3f}")

@@ -20,7 +20,8 @@ import torch
 from lungct import CLASSES
 from lungct.config import resolve
 from lungct.data.splits import read_manifest, select
-from lungct.metrics import classification_report, expected_calibration_error
+from lungct.metrics import (classification_report, expected_calibration_error,
+                            sensitivity_operating_point)
 from lungct.model_stats import model_stats
 from lungct.models import load_model
 from lungct.models.checkpoint import resolve_model_dir, write_card
@@ -83,6 +84,9 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
         "ece_before": expected_calibration_error(y.numpy(), raw),
         "ece_after": report["ece"]}
     card[f"{part}_metrics"] = report
+    val_calibrated = torch.softmax(val_logits / temperature, 1).numpy()
+    card["operating_point"] = sensitivity_operating_point(
+        val_y.numpy(), val_calibrated, y.numpy(), calibrated, n_boot=n_boot)
     card["evaluated_on"] = {"protocol": protocol, "part": part, "n": len(test_rows)}
     leakage = resolve("reports/leakage.json")
     if leakage.exists():
@@ -103,7 +107,10 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
         summary = {"accuracy": report["accuracy"], "malignant_recall": report["malignant_recall"],
                    "auc_malignant": report["roc_auc"]["malignant"], "ece": report["ece"],
                    "ece_uncalibrated": card["calibration"]["ece_before"],
-                   "benign_recall": report["per_class"]["benign"]["recall"]}
+                   "benign_recall": report["per_class"]["benign"]["recall"],
+                   "screening_malignant_recall": card["operating_point"]["test"]["recall"],
+                   "screening_false_alarm_rate":
+                       card["operating_point"]["test"]["false_alarm_rate"]}
         reports = resolve(cfg.get("reports", {}).get("dir", "reports"))
         out = reports / "metrics" / f"{model.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -275,6 +275,51 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def sensitivity_operating_point(val_y, val_probs, test_y, test_probs,
+                                target_recall: float = 0.98,
+                                positive: int = CLASSES.index("malignant"),
+                                n_boot: int = 1000, seed: int = 0) -> dict:
+    """A screening threshold on P(malignant), chosen on validation, applied to test.
+
+    Argmax labels trade malignant recall for benign/normal accuracy. A reader
+    who cannot afford a missed cancer wants a flag "possibly malignant" at a
+    recall they choose: the threshold is the highest one that reaches
+    ``target_recall`` on the *validation* malignant slices, and the test split
+    only reports what that threshold then does (recall with a bootstrap CI,
+    missed slices, and the share of non-malignant slices flagged).
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    vy = _labels(val_y, len(CLASSES), "val_y")
+    vp = _probs(val_probs, vy.size, len(CLASSES))[:, positive]
+    ty = _labels(test_y, len(CLASSES), "test_y")
+    tp = _probs(test_probs, ty.size, len(CLASSES))[:, positive]
+    pos = np.sort(vp[vy == positive])[::-1]
+    if pos.size == 0:
+        raise ValueError("the validation split has no positive (malignant) slice")
+    k = int(np.ceil(target_recall * pos.size))          # positives that must be flagged
+    threshold = float(pos[k - 1])
+
+    def rates(y, p):
+        flagged = p >= threshold
+        is_pos = y == positive
+        return {"n_positive": int(is_pos.sum()),
+                "recall": _nan_to_none(float(flagged[is_pos].mean()) if is_pos.any() else float("nan")),
+                "missed": int((is_pos & ~flagged).sum()),
+                "flagged_negatives": int((~is_pos & flagged).sum()),
+                "false_alarm_rate": _nan_to_none(float(flagged[~is_pos].mean())
+                                                 if (~is_pos).any() else float("nan"))}
+
+    test = rates(ty, tp)
+    low, high = bootstrap_ci(
+        ty, tp, lambda y, p: (float((p[y == positive] >= threshold).mean())
+                              if (y == positive).any() else float("nan")),
+        n_boot=n_boot, seed=seed)
+    test["recall_ci95"] = [_nan_to_none(low), _nan_to_none(high)]
+    return {"class": CLASSES[positive], "target_val_recall": target_recall,
+            "threshold": round(threshold, 6), "val": rates(vy, vp), "test": test}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -359,3 +404,15 @@ def format_report(report: dict, title: str = "") -> str:
     for name, row in zip(classes, report["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}d}" for v in row))
     return "\n".join(lines)
+
+
+def format_operating_point(op: dict) -> str:
+    """One line for :func:`sensitivity_operating_point` output."""
+    t, v = op["test"], op["val"]
+    ci = t.get("recall_ci95") or [None, None]
+    return (f"screening flag P({op['class']}) >= {op['threshold']:.4f} (chosen for "
+            f"{op['target_val_recall']:.0%} recall on val, where it flags "
+            f"{_fmt(v['false_alarm_rate'], '.1%')} of other slices): test {op['class']} recall "
+            f"{_fmt(t['recall'], '.3f')} (95% CI {_fmt(ci[0], '.3f')} - {_fmt(ci[1], '.3f')}), "
+            f"{t['missed']} missed, {t['flagged_negatives']} other slices flagged "
+            f"({_fmt(t['false_alarm_rate'], '.1%')})")

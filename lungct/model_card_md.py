@@ -91,6 +91,14 @@ def render(card: dict) -> str:
         if cal:
             lines.append(f"- Calibration: temperature {cal.get('temperature')} (fitted on val); "
                          f"ECE {cal.get('ece_before'):.3f} before, {cal.get('ece_after'):.3f} after")
+        op = card.get("operating_point")
+        if op:
+            t = op["test"]
+            lines.append(f"- Screening flag: P({op['class']}) >= {op['threshold']:.4f}, chosen for "
+                         f"{op['target_val_recall']:.0%} {op['class']} recall on val; on test "
+                         f"it catches {_pct(t['recall'])}{_ci(t.get('recall_ci95'))} "
+                         f"({t['missed']} missed) and flags {t['flagged_negatives']} other "
+                         f"slices")
         probe = card.get("leakage_probe")
         if probe:
             lines.append(f"- For scale, a pixel 1-NN with no learning scores "

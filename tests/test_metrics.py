@@ -199,3 +199,61 @@ def test_value_errors():
         M.accuracy([], [])
     with pytest.raises(ValueError):
         M.bootstrap_ci([0, 1], [0], M.accuracy)
+
+
+# ------------------------------------------------------- screening operating point
+
+def _onehot_probs(p_mal):
+    p_mal = np.asarray(p_mal, dtype=float)
+    rest = (1 - p_mal) / 2
+    return np.stack([rest, rest, p_mal], 1)
+
+
+def test_operating_point_threshold_reaches_the_target_on_val():
+    from lungct.metrics import sensitivity_operating_point
+    # 10 malignant val slices with P(mal) 0.1..1.0, 4 others with low P(mal)
+    val_p = list(np.linspace(0.1, 1.0, 10)) + [0.05, 0.2, 0.35, 0.6]
+    val_y = [2] * 10 + [0, 1, 0, 1]
+    test_p = [0.95, 0.5, 0.25, 0.15, 0.32, 0.01]
+    test_y = [2, 2, 2, 2, 0, 1]
+    op = sensitivity_operating_point(val_y, _onehot_probs(val_p), test_y, _onehot_probs(test_p),
+                                     target_recall=0.8, n_boot=50)
+    # 80% of 10 -> the 8th highest malignant probability, 0.3
+    assert op["threshold"] == pytest.approx(0.3)
+    assert op["val"]["recall"] == pytest.approx(0.8) and op["val"]["missed"] == 2
+    assert op["val"]["flagged_negatives"] == 2          # 0.35 and 0.6
+    assert op["test"]["recall"] == pytest.approx(0.5) and op["test"]["missed"] == 2
+    assert op["test"]["flagged_negatives"] == 1 and op["test"]["false_alarm_rate"] == 0.5
+    low, high = op["test"]["recall_ci95"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+
+
+def test_operating_point_full_recall_takes_the_lowest_malignant_probability():
+    from lungct.metrics import sensitivity_operating_point
+    op = sensitivity_operating_point([2, 2, 0], _onehot_probs([0.9, 0.4, 0.1]), [2, 0],
+                                     _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
+    assert op["threshold"] == pytest.approx(0.4)
+    assert op["test"]["recall"] == 1.0 and op["test"]["false_alarm_rate"] == 1.0
+
+
+@pytest.mark.parametrize("target", [0.0, 1.5, -0.1])
+def test_operating_point_rejects_bad_targets(target):
+    from lungct.metrics import sensitivity_operating_point
+    with pytest.raises(ValueError, match="target_recall"):
+        sensitivity_operating_point([2], _onehot_probs([0.5]), [2], _onehot_probs([0.5]),
+                                    target_recall=target)
+
+
+def test_operating_point_needs_malignant_validation_slices():
+    from lungct.metrics import sensitivity_operating_point
+    with pytest.raises(ValueError, match="no positive"):
+        sensitivity_operating_point([0, 1], _onehot_probs([0.5, 0.2]), [2],
+                                    _onehot_probs([0.5]))
+
+
+def test_format_operating_point_mentions_recall_and_false_alarms():
+    from lungct.metrics import format_operating_point, sensitivity_operating_point
+    op = sensitivity_operating_point([2, 2, 0], _onehot_probs([0.9, 0.4, 0.1]), [2, 0],
+                                     _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
+    line = format_operating_point(op)
+    assert "test malignant recall 1.000" in line and "1 other slices flagged" in line

@@ -361,7 +361,9 @@ def _raster_to_gray(img: Image.Image) -> np.ndarray:
             img = img.convert("RGB").convert("L")
         except Exception:
             raise InvalidImageError(f"unsupported colour mode {mode!r}") from None
-    return np.asarray(img, dtype=np.float64) / 255.0
+    # float32 from the start: the output contract is float32, and a float64 detour
+    # (convert, clip, cast back) cost a 512x512 slice 1.5 ms of its ~3 ms decode
+    return np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
 def decode_raster(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -420,7 +422,7 @@ def _check_window(window: str) -> None:
 
 def _finish(gray: np.ndarray) -> np.ndarray:
     """The output contract: float32, C-contiguous, 2-D, finite, in [0, 1]."""
-    gray = np.ascontiguousarray(np.clip(gray, 0.0, 1.0), dtype=np.float32)
+    gray = np.ascontiguousarray(np.clip(np.asarray(gray, dtype=np.float32), 0.0, 1.0))
     if gray.ndim != 2 or not np.isfinite(gray).all():
         raise InvalidImageError("decoded image is not a finite 2-D grayscale array")
     return gray

@@ -9,10 +9,16 @@ Every figure comes from a card written by ``python -m lungct evaluate`` and
 from __future__ import annotations
 
 import json
+import math
 
+from lungct import CLASSES
 from lungct.config import resolve
 from lungct.models import list_shipped
 from lungct.models.checkpoint import MODELS_DIR, read_card
+
+PAIRS = [("student_kd", "teacher_hybrid_vit"), ("student_kd", "student_plain"),
+         ("vgg16_kd", "vgg16_scratch"), ("teacher_hybrid_vit_paper", "student_kd_paper")]
+"""Model pairs compared on the same test images: teacher vs student, and what KD bought."""
 
 PAPER_ROWS = [("VGG16 (transfer), paper", "97.14%", "0.96"),
               ("ViT teacher, paper", "98.09%", "0.98"),
@@ -73,5 +79,47 @@ def table() -> str:
     return "\n\n".join(parts)
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test on the discordant images."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def _correct(name: str) -> dict[str, bool] | None:
+    path = MODELS_DIR / name / "test_predictions.json"
+    if not path.exists():
+        return None
+    preds = json.loads(path.read_text())
+    return {r["path"]: CLASSES.index(r["label"]) == max(range(len(CLASSES)),
+                                                         key=lambda k: r["probs"][k])
+            for r in preds["rows"]}
+
+
+def paired(pairs=PAIRS) -> str:
+    """Pairs of models on the same test images: who is right where the other is wrong.
+
+    Slices of one patient are not independent, so the p-value is optimistic; it
+    says whether a gap is larger than image-level chance, not patient-level.
+    """
+    lines = ["**Paired comparisons on the same test images** (exact McNemar test on the "
+             "images where exactly one model is right; slices of a patient are correlated, "
+             "so p is optimistic)", "",
+             "| model A | model B | only A right | only B right | p |", "|---|---|---|---|---|"]
+    for a, b in pairs:
+        ca, cb = _correct(a), _correct(b)
+        if ca is None or cb is None or set(ca) != set(cb):
+            continue
+        only_a = sum(ca[p] and not cb[p] for p in ca)
+        only_b = sum(cb[p] and not ca[p] for p in ca)
+        lines.append(f"| {a} | {b} | {only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.3f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(table())
+    print()
+    print(paired())

@@ -257,3 +257,11 @@ def test_format_operating_point_mentions_recall_and_false_alarms():
                                      _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
     line = format_operating_point(op)
     assert "test malignant recall 1.000" in line and "1 other slices flagged" in line
+
+
+@pytest.mark.parametrize("a,b,expected", [(11, 7, 0.4807), (22, 6, 0.0037), (0, 0, 1.0),
+                                          (5, 5, 1.0), (10, 0, 0.00195)])
+def test_mcnemar_exact_matches_the_binomial_test(a, b, expected):
+    from lungct.results_table import mcnemar_exact
+    assert mcnemar_exact(a, b) == pytest.approx(expected, abs=5e-4)
+    assert mcnemar_exact(a, b) == mcnemar_exact(b, a)

@@ -26,8 +26,9 @@ from lungct.training.distill import kd_loss
 from lungct.training.loop import fit
 from lungct.training.run import TeacherAdapter
 
+from tiny_net import HALF, TinyNet
+
 CPU = torch.device("cpu")
-HALF = (0.5, 0.5, 0.5)
 
 
 @pytest.fixture
@@ -160,16 +161,6 @@ def test_fit_efficientnet_two_epochs():
         assert np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])
         assert 0.0 <= h["val_acc"] <= 1.0
     assert not trained.training
-
-
-class TinyNet(nn.Module):
-    def __init__(self, size: int = 8):
-        super().__init__()
-        self.fc = nn.Linear(3 * size * size, 3)
-        self.mean, self.std = HALF, HALF
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 def scripted_validation(monkeypatch, losses: list[float]):

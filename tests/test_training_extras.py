@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -19,18 +18,9 @@ from lungct.training import loop
 from lungct.training.datasets import SliceDataset, balanced_sampler, train_transform
 from lungct.training.loop import fit, make_ema
 
+from tiny_net import HALF, TinyNet
+
 CPU = torch.device("cpu")
-HALF = (0.5, 0.5, 0.5)
-
-
-class TinyNet(nn.Module):
-    def __init__(self, size: int = 8):
-        super().__init__()
-        self.fc = nn.Linear(3 * size * size, 3)
-        self.mean, self.std = HALF, HALF
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 def tiny_loaders(size: int = 8):

@@ -73,23 +73,15 @@ def cmd_cards(args) -> int:
 
 
 def cmd_half(args) -> int:
-    import torch
-    from lungct.data.splits import read_manifest, select
     from lungct.models import load_model
-    from lungct.models.half import store_half
-    from lungct.training.datasets import SliceDataset, preload
+    from lungct.models.half import store_half, validation_inputs
     cfg = _config(args)
-    rows = read_manifest(resolve(cfg["data"]["manifest"]))
     for name in args.models:
         model = load_model(name)
-        protocol = model.card.get("protocol", "grouped")
-        val = select(rows, protocol, "val")
-        x, y = preload(resolve(cfg["data"]["root"]), val, model.input_size)
-        ds = SliceDataset(x, y, model.mean, model.std)
-        inputs = torch.stack([ds[i][0] for i in range(len(ds))])
-        check = store_half(name, inputs, f"{protocol} val", args.tol)
+        inputs, split = validation_inputs(model, cfg)
+        check = store_half(name, inputs, split, args.tol, model=model)
         print(f"{name}: {check['label_changes']} label changes, max |dp| "
-              f"{check['max_prob_diff']:.4f} on {check['images']} {protocol}-val images -> "
+              f"{check['max_prob_diff']:.4f} on {check['images']} {split} images -> "
               f"{'float16' if check['stored'] else 'kept float32'}")
     return 0  # a failed check keeps float32: a bigger file, never a changed model
 

@@ -223,3 +223,11 @@ def test_card_markdown_shows_recipe_selection_and_storage():
     assert "- Selection: lowest val loss" in md and "a 0.4; b 0.3" in md and "chosen: b" in md
     assert "Stored in float16" in md and "0 label changes" in md
     assert "Not evaluated on a test split yet" in md
+
+
+def test_store_half_twice_keeps_the_first_check(saved_student):
+    folder, x = saved_student
+    first = store_half(folder, x, "grouped val", tol=0.05)
+    again = store_half(folder, x[:2], "other", tol=0.05)
+    assert again == first
+    assert json.loads((folder / "card.json").read_text())["storage"]["check"]["images"] == 8

@@ -36,14 +36,31 @@ def rounding_check(model: torch.nn.Module, x: torch.Tensor) -> dict:
             "max_prob_diff": round(float((a - b).abs().max()), 6)}
 
 
-def store_half(path_or_name: str | Path, x: torch.Tensor, split: str, tol: float = 0.02) -> dict:
+def validation_inputs(model: torch.nn.Module, cfg: dict) -> tuple[torch.Tensor, str]:
+    """Normalised inputs of the validation split of the model's own protocol, and its name."""
+    from lungct.config import resolve
+    from lungct.data.splits import read_manifest, select
+    from lungct.training.datasets import SliceDataset, preload
+    protocol = model.card.get("protocol", "grouped")
+    rows = select(read_manifest(resolve(cfg["data"]["manifest"])), protocol, "val")
+    x, y = preload(resolve(cfg["data"]["root"]), rows, model.input_size)
+    ds = SliceDataset(x, y, model.mean, model.std)
+    return torch.stack([ds[i][0] for i in range(len(ds))]), f"{protocol} val"
+
+
+def store_half(path_or_name: str | Path, x: torch.Tensor, split: str, tol: float = 0.02,
+               model: torch.nn.Module | None = None) -> dict:
     """Rewrite a model folder's weights in float16 if the rounding check passes.
 
-    ``x``: normalised inputs from the model's validation split (named by ``split``).
+    ``x``: normalised inputs from the model's validation split (named by ``split``);
+    ``model``: the folder's model when the caller has already loaded it.
     Returns the check, with ``stored`` saying whether the file was rewritten.
     """
     folder = resolve_model_dir(path_or_name)
-    model = load_model(folder)
+    model = model if model is not None else load_model(folder)
+    stored = model.card.get("storage") or {}
+    if stored.get("dtype") == "float16":  # already halved: keep the check made on float32
+        return {**stored.get("check", {}), "stored": True}
     check = {**rounding_check(model, x), "split": split, "tolerance": tol}
     check["stored"] = check["label_changes"] == 0 and check["max_prob_diff"] <= tol
     card = dict(model.card)

@@ -311,6 +311,8 @@ def sensitivity_operating_point(val_y, val_probs, test_y, test_probs,
                                                  if (~is_pos).any() else float("nan"))}
 
     test = rates(ty, tp)
+    # misses no threshold could catch without flagging nearly everything
+    test["missed_below_0.05"] = int(((ty == positive) & (tp < 0.05)).sum())
     low, high = bootstrap_ci(
         ty, tp, lambda y, p: (float((p[y == positive] >= threshold).mean())
                               if (y == positive).any() else float("nan")),
@@ -414,5 +416,6 @@ def format_operating_point(op: dict) -> str:
             f"{op['target_val_recall']:.0%} recall on val, where it flags "
             f"{_fmt(v['false_alarm_rate'], '.1%')} of other slices): test {op['class']} recall "
             f"{_fmt(t['recall'], '.3f')} (95% CI {_fmt(ci[0], '.3f')} - {_fmt(ci[1], '.3f')}), "
-            f"{t['missed']} missed, {t['flagged_negatives']} other slices flagged "
+            f"{t['missed']} missed ({t.get('missed_below_0.05', 'n/a')} with P < 0.05), "
+            f"{t['flagged_negatives']} other slices flagged "
             f"({_fmt(t['false_alarm_rate'], '.1%')})")

@@ -224,6 +224,7 @@ def test_operating_point_threshold_reaches_the_target_on_val():
     assert op["val"]["flagged_negatives"] == 2          # 0.35 and 0.6
     assert op["test"]["recall"] == pytest.approx(0.5) and op["test"]["missed"] == 2
     assert op["test"]["flagged_negatives"] == 1 and op["test"]["false_alarm_rate"] == 0.5
+    assert op["test"]["missed_below_0.05"] == 0          # the misses had 0.25 and 0.15
     low, high = op["test"]["recall_ci95"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0
 
@@ -234,6 +235,7 @@ def test_operating_point_full_recall_takes_the_lowest_malignant_probability():
                                      _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
     assert op["threshold"] == pytest.approx(0.4)
     assert op["test"]["recall"] == 1.0 and op["test"]["false_alarm_rate"] == 1.0
+    assert op["test"]["missed_below_0.05"] == 0
 
 
 @pytest.mark.parametrize("target", [0.0, 1.5, -0.1])
@@ -257,6 +259,7 @@ def test_format_operating_point_mentions_recall_and_false_alarms():
                                      _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
     line = format_operating_point(op)
     assert "test malignant recall 1.000" in line and "1 other slices flagged" in line
+    assert "0 missed (0 with P < 0.05)" in line
 
 
 @pytest.mark.parametrize("a,b,expected", [(11, 7, 0.4807), (22, 6, 0.0037), (0, 0, 1.0),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lungct.config import apply_overrides, load_config, resolve
+from lungct.errors import LungctError
 
 
 def _config(args) -> dict:
@@ -133,6 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (LungctError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from lungct.config import resolve
-from lungct.onnx_runtime import (INPUT_NAME, METADATA_KEY, ONNX_FILE, OPSET, OUTPUT_NAME,
-                                 PARITY_MAX_DIFF, calibrated_softmax, contract_of, file_sha256,
+from lungct.onnx_runtime import (BUILD_RECORD, INPUT_NAME, METADATA_KEY, ONNX_FILE, OPSET,
+                                 OUTPUT_NAME, PARITY_MAX_DIFF, calibrated_softmax, contract_of, file_sha256,
                                  load_onnx, open_session, runtime_settings)
 
 PARITY_TOLERANCE = 1e-4
@@ -151,8 +151,12 @@ def parity_check(torch_clf, onnx_clf, paths: list[Path], batch_size: int = 32,
 
 
 def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
-                 opset: int = OPSET, write_card_: bool = True) -> dict:
-    """Export one model folder, check parity, update its card; returns the card's onnx section.
+                 opset: int = OPSET, write_card_: bool = False) -> dict:
+    """Export one model folder and check parity; returns the export record.
+
+    The record goes to ``onnx.json`` beside ``model.onnx`` (build outputs, not
+    tracked); only ``write_card_`` (``export --write-card``, used when a model
+    ships) also stores it in the tracked card.
 
     Raises ModelLoadError when the weights are missing or unusable.
     """
@@ -190,13 +194,14 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
         "exported_with": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
                           "onnxruntime": onnxruntime.__version__, "exporter": "torchscript"},
         "parity": parity}
+    (folder / BUILD_RECORD).write_text(json.dumps(section, indent=2) + "\n", encoding="utf-8")
+    fresh = read_card(folder)  # keep whatever else wrote the card meanwhile
     if write_card_:
-        fresh = read_card(folder)  # keep whatever else wrote the card meanwhile
         fresh["onnx"] = section
         write_card(folder, fresh)
-        if parity["passed"]:
-            # the runtime's own checks accept it
-            load_onnx(folder, fresh, settings.threads, parity_max_diff=settings.parity_max_diff)
+    if parity["passed"]:
+        # the runtime's own checks accept it
+        load_onnx(folder, fresh, settings.threads, parity_max_diff=settings.parity_max_diff)
     return section
 
 
@@ -232,7 +237,8 @@ def cmd_export(args) -> int:
                   file=sys.stderr)
             continue
         try:
-            section = export_model(name, cfg, limit=args.limit, opset=args.opset)
+            section = export_model(name, cfg, limit=args.limit, opset=args.opset,
+                                   write_card_=args.write_card)
         except ModelLoadError as err:
             print(f"error: {name}: {err}", file=sys.stderr)
             status = 1
@@ -257,4 +263,7 @@ def add_command(sub, common) -> None:
                    help="model names or folders (default: every shipped model with weights)")
     p.add_argument("--limit", type=int, help="at most N images in the parity check")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--write-card", action="store_true",
+                   help="also store the export record in the tracked card (when shipping a "
+                        "model); by default it goes to models/NAME/onnx.json only")
     p.set_defaults(func=cmd_export)

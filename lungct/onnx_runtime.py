@@ -25,9 +25,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lungct.errors import LungctError
 from lungct.preprocess import resize_gray
 
 ONNX_FILE = "model.onnx"
+BUILD_RECORD = "onnx.json"
+"""Written beside model.onnx by every export: both are build outputs (git-ignored), so
+building them on a fresh clone never rewrites the tracked model card."""
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
@@ -37,7 +41,7 @@ METADATA_KEY = "lungct_contract"
 """ONNX metadata_props key holding the export's contract and weights hash (JSON)."""
 
 
-class OnnxUnavailable(RuntimeError):
+class OnnxUnavailable(LungctError, RuntimeError):
     """The ONNX path cannot be used for this model; the message says why and what to do.
 
     ``kind``: "no_runtime" (onnxruntime not installed), "no_file" (never
@@ -204,6 +208,31 @@ def open_session(path: str | Path, threads: int = 0, max_batch: int = 0,
     return OnnxModel(session, path, threads, max_batch)
 
 
+def export_record(folder: str | Path, card: dict) -> dict:
+    """The export record (contract, parity) that belongs to the ``model.onnx`` now on disk.
+
+    The card's ``onnx`` section is the record made when the model shipped;
+    ``onnx.json`` is the one of the last local build. Whichever names the
+    file's own SHA-256 applies; an empty dict when neither does.
+    """
+    folder = Path(folder)
+    path = folder / ONNX_FILE
+    if not path.exists():
+        return {}
+    sha = file_sha256(path)
+    candidates = [card.get("onnx") or {}]
+    record = folder / BUILD_RECORD
+    if record.exists():
+        try:
+            candidates.append(json.loads(record.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+    for section in candidates:
+        if isinstance(section, dict) and section.get("onnx_sha256") == sha:
+            return section
+    return {}
+
+
 def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int = 0,
               parity_max_diff: float = PARITY_MAX_DIFF) -> OnnxModel:
     """The checked ONNX model of a model folder.
@@ -241,7 +270,7 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
     if weights.exists() and exported.get("weights_sha256") != file_sha256(weights):
         raise OnnxUnavailable(f"{path} was exported from other weights than {weights} "
                               f"(the model was retrained since); {redo}")
-    parity = (card.get("onnx") or {}).get("parity") or {}
+    parity = export_record(folder, card).get("parity") or {}
     if parity and (parity.get("labels_identical") is False
                    or float(parity.get("max_abs_diff", 0.0)) > parity_max_diff
                    or (parity.get("passed") is False and "max_abs_diff" not in parity)):

@@ -60,6 +60,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from lungct.errors import LungctError
 from lungct.preprocess import InvalidImageError, resize_gray
 
 GUARD_NAME = "ood_guard"
@@ -440,7 +441,7 @@ def ood_config(cfg: dict | None = None) -> dict:
     return {**DEFAULTS, **(cfg.get("ood") or {})}
 
 
-class GuardLoadError(RuntimeError):
+class GuardLoadError(LungctError, RuntimeError):
     """The guard files are missing or do not fit together."""
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lungct.errors import LungctError
+
 if TYPE_CHECKING:  # torch is only needed by to_tensor; decoding works without it
     import pydicom
     import torch
@@ -44,7 +46,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(LungctError, ValueError):
     """The one error for input that is not a usable image; the message says why."""
 
 

@@ -22,8 +22,8 @@ from lungct.inference import Classifier, Prediction
 from lungct.models import create_model, list_shipped, load_model, save_model
 from lungct.models.checkpoint import MODELS_DIR, read_card, write_card
 from lungct.onnx_export import PARITY_TOLERANCE, export_model, parity_check
-from lungct.onnx_runtime import (ONNX_FILE, OnnxUnavailable, file_sha256, load_onnx,
-                                 runtime_settings)
+from lungct.onnx_runtime import (BUILD_RECORD, ONNX_FILE, OnnxUnavailable, export_record,
+                                 file_sha256, load_onnx, runtime_settings)
 
 SAMPLES = sorted(resolve("samples").glob("*.jpg"))
 ARCHS = ["efficientnet_lite0", "hybrid_vit_lite0"]
@@ -56,12 +56,12 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     for arch in ARCHS:
         folder = make_model(tmp / arch, arch)
         if arch == "efficientnet_lite0":
-            rc = cli_main(["export", "--model", str(folder),
+            rc = cli_main(["export", "--model", str(folder), "--write-card",
                            "--set", f"data.root={tmp / 'no-dataset'}",
                            "--set", f"data.manifest={tmp / 'no-manifest.csv'}"])
             assert rc == 0
         else:
-            export_model(folder, no_dataset_cfg(tmp))
+            export_model(folder, no_dataset_cfg(tmp), write_card_=True)
         out[arch] = folder
     return out
 
@@ -99,6 +99,22 @@ def test_export_records_contract_and_parity(exported, arch):
     assert parity["labels_identical"] is True and parity["passed"] is True
     assert parity["max_abs_diff"] <= PARITY_TOLERANCE
     assert card["calibration"]["temperature"] == 1.3  # other card keys kept
+    assert json.loads((folder / BUILD_RECORD).read_text()) == section  # the build record too
+
+
+def test_plain_export_leaves_the_card_alone(exported, tmp_path):
+    """A build (make app / make test) writes onnx.json, never the tracked card."""
+    folder = copy_model(exported["efficientnet_lite0"], tmp_path / "plain_export")
+    (folder / ONNX_FILE).unlink()
+    (folder / BUILD_RECORD).unlink()
+    before = (folder / "card.json").read_bytes()
+    assert cli_main(["export", "--model", str(folder),
+                     "--set", f"data.root={tmp_path / 'no-dataset'}",
+                     "--set", f"data.manifest={tmp_path / 'no-manifest.csv'}"]) == 0
+    assert (folder / "card.json").read_bytes() == before
+    record = json.loads((folder / BUILD_RECORD).read_text())
+    assert record["onnx_sha256"] == file_sha256(folder / ONNX_FILE)
+    assert Classifier.from_name(folder, backend="onnx").backend == "onnx"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -137,7 +153,7 @@ def test_shipped_onnx_matches_pytorch(name):
             pytest.skip(f"{name}: stale model.onnx (retrained since): {err}")
         raise
     onnx_clf = Classifier(None, onnx=onnx_model, card=card, folder=folder)
-    parity = card["onnx"]["parity"]
+    parity = export_record(folder, card)["parity"]
     assert parity["passed"] is True and parity["labels_identical"] is True
     # 1e-4 when the export met it on the test split, else the runtime's bound (see parity_check)
     tol = PARITY_TOLERANCE if parity.get("within_tolerance") else parity.get(

@@ -237,7 +237,10 @@ def test_blank_rule_has_its_own_reason(toy_guard):
 def test_check_many_equals_check(toy_guard):
     rng = np.random.default_rng(7)
     imgs = [_slice_like(rng), rng.random((40, 70)), np.ones((20, 20))]
-    assert toy_guard.check_many(imgs) == [toy_guard.check(g) for g in imgs]
+    # batch size changes the summation order of BLAS kernels: scores agree to rounding
+    many, one = toy_guard.check_many(imgs), [toy_guard.check(g) for g in imgs]
+    assert [v.in_distribution for v in many] == [v.in_distribution for v in one]
+    assert [v.score for v in many] == pytest.approx([v.score for v in one], rel=1e-6)
     assert toy_guard.check_many([]) == []
 
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lungct.config import REPO_ROOT
+from lungct.errors import LungctError
 from lungct.models.registry import create_model
 
 import os
@@ -28,7 +29,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LungctError, RuntimeError):
     """A model folder or file could not be turned into a working model."""
 
 

@@ -34,7 +34,8 @@ def collect_logits(model, root: Path, rows: list[dict], batch_size: int = 32):
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         x = torch.stack([to_tensor(load_image(root / r["path"]), model.input_size,
-                                   model.mean, model.std) for r in chunk])
+                                   model.mean, model.std, getattr(model, "view", "full"))
+                         for r in chunk])
         with torch.inference_mode():
             logits.append(model(x).float())
         labels.extend(CLASSES.index(r["label"]) for r in chunk)

@@ -88,12 +88,14 @@ class Classifier:
             self.classes = tuple(model.classes)
             self.size = int(model.input_size)
             self.mean, self.std = tuple(model.mean), tuple(model.std)
+            self.view = getattr(model, "view", None) or self.card.get("view", "full")
         else:
             self.card = card
             self.name = self.folder.name
             self.classes = tuple(card["classes"])
             self.size = int(card["input_size"])
             self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
+            self.view = card.get("view", "full")
         self.temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
         self.unsure_below = float(unsure_below)
         self.backend = "onnx" if onnx is not None else "torch"
@@ -183,7 +185,7 @@ class Classifier:
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:
         """(3, size, size) float32 model input for a [0, 1] grey slice."""
-        return input_array(gray, self.size, self.mean, self.std)
+        return input_array(gray, self.size, self.mean, self.std, self.view)
 
     def tensor(self, gray: np.ndarray) -> torch.Tensor:
         """(3, size, size) model input for a [0, 1] grey slice, as a torch tensor."""

@@ -32,7 +32,8 @@ def single_image_latency_ms(model: torch.nn.Module, data: bytes, repeats: int = 
     times = []
     for i in range(warmup + repeats):
         start = time.perf_counter()
-        x = to_tensor(decode_image(data), model.input_size, model.mean, model.std)
+        x = to_tensor(decode_image(data), model.input_size, model.mean, model.std,
+                      getattr(model, "view", "full"))
         with torch.inference_mode():
             torch.softmax(model(x.unsqueeze(0)), 1)
         if i >= warmup:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lungct.errors import LungctError
-from lungct.preprocess import resize_gray
+from lungct.preprocess import model_view
 
 ONNX_FILE = "model.onnx"
 BUILD_RECORD = "onnx.json"
@@ -103,13 +103,13 @@ def import_onnxruntime():
 
 # ------------------------------------------------------------ numeric helpers
 
-def input_array(gray: np.ndarray, size: int, mean, std) -> np.ndarray:
+def input_array(gray: np.ndarray, size: int, mean, std, view: str = "full") -> np.ndarray:
     """Model input for a [0, 1] grey slice: (3, size, size) float32, NCHW without N.
 
     The numpy twin of ``lungct.preprocess.to_tensor``: square bilinear resize,
     grey replicated to 3 channels, ``(v - mean) / std`` per channel, float32.
     """
-    small = resize_gray(gray, size)
+    small = model_view(gray, size, view)
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     return np.ascontiguousarray((small[None, :, :] - m) / s, dtype=np.float32)
@@ -143,6 +143,7 @@ def file_sha256(path: str | Path) -> str:
 def contract_of(card: dict) -> dict:
     """The part of a card an ONNX file must agree with."""
     return {"classes": list(card["classes"]), "input_size": int(card["input_size"]),
+            "view": card.get("view", "full"),
             "mean": [float(v) for v in card["mean"]], "std": [float(v) for v in card["std"]]}
 
 
@@ -262,7 +263,7 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
     except (KeyError, TypeError, ValueError) as err:
         raise OnnxUnavailable(f"the card of {folder} lacks the preprocessing contract "
                               f"({err})") from None
-    got = {k: exported.get(k) for k in want}
+    got = {k: exported.get(k, "full" if k == "view" else None) for k in want}
     if got != want:
         diff = sorted(k for k in want if got[k] != want[k])
         raise OnnxUnavailable(f"{path} does not match its card (differs in {diff}); {redo}")

@@ -487,14 +487,32 @@ def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32).copy()
 
 
-def to_tensor(gray: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "torch.Tensor":
+VIEWS = ("full", "lungs")
+"""What a model sees of a slice: the whole image squashed to a square (the first
+release), or the lung fields cropped and the rendering standardised
+(``lungct.lungs.lung_view``). Each model card names its view."""
+
+
+def model_view(gray: np.ndarray, size: int, view: str = "full") -> np.ndarray:
+    """The (size, size) [0, 1] image a model with ``view`` sees: the one door for training,
+    evaluation, the CLI, the app, the guard and the heatmaps."""
+    if view == "full":
+        return resize_gray(gray, size)
+    if view == "lungs":
+        from lungct.lungs import lung_view
+        return lung_view(gray, size)
+    raise ValueError(f"unknown model view {view!r}: use one of {VIEWS}")
+
+
+def to_tensor(gray: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+              view: str = "full") -> "torch.Tensor":
     """Model input: resize, replicate gray to 3 channels, normalise; (3, size, size) float32.
 
     Three identical channels let ImageNet-pretrained backbones be reused as is.
     """
     import torch
 
-    small = resize_gray(gray, size)
+    small = model_view(gray, size, view)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     x = torch.from_numpy(small).unsqueeze(0).expand(3, -1, -1)

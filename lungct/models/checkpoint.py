@@ -37,7 +37,8 @@ def model_card_base(model: nn.Module) -> dict:
     """The rebuild-relevant part of a card, taken from a created model."""
     return {"arch": model.arch, "arch_kwargs": getattr(model, "arch_kwargs", {}),
             "classes": list(model.classes), "num_classes": len(model.classes),
-            "input_size": model.input_size, "mean": list(model.mean), "std": list(model.std)}
+            "input_size": model.input_size, "mean": list(model.mean), "std": list(model.std),
+            "view": getattr(model, "view", "full")}
 
 
 def save_model(model: nn.Module, folder: str | Path, card: dict | None = None,
@@ -107,6 +108,7 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
                                for k, v in state.items()}, strict=True)
         model.mean, model.std = tuple(card["mean"]), tuple(card["std"])
         model.classes = tuple(card["classes"])
+        model.view = card.get("view", "full")
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise ModelLoadError(f"{weights} does not match its card "
                              f"({card.get('arch')}): {str(err)[:300]}") from err

@@ -43,7 +43,8 @@ def validation_inputs(model: torch.nn.Module, cfg: dict) -> tuple[torch.Tensor, 
     from lungct.training.datasets import SliceDataset, preload
     protocol = model.card.get("protocol", "grouped")
     rows = select(read_manifest(resolve(cfg["data"]["manifest"])), protocol, "val")
-    x, y = preload(resolve(cfg["data"]["root"]), rows, model.input_size)
+    x, y = preload(resolve(cfg["data"]["root"]), rows, model.input_size,
+                   getattr(model, "view", "full"))
     ds = SliceDataset(x, y, model.mean, model.std)
     return torch.stack([ds[i][0] for i in range(len(ds))]), f"{protocol} val"
 

@@ -19,22 +19,74 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from lungct import CLASSES
-from lungct.preprocess import load_image, resize_gray
+from lungct.preprocess import load_image, model_view
 
 
-def preload(root: str | Path, rows: list[dict], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and resize every row's image: (N, size, size) uint8 and (N,) labels."""
+def preload(root: str | Path, rows: list[dict], size: int,
+            view: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every row's image into the model's view: (N, size, size) uint8 and (N,) labels."""
     images = np.empty((len(rows), size, size), dtype=np.uint8)
     for i, row in enumerate(rows):
-        gray = resize_gray(load_image(Path(root) / row["path"]), size)
+        gray = model_view(load_image(Path(root) / row["path"]), size, view)
         images[i] = np.clip(np.round(gray * 255), 0, 255).astype(np.uint8)
     labels = torch.tensor([CLASSES.index(r["label"]) for r in rows], dtype=torch.long)
     return torch.from_numpy(images), labels
 
 
+class RenderJitter(torch.nn.Module):
+    """What differs between hospitals' renderings of the same anatomy, drawn at random.
+
+    Gamma (display curve), contrast, reconstruction-kernel sharpness (blur or
+    unsharp masking), noise and a lower acquisition/export resolution; each
+    with its own probability. Works on the (1, H, W) uint8 training tensor.
+    Why: one source's rendering carries its labels (darker slices per class);
+    a model must not be able to lean on it.
+    """
+
+    def __init__(self, gamma=(0.6, 1.6), contrast: float = 0.2, blur_p: float = 0.25,
+                 sharpen_p: float = 0.25, noise_std: float = 0.03, lowres_p: float = 0.25,
+                 p: float = 0.8):
+        super().__init__()
+        self.gamma, self.contrast, self.p = tuple(gamma), float(contrast), float(p)
+        self.blur_p, self.sharpen_p = float(blur_p), float(sharpen_p)
+        self.noise_std, self.lowres_p = float(noise_std), float(lowres_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+        from torchvision.transforms.v2 import functional as TF
+
+        if torch.rand(()) > self.p:
+            return x
+        y = x.float().div(255)
+        lo, hi = np.log(self.gamma[0]), np.log(self.gamma[1])
+        y = y.clamp(0, 1).pow(float(np.exp(np.random.uniform(lo, hi))))
+        if self.contrast:
+            c = 1 + np.random.uniform(-self.contrast, self.contrast)
+            y = (y - 0.4) * c + 0.4
+        r = np.random.random()
+        if r < self.blur_p:
+            y = TF.gaussian_blur(y, kernel_size=7, sigma=float(np.random.uniform(0.4, 1.6)))
+        elif r < self.blur_p + self.sharpen_p:
+            soft = TF.gaussian_blur(y, kernel_size=7, sigma=1.0)
+            y = y + float(np.random.uniform(0.3, 1.5)) * (y - soft)
+        if np.random.random() < self.lowres_p:
+            side = y.shape[-1]
+            small = max(32, int(side * np.random.uniform(0.35, 0.8)))
+            y = F.interpolate(F.interpolate(y[None], size=(small, small), mode="bilinear",
+                                            antialias=True, align_corners=False),
+                              size=y.shape[-2:], mode="bilinear", align_corners=False)[0]
+        if self.noise_std:
+            y = y + torch.randn_like(y) * float(np.random.uniform(0, self.noise_std))
+        return (y.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def train_transform(aug: dict) -> v2.Compose:
-    """The paper's augmentation, each part switchable from params.yaml ``augment``."""
+    """The paper's augmentation, each part switchable from params.yaml ``augment``,
+    plus (``augment.render``) the rendering changes of :class:`RenderJitter`."""
     steps = []
+    render = aug.get("render")
+    if render:
+        steps.append(RenderJitter(**render))
     if aug.get("hflip", True):
         steps.append(v2.RandomHorizontalFlip())
     zoom, shift = float(aug.get("zoom", 0.1)), float(aug.get("shift", 0.1))

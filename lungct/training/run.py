@@ -75,7 +75,8 @@ def loaders(cfg: dict, model: nn.Module, protocol: str, limit: int | None = None
         parts = {p: [r for c in CLASSES for r in [x for x in v if x["label"] == c][:limit]]
                  for p, v in parts.items()}
     tcfg = cfg["train"]
-    images, labels = preload(root, parts["train"], model.input_size)
+    view = getattr(model, "view", "full")
+    images, labels = preload(root, parts["train"], model.input_size, view)
     train_ds = SliceDataset(images, labels, model.mean, model.std,
                             train_transform(cfg.get("augment", {})))
     sampler = (balanced_sampler(labels, seed=cfg["data"]["seed"])
@@ -89,7 +90,7 @@ def loaders(cfg: dict, model: nn.Module, protocol: str, limit: int | None = None
     train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler,
                               num_workers=tcfg.get("num_workers", 0), drop_last=len(labels) >
                               tcfg["batch_size"])
-    v_images, v_labels = preload(root, parts["val"], model.input_size)
+    v_images, v_labels = preload(root, parts["val"], model.input_size, view)
     val_loader = DataLoader(SliceDataset(v_images, v_labels, model.mean, model.std),
                             batch_size=64)
     info = {"manifest": str(cfg["data"]["manifest"]), "manifest_md5": manifest_md5(manifest),
@@ -109,11 +110,15 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
     model = create_model(tcfg["model"], pretrained=bool(tcfg.get("pretrained", False)),
                          input_size=int(cfg["preprocess"]["image_size"]),
                          **tcfg.get("model_kwargs", {}))
+    model.view = cfg["preprocess"].get("view", "full")
     teacher_model, teacher_card = None, None
     if teacher:
         t = load_model(teacher)
         teacher_card = {"name": t.name, "arch": t.card["arch"],
                         "protocol": t.card.get("protocol")}
+        if getattr(t, "view", "full") != model.view:
+            raise ValueError(f"teacher {t.name} sees the {t.view!r} view, the student "
+                             f"{model.view!r}: retrain the teacher with the same preprocessing")
         if t.card.get("protocol") != protocol:
             raise ValueError(f"teacher {t.name} was trained on the {t.card.get('protocol')} "
                              f"protocol, the student on {protocol}: protocols never mix")

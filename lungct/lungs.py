@@ -1,0 +1,278 @@
+"""Lung fields of an axial CT slice: body outline, lung masks, a lung-centred crop.
+
+Why: a classifier fed the whole exported image learns the export (window,
+framing, table, text) and its heatmap lands on the spine; fed the lung
+fields in one standard rendering it has to look at the lungs. The same
+function serves training, evaluation, the CLI, the guard and the app, so
+the model input is identical everywhere.
+
+Classical and explainable, no network: works on the decoded [0, 1] slice
+whatever the source (a DICOM in the lung window, an 8-bit JPEG exported in a
+narrow window, a screenshot with borders and text), because in every CT
+rendering the lungs are the large dark regions *inside* a bright body and
+outside air touches the image edge.
+
+1. Uniform frame rows/columns (screenshot borders, letterboxing) are trimmed.
+2. Otsu's threshold on the smoothed slice splits dark (air, lung) from bright
+   (tissue, bone); the body is the largest bright component after an opening
+   (which drops text, rulers and thin table lines), holes filled.
+3. Lungs are dark components inside the body that do not touch the image
+   edge, each at least ``MIN_LUNG_PART`` of the body; at most two are kept.
+4. The crop spans the lung fields top to bottom and the body left to right,
+   plus a margin, squared; outside the body is set to black (no table, no
+   text); a light smoothing makes a narrow window's speckle and a lung
+   window's smooth grey alike.
+5. ``standardise`` maps the two anchors every rendering shows, the median
+   of the lungs and of the soft tissue, to fixed grey levels: the rendering
+   shortcut (one source exports darker slices per class) is taken away
+   before the model sees the slice.
+
+>>> seg = segment(gray)                       # doctest: +SKIP
+>>> seg.has_lungs, seg.lung_fraction, seg.box  # doctest: +SKIP
+>>> x = lung_view(gray, 224)                  # the model input, (224, 224) in [0, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
+
+WORK_SIDE = 256
+"""Segmentation runs at this longest side (about 2-4 ms on one core)."""
+MIN_LUNG_PART = 0.01
+"""A dark region inside the body counts as lung from this fraction of the body area."""
+MARGIN = 0.08
+"""Margin around the lung box, as a fraction of the box's longer side."""
+SMOOTH = 1.2
+"""Gaussian sigma (pixels of a 224-px view) before standardising: a narrow window's
+speckle (soft tissue as salt and pepper) and a lung window's smooth grey become
+alike, and reconstruction-kernel noise matters less."""
+LUNG_LEVEL, TISSUE_LEVEL = 0.15, 0.65
+"""Where ``standardise`` puts the lung median and the soft-tissue median."""
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Masks at the working resolution and boxes in the input's pixel coordinates.
+
+    ``box`` and ``body_box`` are (y0, x0, y1, x1), end-exclusive; ``box`` is
+    the square crop the model sees (may reach past the image edge, which is
+    padded black).
+    """
+
+    body: np.ndarray
+    lungs: np.ndarray
+    scale: float
+    """Input pixels per working pixel."""
+    offset: tuple[int, int]
+    """(y, x) of the working grid's origin in the input (trimmed frame)."""
+    shape: tuple[int, int]
+    box: tuple[int, int, int, int]
+    body_box: tuple[int, int, int, int] | None
+    lung_level: float
+    tissue_level: float
+
+    @property
+    def body_fraction(self) -> float:
+        """Body area / image area (trimmed frame)."""
+        return float(self.body.mean())
+
+    @property
+    def lung_fraction(self) -> float:
+        """Lung area / body area: about 0.2-0.5 mid-chest, 0 in the neck or abdomen."""
+        body = float(self.body.sum())
+        return float(self.lungs.sum()) / body if body else 0.0
+
+    @property
+    def n_lungs(self) -> int:
+        return int(ndi.label(self.lungs)[1])
+
+    @property
+    def has_lungs(self) -> bool:
+        return self.lung_fraction >= 0.04
+
+    def mask(self, which: str = "lungs") -> np.ndarray:
+        """The lung (or body) mask at the input's resolution, for outlines in the app."""
+        small = self.lungs if which == "lungs" else self.body
+        h, w = self.shape
+        out = np.zeros((h, w), dtype=bool)
+        oy, ox = self.offset
+        th, tw = round(small.shape[0] * self.scale), round(small.shape[1] * self.scale)
+        big = Image.fromarray(small.astype(np.uint8) * 255).resize((tw, th), Image.Resampling.NEAREST)
+        out[oy:oy + th, ox:ox + tw] = np.asarray(big)[: h - oy, : w - ox] > 127
+        return out
+
+
+def _as_gray(gray) -> np.ndarray:
+    arr = np.asarray(gray, dtype=np.float32)
+    if arr.ndim != 2 or min(arr.shape, default=0) < 8 or not np.isfinite(arr).all():
+        raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) without uniform edge rows/columns (borders, letterboxing).
+
+    A row or column belongs to the frame while its spread is below ``tol``
+    and its mean equals the first edge's (a black frame next to black air is
+    air; trimming it too is harmless).
+    """
+    h, w = gray.shape
+    rows_flat = gray.std(1) < tol
+    cols_flat = gray.std(0) < tol
+
+    def run(flat: np.ndarray) -> int:
+        n = int(np.argmin(flat)) if not flat.all() else len(flat)
+        return n
+
+    y0, y1 = run(rows_flat), h - run(rows_flat[::-1])
+    x0, x1 = run(cols_flat), w - run(cols_flat[::-1])
+    if y1 - y0 < h // 4 or x1 - x0 < w // 4:  # nearly all flat: keep everything
+        return 0, 0, h, w
+    return y0, x0, y1, x1
+
+
+def _resize(gray: np.ndarray, h: int, w: int) -> np.ndarray:
+    img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32))
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    mids = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * mids)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if not n:
+        return mask
+    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def segment(gray: np.ndarray) -> Segmentation:
+    """Body and lung masks, and the lung crop box, of one decoded slice."""
+    g = _as_gray(gray)
+    h, w = g.shape
+    y0, x0, y1, x1 = trim_frame(g)
+    inner = g[y0:y1, x0:x1]
+    scale = max(inner.shape) / WORK_SIDE
+    wh, ww = max(8, round(inner.shape[0] / scale)), max(8, round(inner.shape[1] / scale))
+    small = ndi.gaussian_filter(_resize(inner, wh, ww), 2.0)
+    ring = np.concatenate([small[:3].ravel(), small[-3:].ravel(), small[:, :3].ravel(),
+                           small[:, -3:].ravel()])
+    air = float(np.median(ring))
+    top = float(np.percentile(small, 99))
+    bright = small > air + max(0.03, 0.08 * (top - air))
+    # a strong opening detaches the scanner table and drops text; the convex hull
+    # closes a chest wall that a narrow window shows only as broken speckle
+    core = _largest(ndi.binary_opening(bright, iterations=3))
+    body = convex_hull_image(core) if core.any() else core
+    if body.any():
+        inside = small[body]
+        m0 = float(np.median(inside))
+        upper = inside[inside > (air + m0) / 2]
+        tissue_level = float(np.median(upper)) if upper.size else m0
+    else:
+        tissue_level = top
+    dark = ndi.binary_opening((small < (air + tissue_level) / 2) & ndi.binary_erosion(body, iterations=3),
+                              iterations=2)
+    labels, n = ndi.label(dark)
+    lungs = np.zeros_like(body)
+    if n:
+        edge = np.zeros_like(body)
+        edge[[0, -1], :] = edge[:, [0, -1]] = True
+        touching = set(np.unique(labels[edge & (labels > 0)]).tolist())
+        sizes = ndi.sum(dark, labels, index=np.arange(1, n + 1))
+        order = np.argsort(sizes)[::-1]
+        body_area = max(float(body.sum()), 1.0)
+        big = [int(i) + 1 for i in order[:6]
+               if int(i) + 1 not in touching and sizes[i] >= MIN_LUNG_PART * body_area]
+        # A window that shows outside air grey (every lung window: air at -1000 HU is
+        # above its floor) shows lung greyer still; dark regions at the level of air
+        # there are gaps (table, arms, bowel gas), not lung. A narrow window clips
+        # both to black, so nothing can be told apart by level.
+        if air > 0.08:
+            big = [k for k in big if np.percentile(small[labels == k], 10) > air + 0.04]
+        kept = big[:2]
+        if kept:
+            lungs = np.isin(labels, kept)
+    lung_level = float(np.median(small[lungs])) if lungs.any() else air
+
+    def to_input(box):  # working (y0, x0, y1, x1) -> input pixels
+        return (y0 + box[0] * scale, x0 + box[1] * scale, y0 + box[2] * scale,
+                x0 + box[3] * scale)
+
+    body_box = _bbox(body)
+    target = _bbox(lungs) if lungs.any() else body_box
+    if target is not None and body_box is not None:
+        # across: the body's full width, so one lung found (or one diseased lung that
+        # looks solid) frames the chest as two would; down: the lung fields
+        target = (target[0], body_box[1], target[2], body_box[3])
+    if target is None:
+        crop = (0, 0, h, w)
+    else:
+        by0, bx0, by1, bx1 = to_input(target)
+        side = max(by1 - by0, bx1 - bx0) * (1 + 2 * MARGIN)
+        cy, cx = (by0 + by1) / 2, (bx0 + bx1) / 2
+        crop = (int(round(cy - side / 2)), int(round(cx - side / 2)),
+                int(round(cy + side / 2)), int(round(cx + side / 2)))
+    return Segmentation(body=body, lungs=lungs, scale=scale, offset=(y0, x0), shape=(h, w),
+                        box=crop,
+                        body_box=None if body_box is None else
+                        tuple(int(round(v)) for v in to_input(body_box)),
+                        lung_level=lung_level, tissue_level=tissue_level)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    if not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def standardise(gray: np.ndarray, lung_level: float, tissue_level: float) -> np.ndarray:
+    """Map lung median -> ``LUNG_LEVEL`` and soft-tissue median -> ``TISSUE_LEVEL`` linearly.
+
+    Two anchors every CT rendering shows, whatever its window: so a narrow
+    window (black lungs) and a lung window (grey lungs) give the model the
+    same grey levels for the same tissue.
+    """
+    span = max(tissue_level - lung_level, 0.05)
+    out = LUNG_LEVEL + (gray - lung_level) * ((TISSUE_LEVEL - LUNG_LEVEL) / span)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def crop_box(gray: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """``gray[box]`` resized to ``size`` x ``size``; parts past the edge are black."""
+    y0, x0, y1, x1 = box
+    h, w = gray.shape
+    img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32))
+    out = img.transform((int(size), int(size)), Image.Transform.EXTENT, (x0, y0, x1, y1),
+                        Image.Resampling.BILINEAR, fillcolor=0.0)
+    return np.asarray(out, dtype=np.float32).copy()
+
+
+def lung_view(gray: np.ndarray, size: int, seg: Segmentation | None = None) -> np.ndarray:
+    """The model input of every lungct model with ``input_view: lungs``: (size, size) in [0, 1].
+
+    The lung crop, black outside the body, rendering standardised.
+    """
+    g = _as_gray(gray)
+    seg = seg or segment(g)
+    body = crop_box(seg.mask("body").astype(np.float32), seg.box, size) > 0.5
+    out = ndi.gaussian_filter(crop_box(g, seg.box, size), SMOOTH * size / 224)
+    out = standardise(out, seg.lung_level, seg.tissue_level)
+    return np.where(body, out, 0.0).astype(np.float32)

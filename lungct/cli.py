@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed change of any class probability (default 0.02)")
     p.set_defaults(func=cmd_half)
 
-    from lungct import cli_predict
+    from lungct import cli_case, cli_predict
     cli_predict.add_commands(sub, common)
+    cli_case.add_command(sub, common)
     return parser
 
 

@@ -1,10 +1,12 @@
 """CLI commands that use trained models: ``predict``, ``evaluate`` and ``export``.
 
-``predict`` classifies files and folders in batches: a background thread
-pool reads and decodes the next files (a bounded look-ahead) while the model
-runs on the current batch, so decoding overlaps inference. Results come out
+``predict`` classifies files and folders in batches through the case
+pipeline (``lungct.case.iter_results``): a background thread pool reads and
+decodes the next files (a bounded look-ahead) while the model runs on the
+current batch, so decoding overlaps inference. Results come out
 in input order; a bad file gives ``{"file", "error"}`` and the rest go on.
-The exit status is non-zero only on misuse (unknown model, bad options).
+The exit status is 2 on misuse (unknown model, bad options) and 1 when
+every file failed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import argparse
 import csv
 import json
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from lungct import CLASSES
 from lungct.data.discover import IMAGE_SUFFIXES
@@ -38,32 +38,35 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
-def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
-    """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance.
-
-    Work runs in a thread pool of ``workers`` threads (Pillow and numpy release
-    the GIL, so decoding overlaps the model's forward pass); at most ``ahead``
-    results wait in memory. Exceptions are re-raised at the item's turn.
-    """
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers),
-                            thread_name_prefix="lungct-decode") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            yield pending.popleft().result()
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                break
-
-
 def _reason(err: Exception) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err) or type(err).__name__
+
+
+def _reader(path: Path) -> Callable:
+    """A zero-argument loader of ``path`` (run in a decode thread); read errors become text."""
+    from lungct.series import SliceFile, read_slice
+
+    def read():
+        try:
+            return read_slice(str(path), path.read_bytes())
+        except OSError as err:
+            return SliceFile(name=str(path), error=_reason(err))
+    return read
+
+
+def result_row(path: Path, r) -> dict:
+    """``predict``'s record of one ``lungct.case.SliceResult``: the file, then result or error."""
+    row = ({"file": str(path), **r.prediction.as_dict()} if r.ok
+           else {"file": str(path), "error": r.error})
+    if r.guard is not None:
+        row["ood"] = r.guard
+    if r.status in ("refused", "outside_lungs"):
+        row["rejected"] = True
+        if r.status == "outside_lungs":
+            row["outside_lungs"] = True
+    return row
 
 
 def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int = 32,
@@ -71,64 +74,25 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
                   guard=None) -> Iterator[dict]:
     """One result dict per path, in order: ``{"file", **prediction}`` or ``{"file", "error"}``.
 
-    With an ``OODGuard`` every decoded slice is checked first: results carry
-    ``"ood"`` (verdict and score), and a slice that does not look like a lung
-    CT gets ``{"file", "error", "rejected": true, "ood"}`` and no class.
-
-    Reading, decoding and preprocessing run ``workers`` threads ahead of the
-    model; the model sees batches of ``batch_size``. ``progress``: a tqdm bar on
-    stderr (None: only when stderr is a terminal).
+    The case pipeline (``lungct.case.iter_results``) runs underneath: files are
+    read and decoded ``workers`` threads ahead of the model, each batch of
+    ``batch_size`` is screened by the ``OODGuard`` (when given) and classified
+    in one forward pass. With a guard, results carry ``"ood"`` (its verdict),
+    and a refused slice gets ``{"file", "error", "rejected": true, "ood"}``.
+    ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
     """
     from tqdm import tqdm
 
-    from lungct.preprocess import InvalidImageError, decode_image
-
-    verdicts: dict[Path, dict] = {}
-
-    def load(path: Path):
-        try:
-            data = path.read_bytes()
-            gray = decode_image(data, name=path.name, window=window)
-            if guard is not None:
-                try:
-                    verdicts[path] = guard.require(gray, data).as_dict()
-                except InvalidImageError as err:  # OutOfDistribution carries its verdict
-                    if hasattr(err, "verdict"):
-                        verdicts[path] = err.verdict.as_dict()
-                    raise
-            return path, clf.prepare(gray), None
-        except (InvalidImageError, OSError) as err:
-            return path, None, _reason(err)
-        except Exception as err:  # one odd file must not stop a folder run
-            return path, None, f"could not process this file ({type(err).__name__}: {err})"
+    from lungct.case import iter_results
 
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, mininterval=0.5,
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
-    batch: list[tuple] = []
-
-    def flush() -> list[dict]:
-        good = [(p, x) for p, x, e in batch if e is None]
-        preds = iter(clf.predict_prepared([x for _, x in good])) if good else iter(())
-        out = []
-        for path, x, err in batch:
-            row = ({"file": str(path), "error": err} if err is not None
-                   else {"file": str(path), **next(preds).as_dict()})
-            if path in verdicts:
-                row["ood"] = verdicts.pop(path)
-                if err is not None and not row["ood"]["in_distribution"]:
-                    row["rejected"] = True
-            out.append(row)
-        bar.update(len(batch))
-        batch.clear()
-        return out
-
     try:
-        for item in prefetch(paths, load, workers=workers, ahead=2 * batch_size):
-            batch.append(item)
-            if len(batch) >= batch_size:
-                yield from flush()
-        if batch:
-            yield from flush()
+        results = iter_results(clf, [_reader(p) for p in paths], len(paths), guard, window,
+                               batch_size, workers, keep_pixels=False)
+        for path, r in zip(paths, results):
+            bar.update(1)
+            yield result_row(path, r)
     finally:
         bar.close()
 
@@ -156,17 +120,13 @@ def _print_result(out: dict, as_json: bool) -> None:
               f"backend={out['backend']}", flush=True)
 
 
-def cmd_predict(args) -> int:
-    from lungct.cli import _config
+def load_model_and_guard(args, cfg: dict):
+    """(classifier, guard or None) as ``args`` say, or an exit status after an error message."""
     from lungct.inference import Classifier
     from lungct.models import ModelLoadError
     from lungct.onnx_runtime import OnnxUnavailable
 
-    cfg = _config(args)
     name = args.model or cfg["app"]["default_model"]
-    if args.batch_size < 1 or args.workers < 1:
-        print("error: --batch-size and --workers must be at least 1", file=sys.stderr)
-        return 2
     try:
         clf = Classifier.from_name(name, cfg["app"]["unsure_below"], backend=args.backend,
                                    threads=args.threads, cfg=cfg)
@@ -175,13 +135,41 @@ def cmd_predict(args) -> int:
         return 2
     guard = None
     if cfg.get("ood", {}).get("enabled", True) and not args.no_guard:
-        from lungct.ood import GuardLoadError, OODGuard
+        from lungct.case import load_guard
+        from lungct.ood import GuardLoadError
         try:
-            guard = OODGuard.load(cfg=cfg)
+            guard = load_guard(cfg)
         except GuardLoadError as err:
             print(f"error: the input guard could not be loaded ({err}); "
                   "use --no-guard to classify without it", file=sys.stderr)
             return 2
+    return clf, guard
+
+
+def add_model_options(p) -> None:
+    """The options ``predict``, ``case`` and ``pacs`` share: model, guard, window, backend."""
+    p.add_argument("--model", help="model name under models/ or a folder (default: app's)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="skip the input guard (is this a lung CT slice?): not recommended")
+    p.add_argument("--window", choices=["lung", "mediastinal", "file"],
+                   help="DICOM window (default: preprocess.dicom_window)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
+                   help="inference backend (default: LUNGCT_BACKEND or runtime.backend)")
+    p.add_argument("--threads", type=int,
+                   help="ONNX Runtime threads (default: runtime.threads; 0 = one per core)")
+
+
+def cmd_predict(args) -> int:
+    from lungct.cli import _config
+
+    cfg = _config(args)
+    if args.batch_size < 1 or args.workers < 1:
+        print("error: --batch-size and --workers must be at least 1", file=sys.stderr)
+        return 2
+    loaded = load_model_and_guard(args, cfg)
+    if isinstance(loaded, int):
+        return loaded
+    clf, guard = loaded
     window = args.window or cfg["preprocess"]["dicom_window"]
     paths = expand_inputs(args.files)
     if not paths:
@@ -211,6 +199,9 @@ def cmd_predict(args) -> int:
     if args.csv:
         print(f"wrote {args.csv}: {n} rows ({failed} with an error); model {clf.name} on "
               f"{clf.backend}", file=sys.stderr)
+    if n and failed == n:
+        print(f"error: none of the {n} files could be classified", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -237,20 +228,12 @@ def cmd_evaluate(args) -> int:
 def add_commands(sub, common) -> None:
     p = sub.add_parser("predict", parents=[common], help="classify image or DICOM files")
     p.add_argument("files", nargs="+", help="files or folders")
-    p.add_argument("--model", help="model name under models/ or a folder (default: app's)")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
-    p.add_argument("--no-guard", action="store_true",
-                   help="skip the input guard (is this a lung CT slice?): not recommended")
     p.add_argument("--csv", metavar="OUT", help="also write one CSV row per input to OUT")
-    p.add_argument("--window", choices=["lung", "mediastinal", "file"],
-                   help="DICOM window (default: preprocess.dicom_window)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=int, default=1,
                    help="threads reading and decoding files ahead of the model (default 1)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
-                   help="inference backend (default: LUNGCT_BACKEND or runtime.backend)")
-    p.add_argument("--threads", type=int,
-                   help="ONNX Runtime threads (default: runtime.threads; 0 = one per core)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_predict)

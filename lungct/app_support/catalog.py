@@ -8,7 +8,6 @@ git): such a model is listed with its metrics but never used for inference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct import CLASSES
+from lungct.case import model_version, weights_digest
 from lungct.config import REPO_ROOT
 from lungct.models.checkpoint import CARD_FILE, WEIGHTS_FILE, list_shipped, read_card
 
@@ -56,26 +56,7 @@ class ModelEntry:
 
     def version(self) -> str:
         """lungct version, creation time and a short hash of the weights file."""
-        parts = [f"lungct {self.card['lungct_version']}"] if self.card.get("lungct_version") \
-            else []
-        if self.card.get("created"):
-            parts.append(f"trained {self.card['created']}")
-        digest = weights_digest(self.folder)
-        if digest:
-            parts.append(f"weights sha256 {digest}")
-        return ", ".join(parts) or "unknown version"
-
-
-def weights_digest(folder: Path, length: int = 12) -> str | None:
-    """First ``length`` hex digits of the weights file's SHA-256, None when absent."""
-    path = Path(folder) / WEIGHTS_FILE
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
+        return model_version(self.folder, self.card)
 
 
 def list_entries(folder: str | Path | None = None) -> list[ModelEntry]:

@@ -1,0 +1,509 @@
+"""One slice-to-case pipeline for the app, the CLI, the benchmark and the PACS integration.
+
+    files -> read once (lungct.series) -> decode -> input guard -> batched
+    classification -> case verdict under a stated rule; heatmaps on demand.
+
+>>> import lungct
+>>> case = lungct.run_case(["study_folder/"], lungct.Classifier.from_name("student_kd"),
+...                        guard=lungct.load_guard())                # doctest: +SKIP
+>>> case.verdict["label"], case.counts                               # doctest: +SKIP
+
+Each slice ends in one of four states (``SliceResult.status``):
+``classified`` (label and probabilities), ``outside_lungs`` (the guard says
+it is CT but neck or abdomen: never called normal, never an error),
+``refused`` (not a lung CT image, or a non-CT DICOM modality) or ``error``
+(unreadable). Only classified slices vote in the case verdict.
+
+Privacy: results keep the user's file name for their own screen
+(``SliceResult.name``); :meth:`SliceResult.as_dict` and :meth:`Case.as_dict`,
+which every export uses, carry positions only. No patient tag is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from lungct import CLASSES
+from lungct.preprocess import MAX_PIXELS, InvalidImageError, decode_image
+from lungct.series import Series, SliceFile, Study, load_study
+
+MALIGNANT_THRESHOLD = 0.5
+CASE_RULE = (f"malignant if any slice has P(malignant) >= {MALIGNANT_THRESHOLD:.2f}; "
+             "otherwise benign if any slice is labelled benign (or malignant below that "
+             "threshold); otherwise normal")
+REFUSED_RULE = "refused: no slice could be classified (see each slice's reason)"
+STATUSES = ("classified", "outside_lungs", "refused", "error")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
+RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ACCEPTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
+ACCEPTED_HELP = ("PNG, JPEG, TIFF, BMP or DICOM (.dcm, or DICOM files without an extension, "
+                 "as scanners export them)")
+
+
+@dataclass
+class SliceResult:
+    """One slice of a case. ``name`` is shown to its user only; exports use ``position``."""
+
+    position: int                 # 1-based place in the case (anatomical order for a series)
+    total: int
+    extension: str = ""           # ".jpg", ".dcm" or "" (no extension)
+    is_dicom: bool = False
+    example: str | None = None    # sample file name, for shipped examples only
+    gray: np.ndarray | None = field(default=None, repr=False)
+    prediction: object | None = None   # lungct.inference.Prediction
+    error: str | None = None
+    rejected: bool = False        # the guard refused it (not a lung CT slice)
+    outside_lungs: bool = False   # CT, but outside the lungs (neck, abdomen)
+    warning: str | None = None
+    modality: str | None = None
+    location_mm: float | None = None   # position along the slice normal
+    instance_number: int | None = None
+    guard: dict | None = None     # the guard's verdict (as_dict), when it ran
+    name: str | None = field(default=None, repr=False)   # session display only
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.prediction is not None
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "classified"
+        if self.outside_lungs:
+            return "outside_lungs"
+        return "refused" if self.rejected else "error"
+
+    @property
+    def title(self) -> str:
+        kind = self.extension or ("DICOM, no extension" if self.is_dicom else "no extension")
+        text = f"File {self.position} of {self.total} ({kind})"
+        return f"{text}: example {self.example}" if self.example else text
+
+    @property
+    def where(self) -> str:
+        """The slice's place without its name: "slice 12 of 64 (z = -154.5 mm)"."""
+        text = f"slice {self.position} of {self.total}"
+        return text + (f" (z = {self.location_mm:.1f} mm)" if self.location_mm is not None
+                       else "")
+
+    @property
+    def malignant_probability(self) -> float:
+        return float(self.prediction.probabilities.get("malignant", 0.0)) if self.ok else -1.0
+
+    def as_dict(self) -> dict:
+        """The exportable record: position, status and result; never a name or a tag."""
+        out = {"index": self.position, "location_mm": None if self.location_mm is None
+               else round(self.location_mm, 3), "instance_number": self.instance_number,
+               "status": self.status}
+        if self.ok:
+            p = self.prediction
+            out.update(label=p.label, unsure=bool(p.unsure),
+                       probabilities={c: round(float(p.probabilities.get(c, 0.0)), 6)
+                                      for c in CLASSES})
+        else:
+            out["reason"] = self.error
+        if self.guard is not None:
+            out["guard_score"] = self.guard.get("score")
+        if self.warning:
+            out["warning"] = self.warning
+        return out
+
+
+# ------------------------------------------------------------------ decode
+
+def _dataset_gray(ds, window: str, max_pixels: int) -> np.ndarray:
+    """Pixels of an already parsed DICOM dataset, through ``lungct.preprocess``'s DICOM path."""
+    from lungct import preprocess
+
+    preprocess._check_window(window)
+    with preprocess._quiet_pydicom():
+        return preprocess._dicom_to_gray(ds, window, max_pixels)
+
+
+def _failure_text(err: Exception) -> str:
+    if isinstance(err, InvalidImageError):
+        return str(err)
+    # the message may quote data: only the type is shown
+    return f"could not process this file ({type(err).__name__}); the other files are unaffected"
+
+
+def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
+           max_pixels: int = MAX_PIXELS, example: str | None = None) -> SliceResult:
+    """A ``SliceResult`` with the decoded slice, or with ``error``; never raises for bad input."""
+    ext = sf.extension
+    r = SliceResult(position=position, total=total, example=example, name=sf.name,
+                    extension=ext if ext in ACCEPTED_EXTENSIONS or not ext
+                    else "unsupported extension",
+                    is_dicom=sf.is_dicom, modality=sf.modality,
+                    location_mm=sf.location, instance_number=sf.instance_number)
+    try:
+        if sf.error is not None:
+            raise InvalidImageError(sf.error)
+        if ext and ext not in ACCEPTED_EXTENSIONS:
+            raise InvalidImageError(f"unsupported file type; use {ACCEPTED_HELP}")
+        if sf.dataset is not None:
+            r.gray = _dataset_gray(sf.dataset, window, max_pixels)
+        else:
+            # only the extension is passed on as a hint: the name itself is never used
+            r.gray = decode_image(sf.data or b"", name="upload" + ext, window=window,
+                                  max_pixels=max_pixels)
+        if r.modality and r.modality != "CT":
+            r.warning = (f"DICOM modality is {r.modality}: the model was trained on CT "
+                         "slices only; treat this result with extra caution.")
+    except Exception as err:
+        r.error, r.gray = _failure_text(err), None
+    return r
+
+
+# ------------------------------------------------------------------- guard
+
+def load_guard(cfg: dict | None = None, path=None):
+    """The input guard (is this a lung CT slice?); raises ``GuardLoadError`` when missing."""
+    from lungct.ood import OODGuard
+    return OODGuard.load(path, cfg=cfg)
+
+
+def _verdict_status(verdict) -> str:
+    """'accepted' | 'not_image' | 'not_ct' | 'outside_lungs' for old and new guard verdicts."""
+    status = getattr(verdict, "status", None)
+    if status:
+        return str(status)
+    return "accepted" if verdict.in_distribution else "not_ct"
+
+
+def screen(guard, results: list[SliceResult]) -> None:
+    """The one call into the input guard: marks refused and outside-the-lungs slices.
+
+    DICOM files of a non-CT modality are refused by their tag; the pixels of
+    the others are checked in one batch. If the guard itself fails, nothing
+    is classified: a tool that cannot tell a lung CT from a photo must not guess.
+    """
+    from lungct.ood import modality_verdict
+
+    if guard is None:   # no guard, no check (--no-guard): non-CT DICOM keeps its warning
+        return
+    todo = []
+    for r in results:
+        if r.gray is None or r.error is not None:
+            continue
+        verdict = modality_verdict(r.modality) if r.is_dicom else None
+        if verdict is not None:
+            _apply_verdict(r, verdict)
+        else:
+            todo.append(r)
+    if not todo:
+        return
+    try:
+        verdicts = guard.check_many([r.gray for r in todo])
+    except Exception as err:
+        for r in todo:
+            r.error, r.rejected = (f"the input check (is this a lung CT slice?) failed "
+                                   f"({type(err).__name__}): no classification shown"), True
+        return
+    for r, verdict in zip(todo, verdicts):
+        _apply_verdict(r, verdict)
+
+
+def _apply_verdict(r: SliceResult, verdict) -> None:
+    r.guard = verdict.as_dict() if hasattr(verdict, "as_dict") else None
+    status = _verdict_status(verdict)
+    if status == "accepted":
+        return
+    r.error, r.warning = verdict.reason, None
+    if status == "outside_lungs":
+        r.outside_lungs = True
+    else:
+        r.rejected = True
+
+
+# ------------------------------------------------------------- classify
+
+@contextmanager
+def model_guarded(classifier):
+    """Hold the model's CAM lock while classifying with PyTorch.
+
+    While another session computes a heatmap, the shared model carries
+    pytorch-grad-cam hooks that record every forward pass; a classification
+    running at that moment would feed its activations into that heatmap.
+    An ONNX session carries no hooks.
+    """
+    torch_backend = getattr(classifier, "backend", "torch") == "torch"
+    model = getattr(classifier, "model", None) if torch_backend else None
+    if model is None:
+        yield
+        return
+    from lungct.explain import model_lock
+    with model_lock(model):
+        yield
+
+
+def predict(classifier, gray: np.ndarray):
+    """One slice's ``Prediction`` (``classifier.predict_gray`` under the model's CAM lock)."""
+    with model_guarded(classifier):
+        return classifier.predict_gray(gray)
+
+
+def classify(classifier, results: list[SliceResult]) -> None:
+    """Classify every decoded, accepted slice of ``results`` in one batch."""
+    todo = [r for r in results if r.gray is not None and r.error is None]
+    if not todo:
+        return
+    try:
+        if hasattr(classifier, "predict_prepared"):
+            arrays = [classifier.prepare(r.gray) for r in todo]
+            with model_guarded(classifier):
+                preds = classifier.predict_prepared(arrays)
+        else:   # a minimal classifier (tests, notebooks) with predict_gray only
+            preds = [predict(classifier, r.gray) for r in todo]
+    except Exception:
+        if len(todo) == 1:
+            todo[0].error, todo[0].prediction = _failure_text(RuntimeError()), None
+            return
+        for r in todo:   # find the one slice that breaks the batch
+            classify(classifier, [r])
+        return
+    for r, p in zip(todo, preds):
+        r.prediction = p
+
+
+def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
+    """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance.
+
+    Work runs in a thread pool of ``workers`` threads (Pillow, pydicom's numpy
+    and numpy release the GIL, so decoding overlaps the model's forward pass);
+    at most ``ahead`` results wait in memory. Exceptions are re-raised at the
+    item's turn.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="lungct-decode") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                break
+
+
+def iter_results(classifier, sources: Iterable, total: int, guard=None, window: str = "lung",
+                 batch_size: int = 32, workers: int = 1, max_pixels: int = MAX_PIXELS,
+                 keep_pixels: bool = True, examples: bool = False) -> Iterator[SliceResult]:
+    """Results in input order, batch by batch: decode (``workers`` threads ahead), guard, classify.
+
+    ``sources``: ``SliceFile`` objects or zero-argument callables returning one
+    (so files are read in the worker threads). ``keep_pixels=False`` drops
+    each slice's pixels once classified (folder runs of thousands of files).
+    """
+    def load(item) -> SliceResult:
+        index, source = item
+        try:
+            sf = source() if callable(source) else source
+        except Exception as err:
+            return SliceResult(index, total, error=_failure_text(err))
+        example = os.path.basename(sf.name) if examples else None
+        r = decode(sf, index, total, window, max_pixels, example)
+        sf.dataset = sf.data = None
+        return r
+
+    batch: list[SliceResult] = []
+
+    def flush() -> list[SliceResult]:
+        screen(guard, batch)
+        classify(classifier, batch)
+        out = list(batch)
+        batch.clear()
+        if not keep_pixels:
+            for r in out:
+                r.gray = None
+        return out
+
+    for r in prefetch(enumerate(sources, start=1), load, workers, ahead=2 * batch_size):
+        batch.append(r)
+        if len(batch) >= batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def analyse_slices(classifier, files: list[SliceFile], guard=None, window: str = "lung",
+                   batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+                   examples: bool = False) -> list[SliceResult]:
+    """``iter_results`` for files already read, in the given order."""
+    return list(iter_results(classifier, files, len(files), guard, window, batch_size,
+                             max_pixels=max_pixels, examples=examples))
+
+
+# ---------------------------------------------------------------- verdict
+
+def counts(results: list[SliceResult]) -> dict[str, int]:
+    """How many slices ended in each state (``STATUSES``)."""
+    out = dict.fromkeys(STATUSES, 0)
+    for r in results:
+        out[r.status] += 1
+    return out
+
+
+def most_suspicious_first(results: list[SliceResult]) -> list[SliceResult]:
+    """Classified slices by descending P(malignant), then the others in case order."""
+    good = sorted((r for r in results if r.ok), key=lambda r: -r.malignant_probability)
+    return good + [r for r in results if not r.ok]
+
+
+def case_verdict(results: list[SliceResult],
+                 threshold: float = MALIGNANT_THRESHOLD) -> dict | None:
+    """The case-level label under ``CASE_RULE``; None when no slice could be classified.
+
+    Returns {"label", "rule", "deciding_slice" (title), "deciding_position",
+    "n_slices", "n_failed", "counts", "unsure"}; the case is unsure when any
+    slice is unsure or a malignant label fell below the threshold.
+    """
+    good = [r for r in results if r.ok]
+    if not good:
+        return None
+    top = max(good, key=lambda r: r.malignant_probability)
+    if top.malignant_probability >= threshold:
+        label, deciding = "malignant", top
+    else:
+        abnormal = [r for r in good if r.prediction.label in ("benign", "malignant")]
+        if abnormal:
+            label = "benign"
+            deciding = max(abnormal, key=lambda r: r.prediction.probabilities["benign"]
+                           + r.malignant_probability)
+        else:
+            label, deciding = "normal", top
+    unsure = any(r.prediction.unsure for r in good) or any(
+        r.prediction.label == "malignant" and r.malignant_probability < threshold for r in good)
+    rule = CASE_RULE if threshold == MALIGNANT_THRESHOLD else CASE_RULE.replace(
+        f"{MALIGNANT_THRESHOLD:.2f}", f"{threshold:.2f}")
+    return {"label": label, "rule": rule, "deciding_slice": deciding.title,
+            "deciding_position": deciding.position, "n_slices": len(good),
+            "n_failed": len(results) - len(good), "counts": counts(results), "unsure": unsure}
+
+
+# ------------------------------------------------------------------- case
+
+def weights_digest(folder, length: int = 12) -> str | None:
+    """First ``length`` hex digits of the weights file's SHA-256, None when absent."""
+    import hashlib
+    from pathlib import Path
+
+    from lungct.models.checkpoint import WEIGHTS_FILE
+
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def model_version(folder, card: dict) -> str:
+    """lungct version, creation time and a short hash of the weights file."""
+    parts = [f"lungct {card['lungct_version']}"] if card.get("lungct_version") else []
+    if card.get("created"):
+        parts.append(f"trained {card['created']}")
+    digest = weights_digest(folder) if folder else None
+    if digest:
+        parts.append(f"weights sha256 {digest}")
+    return ", ".join(parts) or "unknown version"
+
+
+def model_info(classifier) -> dict:
+    """Name and version of the model behind ``classifier`` (card and weights hash)."""
+    card = getattr(classifier, "card", None) or {}
+    folder = getattr(classifier, "folder", None)
+    return {"name": getattr(classifier, "name", "unknown"),
+            "version": model_version(folder, card),
+            "backend": getattr(classifier, "backend", "")}
+
+
+@dataclass
+class Case:
+    """A classified series: its slices in order, the verdict, and what was left out."""
+
+    slices: list[SliceResult]
+    series: dict
+    model: dict
+    problems: list[dict] = field(default_factory=list)   # unreadable files: {"file", "error"}
+    other_series: list[dict] = field(default_factory=list)
+    threshold: float = MALIGNANT_THRESHOLD
+
+    @property
+    def verdict(self) -> dict | None:
+        return case_verdict(self.slices, self.threshold)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return counts(self.slices)
+
+    @property
+    def label(self) -> str:
+        v = self.verdict
+        return v["label"] if v else "refused"
+
+    def as_dict(self) -> dict:
+        """The exportable case: positions, results, series facts, model; no names or tags."""
+        v = self.verdict
+        return {"verdict": v["label"] if v else "refused",
+                "rule": v["rule"] if v else REFUSED_RULE,
+                "unsure": bool(v["unsure"]) if v else None,
+                "deciding_slice": v["deciding_position"] if v else None,
+                "counts": self.counts,
+                "slices": [r.as_dict() for r in self.slices],
+                "series": self.series, "other_series": self.other_series,
+                "unreadable_files": len(self.problems), "model": self.model}
+
+
+def classify_series(classifier, series: Series, guard=None, window: str = "lung",
+                    batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+                    study: Study | None = None, examples: bool = False) -> Case:
+    """Run the pipeline on one series (its files in anatomical order)."""
+    results = analyse_slices(classifier, series.files, guard, window, batch_size, max_pixels,
+                             examples)
+    others = [s.info() for s in (study.series if study else []) if s is not series]
+    problems = [{"file": p.name, "error": p.error} for p in (study.problems if study else [])]
+    return Case(results, series.info(), model_info(classifier), problems, others)
+
+
+def run_case(inputs: Iterable, classifier, guard=None, window: str = "lung",
+             series: int | str | None = None, cfg: dict | None = None,
+             batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> Case:
+    """Paths (files, folders, .zip) or ``(name, bytes)`` pairs -> a classified ``Case``.
+
+    ``series`` picks one series of a multi-series input (index or
+    SeriesInstanceUID); default: ``Study.default()``. Raises ``ValueError``
+    when the input holds no readable image at all (the message lists why).
+    """
+    study = load_study(inputs, cfg)
+    chosen = study.pick(series)
+    if chosen is None:
+        reasons = sorted({p.error for p in study.problems if p.error})
+        raise InvalidImageError("no readable image in the input"
+                                + (f": {'; '.join(reasons[:5])}" if reasons else ""))
+    return classify_series(classifier, chosen, guard, window, batch_size, max_pixels, study)
+
+
+def heatmap(classifier, result: SliceResult, method: str = "Grad-CAM",
+            target: str | None = None, layer: str | None = None):
+    """The ``lungct.explain.Explanation`` of one classified slice (on demand: it is slow)."""
+    from lungct.explain import explain
+
+    if result.gray is None:
+        raise InvalidImageError(f"{result.where} has no pixels to explain")
+    label = target or (result.prediction.label if result.ok else None)
+    return explain(classifier.torch_model, result.gray, method=method, target_class=label,
+                   layer=layer)
+

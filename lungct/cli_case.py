@@ -1,0 +1,103 @@
+"""``python -m lungct case PATH... [--json]``: one series in, one case verdict out.
+
+PATH is any mix of DICOM files, folders and .zip archives (or raster slices).
+The slices are grouped into series (the default one, or ``--series N`` from
+``--list-series``), ordered anatomically and run through the case pipeline
+(:mod:`lungct.case`). ``--json`` prints ONE JSON object (``Case.as_dict``:
+verdict, rule, slices by position, series facts, model and version; no file
+names, no patient tags); without it a short table, with the user's own file
+names beside each slice. Exit status: 0 when at least one slice was
+classified, 1 when none could be, 2 on misuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def format_case(case) -> str:
+    """The text table: verdict, rule, series, then one line per slice in anatomical order."""
+    d = case.as_dict()
+    c = d["counts"]
+    s = d["series"]
+    flag = " (unsure: review carefully)" if d["unsure"] else ""
+    lines = [f"verdict: {d['verdict']}{flag}", f"rule: {d['rule']}",
+             f"series: {s['modality']}, {s['slices']} slices"
+             + (f", {s['slice_thickness_mm']:g} mm" if s.get("slice_thickness_mm") else "")
+             + (f", kernel {s['kernel']}" if s.get("kernel") else "")
+             + f"; ordered by {s['ordering']}",
+             f"slices: {c['classified']} classified, {c['outside_lungs']} outside the lungs, "
+             f"{c['refused']} refused, {c['error']} unreadable",
+             f"model: {d['model']['name']} ({d['model']['version']})", "",
+             f"{'#':>4} {'z (mm)':>9}  {'status':<13} {'label':<10} {'P(mal)':>7}  file / reason"]
+    for r in case.slices:
+        z = f"{r.location_mm:9.1f}" if r.location_mm is not None else f"{'-':>9}"
+        label = r.prediction.label if r.ok else "-"
+        pm = f"{r.malignant_probability:7.3f}" if r.ok else f"{'-':>7}"
+        note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}")
+        lines.append(f"{r.position:>4} {z}  {r.status:<13} {label:<10} {pm}  {note}")
+    if d["other_series"]:
+        lines.append(f"\n{len(d['other_series'])} other series in the input "
+                     "(python -m lungct case --list-series ...)")
+    if case.problems:
+        lines.append(f"{len(case.problems)} files could not be read:")
+        lines += [f"  {os.path.basename(p['file'])}: {p['error']}" for p in case.problems]
+    return "\n".join(lines)
+
+
+def cmd_case(args) -> int:
+    from lungct.case import REFUSED_RULE, classify_series
+    from lungct.cli import _config
+    from lungct.cli_predict import load_model_and_guard
+    from lungct.series import load_study
+
+    cfg = _config(args)
+    study = load_study(args.paths, cfg)
+    if args.list_series:
+        for i, s in enumerate(study.series):
+            mark = "  (default)" if s is study.default() else ""
+            print(f"{i}: {s.label()}{mark}")
+        for p in study.problems:
+            print(f"unreadable: {os.path.basename(p.name)}: {p.error}", file=sys.stderr)
+        return 0 if study.series else 1
+    series = study.pick(args.series)
+    if series is None:
+        reasons = sorted({p.error for p in study.problems if p.error})
+        message = "no readable image in the input" + (f": {'; '.join(reasons[:5])}"
+                                                      if reasons else "")
+        if args.json:
+            print(json.dumps({"verdict": "refused", "rule": REFUSED_RULE, "slices": [],
+                              "error": message}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    loaded = load_model_and_guard(args, cfg)
+    if isinstance(loaded, int):
+        return loaded
+    clf, guard = loaded
+    window = args.window or cfg["preprocess"]["dicom_window"]
+    case = classify_series(clf, series, guard, window, args.batch_size,
+                           int(cfg["preprocess"].get("max_pixels", 40_000_000)), study)
+    print(json.dumps(case.as_dict()) if args.json else format_case(case))
+    if case.verdict is None:
+        print("error: no slice could be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_command(sub, common) -> None:
+    from lungct.cli_predict import add_model_options
+
+    p = sub.add_parser("case", parents=[common],
+                       help="classify one series (files, folders, .zip) as a case")
+    p.add_argument("paths", nargs="+", help="DICOM or image files, folders, .zip archives")
+    add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--series", type=int,
+                   help="which series of a multi-series input (index from --list-series; "
+                        "default: the axial one with the most slices, lung kernel first)")
+    p.add_argument("--list-series", action="store_true", help="list the series and stop")
+    p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    p.set_defaults(func=cmd_case)
+

@@ -8,14 +8,14 @@ Uploaded bytes stay in memory.
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, sidebar
+from lungct.app_support import cache, catalog, heatmaps, sidebar
 from lungct.app_support.case import (ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, case_csv,
                                      case_table, case_verdict, most_suspicious_first)
 from lungct.app_support.charts import probability_bar
 from lungct.app_support.reference import DISCLAIMER
 from lungct.app_support.report import build_report, to_uint8
 from lungct.config import load_config
-from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
+from lungct.explain import CAM_METHODS, FAST_METHODS, caption, overlay
 
 ALL_EXAMPLES = "all examples (as one case)"
 INJECTED = "classify_files"  # (name, bytes) pairs placed here by tests or integrations
@@ -38,7 +38,8 @@ with st.expander("Display and heatmap options", expanded=True):
                           index=WINDOW_CHOICES.index(cfg["preprocess"]["dicom_window"]),
                           help=WINDOW_HELP)
     method = c2.selectbox("Heatmap method", list(CAM_METHODS), key="classify_method",
-                          format_func=lambda m: m if m in FAST_METHODS else f"{m} (slow: 5-25 s)",
+                          format_func=lambda m: (m if m in FAST_METHODS
+                                                 else heatmaps.slow_note(m, entry.name)),
                           help="EigenCAM, AblationCAM and ScoreCAM are gradient-free.")
     target = c3.selectbox("Explain class", ["predicted"] + list(CLASSES), key="classify_target")
     opacity = c4.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="classify_opacity")
@@ -92,7 +93,8 @@ for r in most_suspicious_first(results):
             try:
                 # the shown label is explained (ONNX may have computed it)
                 heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r.gray,
-                                                method, target_class or pred.label, None)
+                                                method, target_class or pred.label, None,
+                                                heatmaps.progress_bar(st, method, entry.name))
                 overlays[r.position] = overlay(r.gray, heat, opacity)
             except Exception as err:  # a heatmap failure must not hide the label
                 explained = None
@@ -100,8 +102,7 @@ for r in most_suspicious_first(results):
         left, mid, right = st.columns([1, 1, 1.2])
         left.image(to_uint8(r.gray), caption="slice", width="stretch")
         if r.position in overlays:
-            mid.image(overlays[r.position], caption=f"{method}, class {explained}",
-                      width="stretch")
+            mid.image(overlays[r.position], caption=caption(method, explained), width="stretch")
         right.metric("Label", pred.label,
                      help=f"model {entry.name}, computed with {pred.backend or 'torch'}")
         if pred.unsure:

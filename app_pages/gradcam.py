@@ -3,11 +3,11 @@
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, inputs, sidebar
+from lungct.app_support import cache, catalog, heatmaps, inputs, sidebar
 from lungct.app_support.case import ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, predict
 from lungct.app_support.report import png_bytes, to_uint8
 from lungct.config import load_config
-from lungct.explain import CAM_METHODS, FAST_METHODS, overlay
+from lungct.explain import CAM_METHODS, CLASS_AGNOSTIC, FAST_METHODS, SLOW_METHODS, caption, overlay
 from lungct.models import cam_target_layers
 
 cfg = load_config()
@@ -43,7 +43,8 @@ target = c1.selectbox("Explain class", CLASSES, index=CLASSES.index(pred.label),
                       help="Defaults to the predicted class.")
 layer = c2.selectbox("Target layer", layers, help="The first one is the recommended layer.")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.45, 0.05)
-slow = c4.checkbox("Also the slow methods", help="AblationCAM and ScoreCAM: 5-25 s each on CPU")
+slow = c4.checkbox("Also the slow methods", help="; ".join(
+    heatmaps.slow_note(m, entry.name) for m in SLOW_METHODS))
 st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
             f"({', '.join(f'{c} {p:.3f}' for c, p in pred.probabilities.items())})"
             + (" — *unsure*" if pred.unsure else ""))
@@ -51,7 +52,8 @@ st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
 
 def show(column, method: str, cls: str, caption: str, key: str) -> None:
     try:
-        heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), gray, method, cls, layer)
+        heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), gray, method, cls, layer,
+                                heatmaps.progress_bar(column, method, entry.name))
     except Exception as err:  # one method failing must not hide the others
         column.error(f"{method} failed ({type(err).__name__})")
         return
@@ -67,11 +69,15 @@ columns = st.columns(len(methods) + 1)
 columns[0].image(to_uint8(gray), caption="slice", width="stretch")
 for column, method in zip(columns[1:], methods):
     with column, st.spinner(method):
-        show(column, method, target, method, f"cam_{method}_{target}")
+        show(column, method, target, caption(method, target), f"cam_{method}_{target}")
 
 st.subheader("Each class, one method")
 method = st.selectbox("Method", list(CAM_METHODS), key="gradcam_class_method",
                       format_func=lambda m: m if m in FAST_METHODS else f"{m} (slow)")
+if method in CLASS_AGNOSTIC:
+    st.info(f"{method} shows the same map for every class (the first principal component "
+            "of the layer's activations); see it above.")
+    st.stop()
 for column, cls in zip(st.columns(len(CLASSES)), CLASSES):
     with column, st.spinner(cls):
         show(column, method, cls, f"{cls} (p = {pred.probabilities[cls]:.3f})",

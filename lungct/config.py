@@ -92,6 +92,20 @@ def resolve(path: str | Path) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+LEAKAGE_REPORT = "leakage.json"
+"""``python -m lungct leakage``'s report, in the reports folder."""
+
+
+def reports_dir(cfg: dict) -> Path:
+    """The reports folder (``reports.dir``), resolved against the repository root."""
+    return resolve((cfg.get("reports") or {}).get("dir", "reports"))
+
+
+def report_path(cfg: dict, name: str) -> Path:
+    """A report file in the reports folder: ``report_path(cfg, LEAKAGE_REPORT)``."""
+    return reports_dir(cfg) / name
+
+
 def model_config(cfg: dict, name: str) -> tuple[dict, str | None, str]:
     """The config of one shipped model: its ``models.NAME`` entry merged on top.
 

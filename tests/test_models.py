@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from lungct import CLASSES
-from lungct.explain import Explanation, explain, vit_reshape
+from lungct.explain import (SLOW_CHANNELS, Explanation, _top_variance_channels, cam_copy,
+                            caption, explain, vit_reshape)
 from lungct.models import (ModelLoadError, PretrainedWeightsUnavailable, arch_info,
                            cam_target_layers, create_model, list_models, load_model,
                            save_model)
@@ -353,6 +354,43 @@ def test_explain_other_layer_and_method(cam_models):
     assert result.layer == layers[1] and result.method == "EigenCAM"
     assert result.heatmap.shape == (64, 64)
     assert hook_count(model) == 0
+
+
+def test_eigencam_names_no_class(cam_models):
+    model = cam_models["efficientnet_lite0"]
+    a = explain(model, slice_image(), method="EigenCAM", target_class="benign")
+    b = explain(model, slice_image(), method="EigenCAM", target_class="malignant")
+    assert a.target_class is None and "class" not in a.caption.replace("every class", "")
+    np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-6)
+    assert caption("Grad-CAM", "benign") == "Grad-CAM, class benign"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "hybrid_vit_lite0"])
+@pytest.mark.parametrize("method", ["ScoreCAM", "AblationCAM"])
+def test_slow_methods_report_progress(cam_models, name, method):
+    model = cam_models[name]
+    shares = []
+    result = explain(model, slice_image(), method=method, target_class="malignant",
+                     progress=shares.append)
+    assert result.heatmap.shape == (64, 64) and np.isfinite(result.heatmap).all()
+    assert result.target_class == "malignant"
+    assert len(shares) >= 2 and shares == sorted(shares)
+    assert shares[-1] == pytest.approx(1.0) and 0 < shares[0] < 1
+    assert hook_count(model) == 0 and hook_count(cam_copy(model)) == 0
+    fast = []
+    explain(model, slice_image(), method="Grad-CAM", progress=fast.append)
+    assert fast == []
+
+
+def test_slow_methods_score_the_most_varied_channels():
+    acts = np.zeros((1, 300, 4, 4), dtype=np.float32)
+    acts[0, 7, 0, 0] = 5.0       # the two channels with spatial structure
+    acts[0, 250, 1:, :] = 1.0
+    acts[0, 100] = 9.0           # large but flat: carries no location
+    keep = _top_variance_channels(acts, SLOW_CHANNELS)
+    assert len(keep) == SLOW_CHANNELS and {7, 250} <= set(keep.tolist())
+    assert list(keep) == sorted(keep)
+    assert len(_top_variance_channels(acts[:, :5], SLOW_CHANNELS)) == 5
 
 
 def test_explain_rejects_unknown_method_and_layer(cam_models):

@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from lungct.app_support import case as case_mod
-from lungct.app_support import catalog, comparison, experiments
+from lungct.app_support import catalog, comparison, experiments, heatmaps
 
 RESULT_TTL_S = 1800
 RESULT_ENTRIES = 16   # one entry is a whole upload (its decoded slices included)
@@ -64,13 +64,19 @@ def analyse(_classifier, key: str, files: tuple[tuple[str, bytes], ...], window:
                                   guard=_guard)
 
 
-@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES * 4, show_spinner=False)
-def heatmap(_model, key: str, gray: np.ndarray, method: str, target: str | None,
-            layer: str | None) -> tuple[np.ndarray, str]:
-    """(heatmap, explained class) of ``lungct.explain.explain``."""
-    from lungct.explain import explain
-    result = explain(_model, gray, method=method, target_class=target, layer=layer)
-    return result.heatmap, result.target_class
+@st.cache_resource(show_spinner=False)
+def heatmap_store() -> heatmaps.HeatmapStore:
+    """The process's heatmaps (bounded; see ``lungct.app_support.heatmaps``)."""
+    return heatmaps.HeatmapStore(max_entries=RESULT_ENTRIES * 4, ttl_s=RESULT_TTL_S)
+
+
+def heatmap(model, key: str, gray: np.ndarray, method: str, target: str | None,
+            layer: str | None, progress=None) -> tuple[np.ndarray, str | None]:
+    """(heatmap, explained class) of ``lungct.explain.explain``; the class is None for EigenCAM.
+
+    ``progress``: ``heatmaps.progress_bar(...)`` for a bar while a slow method runs.
+    """
+    return heatmaps.heatmap(heatmap_store(), model, key, gray, method, target, layer, progress)
 
 
 @st.cache_resource(show_spinner=False)

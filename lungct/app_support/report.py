@@ -18,6 +18,7 @@ from PIL import Image
 from lungct import CLASSES
 from lungct.app_support.case import SliceResult, case_verdict, most_suspicious_first
 from lungct.app_support.reference import DATASET_CREDIT, DISCLAIMER
+from lungct.explain import caption
 
 MAX_SIDE = 512
 _BAR_COLOURS = {"normal": "#2e7d32", "benign": "#f9a825", "malignant": "#c62828"}
@@ -91,7 +92,7 @@ def build_report(results: list[SliceResult], model_name: str, model_version: str
         f"<tr><th>generated</th><td>{e(generated.strftime('%Y-%m-%d %H:%M UTC'))}</td></tr>",
         f"<tr><th>files</th><td>{len(results)} ({sum(r.ok for r in results)} classified)"
         "</td></tr>",
-        f"<tr><th>heatmaps</th><td>{e(cam_method or 'none')}, target: {e(cam_target)}"
+        f"<tr><th>heatmaps</th><td>{e(caption(cam_method, cam_target) if cam_method else 'none')}"
         "</td></tr></table>",
     ]
     if verdict:

@@ -1,0 +1,171 @@
+"""What the app costs: seconds per CAM method, and the server's memory after one session.
+
+    python -m lungct.bench_app cam [--models NAME ...] [--sample FILE]
+    python -m lungct.bench_app memory
+
+``cam`` times every CAM method once per model with weights on one sample slice
+(after a warm-up heatmap, so the first-use copy of the model is not counted),
+prints seconds per method and writes them to ``reports/cam_seconds.json``:
+the app's time estimates for the slow methods are read from that file.
+
+``memory`` drives the app in this process with Streamlit's ``AppTest``, as one
+user would: classify an example, the Grad-CAM page with every method (the slow
+ones included), and the model comparison of all models on one image. It prints
+the process's resident memory (RSS) after each step and the peak, and writes
+``reports/app_memory.json``.
+
+Run on a quiet machine: both figures move with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+from lungct.config import REPO_ROOT, load_config, report_path
+
+APP_MEMORY_FILE = "app_memory.json"
+SAMPLE = REPO_ROOT / "samples" / "malignant_1.jpg"
+
+
+def cam_seconds(names: list[str], sample: Path = SAMPLE) -> dict[str, dict[str, float]]:
+    """{model: {method: seconds}} for one slice, each method run once after a warm-up."""
+    from lungct.explain import CAM_METHODS, explain
+    from lungct.models import load_model
+    from lungct.preprocess import decode_image
+    gray = decode_image(sample.read_bytes(), name=sample.name)
+    out = {}
+    for name in names:
+        model = load_model(name)
+        explain(model, gray)  # warm-up: the CAM copy of the model is made here
+        out[name] = {}
+        for method in CAM_METHODS:
+            start = time.perf_counter()
+            explain(model, gray, method=method)
+            out[name][method] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def runnable_models(folder: Path | None = None) -> list[str]:
+    """Shipped models whose weights are present (VGG16's are DVC outputs)."""
+    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, list_shipped
+    folder = folder or MODELS_DIR
+    return [n for n in list_shipped(folder) if (folder / n / WEIGHTS_FILE).is_file()]
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def machine() -> str:
+    import os
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def _write(cfg: dict, name: str, report: dict) -> Path:
+    path = report_path(cfg, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cam(args) -> int:
+    from lungct.app_support.heatmaps import CAM_SECONDS_FILE
+    cfg = load_config()
+    names = args.models or runnable_models()
+    seconds = cam_seconds(names, Path(args.sample))
+    methods = list(next(iter(seconds.values())))
+    print(f"{'model':<26}" + "".join(f"{m:>13}" for m in methods) + "   (seconds per slice)")
+    for name, row in seconds.items():
+        print(f"{name:<26}" + "".join(f"{row[m]:>13.2f}" for m in methods))
+    path = _write(cfg, CAM_SECONDS_FILE, {
+        "command": "python -m lungct.bench_app cam", "machine": machine(),
+        "sample": Path(args.sample).name, "models": seconds})
+    print(f"wrote {path}")
+    return 0
+
+
+def run_memory(args) -> int:
+    cfg = load_config()
+    steps = app_session(timeout=args.timeout)
+    for step, mb in steps:
+        print(f"{step:<58} RSS {mb:7.0f} MB")
+    report = {"command": "python -m lungct.bench_app memory", "machine": machine(),
+              "steps": [{"step": s, "rss_mb": round(mb)} for s, mb in steps],
+              "rss_mb": round(steps[-1][1]), "peak_rss_mb": round(peak_rss_mb())}
+    print(f"after the session: RSS {report['rss_mb']} MB (peak {report['peak_rss_mb']} MB)")
+    print(f"wrote {_write(cfg, APP_MEMORY_FILE, report)}")
+    return 0
+
+
+def app_session(timeout: float = 600) -> list[tuple[str, float]]:
+    """Drive the app through one user session; (step, RSS MB) after each step."""
+    import gc
+
+    from streamlit.testing.v1 import AppTest
+
+    from lungct.explain import CAM_METHODS
+
+    def page(at, name):
+        at.switch_page(f"app_pages/{name}.py")
+        at.run()
+        if at.exception:
+            raise RuntimeError(f"{name} page failed: {at.exception[0].value}")
+        return at
+
+    steps = [("start", rss_mb())]
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=timeout)
+    at.run()
+    steps.append(("home page", rss_mb()))
+    page(at, "classify")
+    at.selectbox(key="classify_example").select(SAMPLE.name).run()
+    steps.append(("classify one example (Grad-CAM)", rss_mb()))
+    page(at, "gradcam")
+    at.radio(key="gradcam_source").set_value("example").run()
+    at.checkbox[0].check().run()
+    steps.append(("Grad-CAM page: every method, the slow ones too", rss_mb()))
+    for method in CAM_METHODS:
+        at.selectbox(key="gradcam_class_method").select(method).run()
+    steps.append(("Grad-CAM page: each class under every method", rss_mb()))
+    page(at, "compare")
+    at.selectbox(key="compare_example").select(SAMPLE.name).run()
+    steps.append(("model comparison: every model on one image", rss_mb()))
+    del at
+    gc.collect()
+    steps.append(("session over", rss_mb()))
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lungct.bench_app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cam = sub.add_parser("cam", help="seconds per CAM method and model")
+    cam.add_argument("--models", nargs="*", help="model names (default: all with weights)")
+    cam.add_argument("--sample", default=str(SAMPLE), help="the slice to explain")
+    memory = sub.add_parser("memory", help="server RSS after one user session")
+    memory.add_argument("--timeout", type=float, default=600, help="seconds per page run")
+    args = parser.parse_args(argv)
+    return {"cam": run_cam, "memory": run_memory}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

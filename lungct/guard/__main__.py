@@ -1,0 +1,5 @@
+import sys
+
+from lungct.guard.cli import main
+
+sys.exit(main())

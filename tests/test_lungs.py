@@ -1,0 +1,129 @@
+"""Lung segmentation, lung crop and rendering standardisation (lungct.lungs) on phantoms
+rendered the ways hospitals export CT: lung window, narrow window, screenshots with
+borders; plus the committed IQ-OTH/NCCD samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungct.config import REPO_ROOT
+from lungct.guard.variants import border, hu_window, jpeg
+from lungct.lungs import (LUNG_LEVEL, TISSUE_LEVEL, crop_box, lung_view, segment, standardise,
+                          trim_frame)
+from lungct.preprocess import load_image, model_view
+
+SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
+
+
+def _ellipse(n, cy, cx, ry, rx):
+    y, x = np.mgrid[:n, :n]
+    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
+
+
+def chest_hu(n: int = 256, lungs: bool = True, seed: int = 0) -> np.ndarray:
+    """An axial chest-like slice in HU: air, a body of soft tissue, two lungs, a spine,
+    a nodule in the right lung, a table below."""
+    rng = np.random.default_rng(seed)
+    hu = np.full((n, n), -1000.0, np.float32)
+    body = _ellipse(n, n * 0.5, n * 0.5, n * 0.32, n * 0.44)
+    hu[body] = 40
+    if lungs:
+        hu[_ellipse(n, n * 0.47, n * 0.31, n * 0.22, n * 0.14)] = -850
+        hu[_ellipse(n, n * 0.47, n * 0.69, n * 0.22, n * 0.14)] = -850
+        hu[_ellipse(n, n * 0.42, n * 0.30, n * 0.03, n * 0.03)] = 30  # nodule
+    hu[_ellipse(n, n * 0.72, n * 0.5, n * 0.05, n * 0.05)] = 700  # vertebra
+    hu[int(n * 0.86):int(n * 0.88), int(n * 0.1):int(n * 0.9)] = 300  # table
+    return hu + rng.normal(0, 15, hu.shape).astype(np.float32)
+
+
+RENDERINGS = {"lung window": (1500, -600), "narrow window": (350, 40),
+              "wide window": (2000, -500)}
+
+
+@pytest.mark.parametrize("window", sorted(RENDERINGS))
+def test_lungs_found_in_any_window(window):
+    gray = hu_window(chest_hu(), *RENDERINGS[window])
+    seg = segment(gray)
+    assert seg.n_lungs == 2
+    assert 0.2 < seg.lung_fraction < 0.6
+    assert seg.has_lungs
+    # the crop holds both lungs: the box spans most of the body's width
+    y0, x0, y1, x1 = seg.box
+    assert x0 <= 256 * 0.1 and x1 >= 256 * 0.9
+    assert y1 - y0 == pytest.approx(x1 - x0, abs=2)  # square
+
+
+def test_a_slice_without_lung_has_none():
+    for window in RENDERINGS.values():
+        seg = segment(hu_window(chest_hu(lungs=False), *window))
+        assert seg.lung_fraction < 0.03 and not seg.has_lungs
+
+
+def test_view_is_alike_across_windows():
+    """Standardisation puts the same tissue at the same grey level whatever the window."""
+    views = {name: lung_view(hu_window(chest_hu(), *w), 128) for name, w in RENDERINGS.items()}
+    ref = views["lung window"]
+    for name, v in views.items():
+        assert v.shape == (128, 128) and v.dtype == np.float32
+        assert 0 <= v.min() and v.max() <= 1
+        assert np.abs(v - ref).mean() < 0.08, name
+    # without the standardisation the raw renderings differ far more
+    raw = {n: crop_box(hu_window(chest_hu(), *w), segment(hu_window(chest_hu(), *w)).box, 128)
+           for n, w in RENDERINGS.items()}
+    assert np.abs(raw["narrow window"] - raw["lung window"]).mean() > 0.2
+
+
+def test_screenshot_borders_and_jpeg_do_not_move_the_lungs():
+    gray = hu_window(chest_hu(), *RENDERINGS["lung window"])
+    plain = segment(gray)
+    framed = border(jpeg(gray, 70), 30, 0.5)
+    seg = segment(framed)
+    assert seg.n_lungs == 2
+    assert seg.lung_fraction == pytest.approx(plain.lung_fraction, abs=0.05)
+    assert seg.box[0] == pytest.approx(plain.box[0] + 30, abs=6)
+    assert trim_frame(framed) == (30, 30, 286, 286)
+
+
+def test_standardise_maps_the_anchors():
+    g = np.array([[0.2, 0.6], [0.0, 1.0]], np.float32)
+    out = standardise(g, 0.2, 0.6)
+    assert out[0, 0] == pytest.approx(LUNG_LEVEL) and out[0, 1] == pytest.approx(TISSUE_LEVEL)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_mask_matches_the_input_shape():
+    gray = hu_window(chest_hu(300), *RENDERINGS["lung window"])[:, 20:]
+    seg = segment(gray)
+    for which in ("lungs", "body"):
+        m = seg.mask(which)
+        assert m.shape == gray.shape and m.dtype == bool
+    assert seg.mask("lungs").sum() < seg.mask("body").sum()
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_samples_have_lungs(path):
+    seg = segment(load_image(path))
+    assert seg.has_lungs
+
+
+def test_model_view_dispatch():
+    gray = hu_window(chest_hu(), *RENDERINGS["lung window"])
+    assert model_view(gray, 64, "full").shape == (64, 64)
+    assert model_view(gray, 64, "lungs").shape == (64, 64)
+    with pytest.raises(ValueError, match="unknown model view"):
+        model_view(gray, 64, "sideways")
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4)), np.zeros((10, 10, 3)),
+                                 np.array([[np.nan] * 10] * 10)])
+def test_bad_arrays_are_refused(bad):
+    with pytest.raises(ValueError):
+        segment(bad)
+
+
+def test_blank_and_noise_do_not_crash():
+    for g in (np.zeros((64, 64), np.float32), np.ones((64, 64), np.float32),
+              np.random.default_rng(0).random((64, 64)).astype(np.float32)):
+        seg = segment(g)
+        assert lung_view(g, 32, seg).shape == (32, 32)

@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: app test install onnx smoke bench
+.PHONY: app test install onnx smoke bench pacs
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,9 @@ smoke: install
 
 bench: install
 	$(PY) -m lungct.bench
+
+# A local Orthanc PACS (Debian: apt-get install orthanc orthanc-dicomweb) on
+# 127.0.0.1 with DICOMweb and a demo study; its config and storage go to .pacs/
+# (git-ignored). Ctrl-C stops it. Then: python -m lungct pacs studies
+pacs: install
+	$(PY) -m lungct.pacs.server --folder .pacs

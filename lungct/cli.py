@@ -75,7 +75,8 @@ def cmd_cards(args) -> int:
 
 def cmd_half(args) -> int:
     from lungct.models import load_model
-    from lungct.models.half import store_half, validation_inputs
+    from lungct.models.half import store_half
+    from lungct.training.validation import validation_inputs
     cfg = _config(args)
     for name in args.models:
         model = load_model(name)
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     from lungct import cli_case, cli_predict
     cli_predict.add_commands(sub, common)
     cli_case.add_command(sub, common)
+    from lungct.pacs import cli as pacs_cli
+    pacs_cli.add_command(sub, common)
     return parser
 
 

@@ -126,8 +126,12 @@ def read_slice(name: str, data: bytes) -> SliceFile:
     except InvalidImageError as err:
         sf.error = str(err)
         return sf
-    sf.dataset = ds
-    sf.data = None   # the dataset holds the pixels now; the bytes are not needed twice
+    return slice_from_dataset(name, ds)
+
+
+def slice_from_dataset(name: str, ds) -> SliceFile:
+    """A ``SliceFile`` for a parsed DICOM dataset (a file, or an instance from a PACS)."""
+    sf = SliceFile(name=name, dataset=ds, is_dicom=True)
     sf.modality = _text(ds.get("Modality")).upper() or None
     sf.series_uid = _text(ds.get("SeriesInstanceUID")) or None
     sf.study_uid = _text(ds.get("StudyInstanceUID")) or None

@@ -324,7 +324,8 @@ def test_case_command_prints_one_json_object(tiny_model_dir, series_folder, caps
         assert secret not in out
 
 
-def test_case_command_table_and_exit_codes(tiny_model_dir, series_folder, tmp_path, capsys):
+def test_case_command_table_and_exit_codes(tiny_model_dir, series_folder, tmp_path, capsys,
+                                           monkeypatch):
     rc = main(["case", str(series_folder), "--model", str(tiny_model_dir), "--no-guard",
                "--backend", "torch"])
     out = capsys.readouterr().out
@@ -340,6 +341,7 @@ def test_case_command_table_and_exit_codes(tiny_model_dir, series_folder, tmp_pa
     mr.mkdir()
     for i, d in enumerate(ct_series(2, modality="MR")):
         (mr / f"{i}.dcm").write_bytes(d)
+    monkeypatch.setattr(case_mod, "load_guard", lambda cfg=None, path=None: StatusGuard(0))
     rc = main(["case", str(mr), "--json", "--model", str(tiny_model_dir)])
     d = json.loads(capsys.readouterr().out)
     assert rc == 1 and d["verdict"] == "refused"

@@ -1,0 +1,111 @@
+"""What a stored or printed case result says, in one place: the PDF report and the DICOM SR.
+
+``report_sections(case_dict, card)`` is the content (verdict and rule, counts,
+per-slice findings by position, series facts, model name, version and card
+summary, the intended-use statement); :func:`case_pdf` lays it out with fpdf2,
+and :mod:`lungct.pacs.results` turns the same sections into an SR. Both are
+built from ``Case.as_dict()``, which carries positions, never file names or
+patient tags.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lungct import CLASSES
+
+INTENDED_USE = (
+    "Intended use: research decision support only. lungct is not a medical device, is not "
+    "cleared or approved for diagnosis, and every result needs review by a qualified "
+    "radiologist. Its models were trained on one public data set of 110 patients from one "
+    "scanner type and have not been validated on other hospitals' data. Heatmaps show where "
+    "the model looked, not where disease is.")
+TITLE = "lungct case report"
+
+
+def card_summary(card: dict | None) -> str:
+    """One line on what the model scored on its own test split (from its card)."""
+    card = card or {}
+    m = card.get("test_metrics") or {}
+    if not m:
+        return "model not evaluated: no test metrics in its card"
+    protocol = (card.get("evaluated_on") or {}).get("protocol") or card.get("protocol", "")
+    auc = (m.get("roc_auc") or {}).get("malignant")
+    parts = [f"accuracy {m['accuracy'] * 100:.1f}%"] if "accuracy" in m else []
+    if "malignant_recall" in m:
+        parts.append(f"malignant recall {m['malignant_recall'] * 100:.1f}%")
+    if auc is not None:
+        parts.append(f"malignant AUC {auc:.3f}")
+    where = f"{protocol} split " if protocol else ""
+    return f"{where}test set ({m.get('n', '?')} slices): " + ", ".join(parts)
+
+
+def slice_line(s: dict) -> str:
+    """One slice's finding by position: "slice 3 (z = -120.0 mm): malignant, P(...)"."""
+    where = f"slice {s['index']}" + (f" (z = {s['location_mm']:.1f} mm)"
+                                     if s.get("location_mm") is not None else "")
+    if s["status"] == "classified":
+        p = s["probabilities"]
+        probs = ", ".join(f"P({c}) {p[c]:.3f}" for c in CLASSES)
+        return f"{where}: {s['label']}{' (unsure)' if s.get('unsure') else ''}; {probs}"
+    what = {"outside_lungs": "outside the lungs", "refused": "refused",
+            "error": "unreadable"}[s["status"]]
+    return f"{where}: {what}: {s.get('reason') or ''}".rstrip(": ")
+
+
+def report_sections(case: dict, card: dict | None = None,
+                    generated: dt.datetime | None = None) -> list[tuple[str, list[str]]]:
+    """(heading, lines) in reading order; the SR and the PDF are built from these."""
+    generated = generated or dt.datetime.now(dt.timezone.utc)
+    c, s, m = case["counts"], case["series"], case["model"]
+    flag = " (unsure: review carefully)" if case.get("unsure") else ""
+    series = [f"modality {s.get('modality')}, {s.get('slices')} slices"]
+    if s.get("slice_thickness_mm"):
+        series.append(f"slice thickness {s['slice_thickness_mm']:g} mm")
+    if s.get("kernel"):
+        series.append(f"kernel {s['kernel']}")
+    series.append(f"ordered by {s.get('ordering')}")
+    return [
+        ("Intended use", [INTENDED_USE]),
+        ("Case verdict", [f"{case['verdict']}{flag}", f"Rule: {case['rule']}",
+                          f"{c['classified']} slices classified, {c['outside_lungs']} outside "
+                          f"the lungs, {c['refused']} refused, {c['error']} unreadable"]),
+        ("Series", [", ".join(series)]),
+        ("Model", [f"{m['name']} ({m['version']})", card_summary(card),
+                   f"generated {generated.strftime('%Y-%m-%d %H:%M UTC')}"]),
+        ("Findings by slice position",
+         [slice_line(x) for x in case["slices"]]),
+    ]
+
+
+def _latin1(text: str) -> str:
+    """fpdf2's core fonts are Latin-1: replace what they cannot draw."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def case_pdf(case: dict, card: dict | None = None, generated: dt.datetime | None = None) -> bytes:
+    """The case report as PDF bytes (A4, core fonts, no images, no names, no tags)."""
+    from fpdf import FPDF
+
+    generated = generated or dt.datetime.now(dt.timezone.utc)
+    pdf = FPDF(format="A4")
+    pdf.set_creation_date(generated)
+    pdf.set_title(TITLE)
+    pdf.set_creator("lungct")
+    pdf.set_author("lungct")
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, TITLE, new_x="LMARGIN", new_y="NEXT")
+    for heading, lines in report_sections(case, card, generated):
+        pdf.set_font("Helvetica", "B", 12)
+        pdf.cell(0, 8, _latin1(heading), new_x="LMARGIN", new_y="NEXT")
+        size = 8 if heading.startswith("Findings") else 10
+        pdf.set_font("Helvetica", "", size)
+        if heading == "Intended use":
+            pdf.set_text_color(180, 0, 0)
+        for line in lines:
+            pdf.multi_cell(0, size * 0.5, _latin1(line), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_text_color(0, 0, 0)
+        pdf.ln(2)
+    return bytes(pdf.output())

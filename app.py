@@ -11,8 +11,10 @@ page titles. AppTest re-detects the folder on every run, likewise.
 
 import streamlit as st
 
-from lungct.app_support import sidebar
+from lungct.app_support import memory, sidebar
 from lungct.config import load_config
+
+memory.tune_allocator()  # once per process: freed heatmap buffers go back to the system
 
 st.set_page_config(page_title="lungct", page_icon=":material/pulmonology:", layout="wide")
 

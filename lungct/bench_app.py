@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import sys
 import time
 from pathlib import Path
 
 from lungct.config import REPO_ROOT, load_config, report_path
+from lungct.resources import peak_rss_mb, rss_mb
 
 APP_MEMORY_FILE = "app_memory.json"
 SAMPLE = REPO_ROOT / "samples" / "malignant_1.jpg"
@@ -56,23 +55,6 @@ def runnable_models(folder: Path | None = None) -> list[str]:
     from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, list_shipped
     folder = folder or MODELS_DIR
     return [n for n in list_shipped(folder) if (folder / n / WEIGHTS_FILE).is_file()]
-
-
-def rss_mb() -> float:
-    """This process's resident memory now, in MB (Linux /proc; peak RSS elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def machine() -> str:

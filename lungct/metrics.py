@@ -13,7 +13,8 @@ and measures calibration (ECE) because the app shows the probabilities.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
@@ -233,6 +234,29 @@ def reliability_curve(y_true, probs, n_bins: int = ECE_BINS) -> dict:
 
 
 # --------------------------------------------------------------------------- uncertainty
+
+
+def rate(flags: Iterable[bool]) -> float | None:
+    """Share of true flags, rounded to 4 places; None for no flags."""
+    flags = list(flags)
+    return round(float(np.mean(flags)), 4) if flags else None
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of a proportion k/n (sensible at 0/n and n/n)."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def wilson_text(flags: Iterable[bool]) -> str:
+    """"95% CI lo-hi%" of the share of true flags (Wilson), for log lines."""
+    flags = list(flags)
+    lo, hi = wilson(sum(flags), len(flags)) or (math.nan, math.nan)
+    return f"95% CI {100 * lo:.1f}-{100 * hi:.1f}%"
 
 
 def bootstrap_ci(

@@ -372,7 +372,7 @@ def test_slow_methods_report_progress(cam_models, name, method):
     shares = []
     result = explain(model, slice_image(), method=method, target_class="malignant",
                      progress=shares.append)
-    assert result.heatmap.shape == (64, 64) and np.isfinite(result.heatmap).all()
+    assert result.heatmap.ndim == 2 and np.isfinite(result.heatmap).all()
     assert result.target_class == "malignant"
     assert len(shares) >= 2 and shares == sorted(shares)
     assert shares[-1] == pytest.approx(1.0) and 0 < shares[0] < 1

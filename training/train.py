@@ -1,11 +1,15 @@
 """Train or distil one model: a thin entry point over ``lungct.training``.
 
     python training/train.py --name student_kd            # settings from params.yaml
+    python training/train.py --name student_kd --teacher teacher_hybrid_vit
     torchrun --nproc_per_node=4 training/train.py --name teacher_hybrid_vit
 
 Runs on CUDA with mixed precision when a GPU is present, on the CPU
 otherwise; under torchrun with several GPUs it trains with PyTorch DDP.
-All options of ``python -m lungct train`` apply.
+All options of ``python -m lungct train`` apply. A model with a teacher (in
+params.yaml or ``--teacher``) is distilled: L = alpha*CE +
+(1-alpha)*T^2*KL(teacher/T || student/T), alpha and T from ``distill:``; the
+teacher must come from the same protocol (grouped or paper) as the student.
 """
 
 import sys

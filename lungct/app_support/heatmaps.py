@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from lungct.app_support.memory import release_freed
 from lungct.config import load_config, report_path
 from lungct.explain import CLASS_AGNOSTIC, SLOW_METHODS, explain
 
@@ -75,6 +76,7 @@ def heatmap(store: HeatmapStore, model, model_key: str, gray: np.ndarray, method
                          progress=progress)
         found = (result.heatmap, result.target_class)
         store.put(key, found)
+        release_freed()  # the passes' buffers, before the next heatmap reuses the heap
     return found
 
 

@@ -8,6 +8,8 @@ validation split (never test): every label must stay the same and no class
 probability may move by more than ``tol``; the result goes into the card as
 ``storage`` and the weights are rewritten only if the check passes.
 Models still compute in float32: ``load_model`` upcasts on load.
+The validation inputs come from ``lungct.training.validation`` (models never
+import the data or training layers).
 """
 
 from __future__ import annotations
@@ -34,19 +36,6 @@ def rounding_check(model: torch.nn.Module, x: torch.Tensor) -> dict:
     a, b = _probs(model.eval(), x), _probs(rounded.eval(), x)
     return {"images": len(x), "label_changes": int((a.argmax(1) != b.argmax(1)).sum()),
             "max_prob_diff": round(float((a - b).abs().max()), 6)}
-
-
-def validation_inputs(model: torch.nn.Module, cfg: dict) -> tuple[torch.Tensor, str]:
-    """Normalised inputs of the validation split of the model's own protocol, and its name."""
-    from lungct.config import resolve
-    from lungct.data.splits import read_manifest, select
-    from lungct.training.datasets import SliceDataset, preload
-    protocol = model.card.get("protocol", "grouped")
-    rows = select(read_manifest(resolve(cfg["data"]["manifest"])), protocol, "val")
-    x, y = preload(resolve(cfg["data"]["root"]), rows, model.input_size,
-                   getattr(model, "view", "full"))
-    ds = SliceDataset(x, y, model.mean, model.std)
-    return torch.stack([ds[i][0] for i in range(len(ds))]), f"{protocol} val"
 
 
 def store_half(path_or_name: str | Path, x: torch.Tensor, split: str, tol: float = 0.02,

@@ -22,6 +22,8 @@ pages = {
     "Radiologist": [
         st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("app_pages/classify.py", title="Classify", icon=":material/radiology:"),
+        st.Page("app_pages/study.py", title="Study", icon=":material/stacks:"),
+        st.Page("app_pages/pacs.py", title="PACS", icon=":material/cloud_sync:"),
         st.Page("app_pages/gradcam.py", title="Grad-CAM", icon=":material/visibility:"),
     ],
     "Research": [

@@ -1,0 +1,115 @@
+"""Study: a whole series (DICOM files, a folder's files or a .zip) as one case, slice by slice.
+
+File names are shown here, in the user's own session, and nowhere else: the CSV
+and PDF exports carry slice positions only. Uploaded bytes stay in memory.
+"""
+
+import streamlit as st
+
+from lungct import CLASSES
+from lungct.app_support import cache, catalog, sidebar, study
+from lungct.app_support.reference import DISCLAIMER
+from lungct.case import ACCEPTED_HELP
+from lungct.case_report import case_pdf
+from lungct.config import load_config
+from lungct.explain import FAST_METHODS
+
+INJECTED = "study_files"  # (name, bytes) pairs placed here by tests or integrations
+
+cfg = load_config()
+st.title("Study view")
+st.caption(DISCLAIMER)
+clf, entry = sidebar.active_classifier(cfg)
+uploads = st.file_uploader("A series: DICOM files (select all files of a folder) or one .zip",
+                           accept_multiple_files=True, type=None,
+                           help=f"{ACCEPTED_HELP}, or a .zip of them. Nothing is written to disk.")
+if uploads:
+    files = tuple((f.name, f.getvalue()) for f in uploads)
+elif st.session_state.get(INJECTED):
+    files = tuple(st.session_state[INJECTED])
+else:
+    st.info("Upload the slices of one series (or a .zip of a study).")
+    st.stop()
+try:
+    labels, default, problems = cache.study_series(files)
+except ValueError as err:   # StudyLimitError: too many files or bytes
+    st.error(str(err))
+    st.stop()
+if problems:
+    with st.expander(f"{len(problems)} files could not be used"):
+        st.dataframe([{"file": n, "reason": e} for n, e in problems], hide_index=True)
+if default is None:
+    st.error("No readable image in the upload.")
+    st.stop()
+chosen = st.selectbox("Series", range(len(labels)), index=default, format_func=labels.__getitem__,
+                      help="Default: the axial series with the most slices, lung kernel first.")
+guard = cache.guard(catalog.guard_key(), str(catalog.guard_folder()))
+case = cache.study_case(clf, catalog.model_key(entry), files, chosen,
+                        cfg["preprocess"]["dicom_window"], guard, catalog.guard_key())
+
+verdict, counts = case.verdict, case.counts
+st.markdown(f"**Case verdict: {case.label}**"
+            + (" (unsure: review carefully)" if verdict and verdict["unsure"] else "")
+            + f"  \nRule: {verdict['rule'] if verdict else 'no slice could be classified'}")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("classified", counts["classified"])
+c2.metric("outside the lungs", counts["outside_lungs"])
+c3.metric("refused", counts["refused"])
+c4.metric("unreadable", counts["error"])
+
+n = len(case.slices)
+if "study_slice" not in st.session_state or st.session_state["study_slice"] > n:
+    st.session_state["study_slice"] = verdict["deciding_position"] if verdict else 1
+profile = st.plotly_chart(study.profile_figure(case, st.session_state["study_slice"]),
+                          on_select="rerun", selection_mode="points", key="study_profile")
+points = (profile or {}).get("selection", {}).get("points", []) if profile else []
+if points and points[0].get("customdata") is not None:
+    st.session_state["study_slice"] = int(points[0]["customdata"])
+index = st.slider("Slice (feet to head)", 1, n, key="study_slice") if n > 1 else 1
+r = case.slices[index - 1]
+
+left, right = st.columns([1.4, 1])
+with right:
+    presets = ["as classified", *study.WL_PRESETS, "custom"]
+    wl = st.radio("Window", presets, horizontal=True, key="study_wl")
+    width, level = study.WL_PRESETS.get(wl, (1500.0, -600.0))
+    if wl == "custom":
+        width = st.number_input("Width (HU)", 1.0, 4000.0, 1500.0, 50.0)
+        level = st.number_input("Level (HU)", -1500.0, 1500.0, -600.0, 50.0)
+    show_outline = st.toggle("Lung outline", key="study_outline")
+    show_heat = st.toggle("Heatmap (Grad-CAM)", key="study_heat", disabled=not r.ok)
+    st.markdown(f"**{r.where}** - {r.name}")
+    if r.ok:
+        st.write({c: round(r.prediction.probabilities[c], 3) for c in CLASSES})
+        st.markdown(f"Label: **{r.prediction.label}**" + (" (unsure)" if r.prediction.unsure
+                                                          else ""))
+    else:
+        st.warning(f"{r.status.replace('_', ' ')}: {r.error}")
+with left:
+    if r.gray is None:
+        st.error("This slice has no image to show.")
+    else:
+        data = dict(files).get(r.name)   # None for a .zip member: shown as classified
+        hu = study.hu_slice(data) if data and wl != "as classified" and r.is_dicom else None
+        image = study.windowed(hu, width, level) if hu is not None else r.gray
+        heat = None
+        if show_heat and r.ok:
+            with st.spinner("Grad-CAM..."):
+                heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), r.gray, "Grad-CAM",
+                                        r.prediction.label, None)
+        outline = study.lung_outline(r.gray) if show_outline else None
+        if heat is not None and heat.shape != image.shape:
+            image = r.gray
+        st.image(study.compose(image, outline, heat), width="stretch",
+                 caption=f"{r.where}" + (f", window W{width:g}/L{level:g}" if hu is not None
+                                         else ""))
+
+st.subheader("Most suspicious slices first")
+st.dataframe(study.session_table(case, top=10), hide_index=True)
+d1, d2 = st.columns(2)
+d1.download_button("Case table (CSV, positions only)", study.export_csv(case),
+                   "lungct_study.csv", "text/csv", on_click="ignore")
+d2.download_button("Case report (PDF, no patient data)", case_pdf(case.as_dict(), entry.card),
+                   "lungct_study_report.pdf", "application/pdf", on_click="ignore")
+st.caption(f"Other heatmap methods ({', '.join(FAST_METHODS)}, ...) are on the Grad-CAM page. "
+           f"Model {entry.name}.")

@@ -1,0 +1,125 @@
+"""The Study view's logic: display windows, lung outline, heatmap overlay, the malignancy profile.
+
+The case itself comes from ``lungct.case`` (one pipeline). The user's file
+names appear only in ``session_table`` (their own screen); ``export_csv``
+carries slice positions only, like the PDF report and the SR.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from lungct import CLASSES
+
+WL_PRESETS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 50.0), "bone": (2000.0, 300.0)}
+"""Display windows (width, level) in HU; "as classified" shows the model's input."""
+STATUS_COLOURS = {"classified": "#1f77b4", "outside_lungs": "#9e9e9e", "refused": "#ef6c00",
+                  "error": "#c62828"}
+
+
+def hu_slice(data: bytes) -> np.ndarray | None:
+    """Hounsfield units of a CT DICOM slice (None for raster files or non-CT data)."""
+    from lungct.series import read_slice
+
+    sf = read_slice("slice", data)
+    ds = sf.dataset
+    if ds is None or sf.modality not in ("CT", None) or "RescaleIntercept" not in ds:
+        return None
+    from lungct.preprocess import _quiet_pydicom
+    with _quiet_pydicom():
+        pixels = np.asarray(ds.pixel_array, dtype=np.float32)
+    slope = float(ds.get("RescaleSlope") or 1.0)
+    return pixels * slope + float(ds.get("RescaleIntercept") or 0.0)
+
+
+def windowed(hu: np.ndarray, width: float, level: float) -> np.ndarray:
+    """[0, 1] display image of ``hu`` under window ``width``/``level``."""
+    if width <= 0:
+        raise ValueError("window width must be positive")
+    return np.clip((hu - (level - width / 2.0)) / width, 0.0, 1.0).astype(np.float32)
+
+
+def lung_outline(gray: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) outline of the lungs found by ``lungct.lungs.segment``."""
+    from scipy import ndimage as ndi
+
+    from lungct.lungs import segment
+
+    mask = segment(gray).mask("lungs")
+    return mask & ~ndi.binary_erosion(mask, iterations=2)
+
+
+def compose(image: np.ndarray, outline: np.ndarray | None = None,
+            heat: np.ndarray | None = None, opacity: float = 0.45) -> np.ndarray:
+    """RGB uint8 of a [0, 1] image with an optional heatmap overlay and a lung outline."""
+    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
+    if heat is not None:
+        from lungct.explain import overlay
+        rgb = overlay(image, heat, opacity).astype(np.float32) / 255.0
+    if outline is not None and outline.shape == image.shape:
+        rgb[outline] = (0.1, 0.9, 0.3)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def profile_frame(case) -> pd.DataFrame:
+    """One row per slice: position, z, status, P(malignant) (None unless classified)."""
+    return pd.DataFrame([{"slice": r.position, "z_mm": r.location_mm, "status": r.status,
+                          "p_malignant": r.malignant_probability if r.ok else None}
+                         for r in case.slices])
+
+
+def profile_figure(case, current: int | None = None):
+    """P(malignant) along slice position (plotly); unclassified slices as markers at zero."""
+    import plotly.graph_objects as go
+
+    df = profile_frame(case)
+    x = df["z_mm"] if df["z_mm"].notna().all() else df["slice"]
+    xlabel = "slice position z (mm)" if x is df["z_mm"] else "slice (case order)"
+    fig = go.Figure()
+    for status, colour in STATUS_COLOURS.items():
+        part = df[df["status"] == status]
+        if part.empty:
+            continue
+        y = part["p_malignant"] if status == "classified" else [0.0] * len(part)
+        fig.add_trace(go.Scatter(x=x[part.index], y=y, mode="markers" if status != "classified"
+                                 else "lines+markers", name=status.replace("_", " "),
+                                 marker={"color": colour, "size": 8}, customdata=part["slice"],
+                                 hovertemplate="slice %{customdata}<br>P(malignant) %{y:.3f}"))
+    fig.add_hline(y=0.5, line_dash="dot", annotation_text="verdict threshold 0.50")
+    if current is not None and 1 <= current <= len(df):
+        fig.add_vline(x=float(x.iloc[current - 1]), line_color="#c62828")
+    fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis_title=xlabel, yaxis_title="P(malignant)", yaxis_range=[-0.05, 1.05],
+                      legend={"orientation": "h"})
+    return fig
+
+
+def session_table(case, top: int | None = None) -> pd.DataFrame:
+    """Most suspicious first, with the user's own file names (for their screen only)."""
+    from lungct.case import most_suspicious_first
+
+    rows = []
+    for r in most_suspicious_first(case.slices)[:top]:
+        rows.append({"slice": r.position, "z (mm)": r.location_mm, "file": r.name,
+                     "status": r.status.replace("_", " "),
+                     "label": r.prediction.label if r.ok else None,
+                     "P(malignant)": round(r.malignant_probability, 3) if r.ok else None,
+                     "note": None if r.ok else r.error})
+    return pd.DataFrame(rows)
+
+
+def export_csv(case) -> bytes:
+    """The case per slice as CSV: positions and results only (no names, no tags)."""
+    rows = []
+    for s in case.as_dict()["slices"]:
+        probs = s.get("probabilities") or {}
+        rows.append({"slice": s["index"], "z_mm": s["location_mm"],
+                     "instance_number": s["instance_number"], "status": s["status"],
+                     "label": s.get("label"), **{f"p_{c}": probs.get(c) for c in CLASSES},
+                     "reason": s.get("reason")})
+    buf = io.StringIO()
+    pd.DataFrame(rows).to_csv(buf, index=False)
+    return buf.getvalue().encode("utf-8")

@@ -1,0 +1,65 @@
+"""AppTest runs of the Study and PACS pages (thin pages over lungct.case and lungct.pacs)."""
+
+from __future__ import annotations
+
+import pytest
+from dicom_factory import ct_series
+from test_app import APP, TIMEOUT, open_page, texts
+from streamlit.testing.v1 import AppTest
+
+PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345"}
+
+
+@pytest.fixture
+def at(models_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}")
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    return app
+
+
+def test_study_page_browses_a_series(at):
+    files = [(f"scan_{i}.dcm", d) for i, d in enumerate(ct_series(8, size=128, phi=PHI))][::-1]
+    at.session_state["study_files"] = files
+    open_page(at, "study")
+    assert [m.label for m in at.metric] == ["classified", "outside the lungs", "refused",
+                                            "unreadable"]
+    assert sum(int(m.value) for m in at.metric) == 8
+    assert at.slider(key="study_slice").max == 8
+    body = texts(at)
+    assert "Case verdict" in body and "Doe" not in body and "PID-12345" not in body
+    at.radio(key="study_wl").set_value("mediastinal").run()
+    assert not at.exception, at.exception
+    at.toggle(key="study_outline").set_value(True).run()
+    assert not at.exception, at.exception
+    at.slider(key="study_slice").set_value(3).run()
+    assert not at.exception and "slice 3 of 8" in texts(at)
+
+
+def test_study_page_without_input(at):
+    open_page(at, "study")
+    assert any("Upload the slices" in i.value for i in at.info)
+
+
+def test_pacs_page_lists_studies_and_stores_a_result(at, monkeypatch):
+    from lungct.pacs.client import PacsClient
+    from lungct.pacs.server import LocalOrthanc, OrthancUnavailable, find_orthanc
+    from lungct.series import read_slice
+    try:
+        find_orthanc()
+    except OrthancUnavailable as err:
+        pytest.skip(str(err))
+    with LocalOrthanc() as server:
+        PacsClient(server.dicomweb_url).store(
+            [read_slice("x", d).dataset for d in ct_series(4, phi=PHI)])
+        monkeypatch.setenv("LUNGCT_PACS_URL", server.dicomweb_url)
+        open_page(at, "pacs")
+        assert len(at.selectbox(key="pacs_study").options) == 1
+        assert "Doe" not in texts(at)
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        shown = " ".join(s.value for s in at.success) + " ".join(e.value for e in at.error)
+        assert "Case verdict" in shown or "nothing stored" in shown
+    monkeypatch.setenv("LUNGCT_PACS_URL", "http://127.0.0.1:9/dicom-web")
+    open_page(at, "pacs")
+    assert any("cannot reach the PACS" in e.value for e in at.error)

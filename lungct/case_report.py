@@ -78,6 +78,20 @@ def report_sections(case: dict, card: dict | None = None,
     ]
 
 
+def pdf_text(pdf: bytes) -> str:
+    """The text drawn by a PDF written here (its Flate streams inflated), for checks and tests."""
+    import re
+    import zlib
+
+    parts = []
+    for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        try:
+            parts.append(zlib.decompress(stream).decode("latin-1"))
+        except zlib.error:
+            parts.append(stream.decode("latin-1"))
+    return "\n".join(parts)
+
+
 def _latin1(text: str) -> str:
     """fpdf2's core fonts are Latin-1: replace what they cannot draw."""
     return text.encode("latin-1", "replace").decode("latin-1")

@@ -107,8 +107,11 @@ def test_round_trip_store_search_retrieve_classify_store_back(pacs, classifier):
         assert f"P(malignant) {s['probabilities']['malignant']:.3f}" in text
     body = bytes(pdf.EncapsulatedDocument)
     assert body.startswith(b"%PDF") and pdf.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    from lungct.case_report import pdf_text
+    drawn = pdf_text(body)
+    assert case["verdict"] in drawn and "slice 7" in drawn and "Intended use" in drawn
     for secret in SECRETS:     # the content names no patient (the header files it)
-        assert secret not in text and secret.encode() not in body
+        assert secret not in text and secret not in drawn
 
 
 def test_pacs_command_search_and_run(pacs, orthanc, capsys, tmp_path, monkeypatch):

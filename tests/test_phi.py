@@ -289,3 +289,37 @@ def test_ood_check_cli_is_clean(tmp_path, capsys, guard):
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
     assert_clean(out, err)
+
+
+def test_series_case_sr_and_pdf_carry_no_patient_data(caplog, recwarn):
+    """A series with patient tags -> case JSON, CSV export, PDF report and SR content: no PHI.
+
+    (The SR and PDF DICOM headers repeat the study's patient module, which is how a
+    PACS files them under their study; what they *say* must name nobody.)
+    """
+    from test_case import BatchClassifier
+
+    from lungct.app_support.study import export_csv
+    from lungct.case import run_case
+    from lungct.case_report import case_pdf, pdf_text
+    from lungct.demo_series import synthetic_series
+    from lungct.pacs.results import build_pdf, build_sr, sr_text
+    from lungct.series import read_slice
+
+    phi = {k: v for k, v in PHI.items()}
+    datas = synthetic_series(5, phi=phi)
+    caplog.set_level(logging.DEBUG)
+    case = run_case([(f"slice{i}.dcm", d) for i, d in enumerate(datas)], BatchClassifier())
+    sources = [read_slice("x", d).dataset for d in datas]
+    sr = build_sr(case.as_dict(), None, sources)
+    pdf = build_pdf(case.as_dict(), None, sources)
+    outputs = [json.dumps(case.as_dict()), export_csv(case).decode(), "\n".join(sr_text(sr)),
+               pdf_text(case_pdf(case.as_dict())), pdf_text(bytes(pdf.EncapsulatedDocument)),
+               caplog.text,
+               " ".join(str(w.message) for w in recwarn)]
+    for text in outputs:
+        for token in TOKENS:
+            assert token not in text
+    assert case.counts["classified"] == 5
+    assert f"({case.label})" in outputs[4] or case.label in outputs[4]   # the text was read
+    assert "slice 5" in outputs[3] and "slice 5" in outputs[2]

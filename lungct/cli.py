@@ -11,12 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from lungct.config import apply_overrides, load_config, resolve
+from lungct.config import apply_overrides, config_from_args, resolve
 from lungct.errors import LungctError
 
-
-def _config(args) -> dict:
-    return load_config(args.params, args.preset, args.set or ())
+_config = config_from_args  # the older name, still imported by other command modules
 
 
 def cmd_split(args) -> int:

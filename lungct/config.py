@@ -86,6 +86,12 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
     return cfg
 
 
+def config_from_args(args) -> dict:
+    """The config a command line asks for: ``--params``, ``--preset`` and ``--set`` flags."""
+    return load_config(getattr(args, "params", None), getattr(args, "preset", None),
+                       getattr(args, "set", None) or ())
+
+
 def resolve(path: str | Path) -> Path:
     """Resolve a path from params.yaml against the repository root."""
     p = Path(path).expanduser()

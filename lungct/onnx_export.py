@@ -219,11 +219,11 @@ def format_section(name: str, section: dict) -> str:
 
 
 def cmd_export(args) -> int:
-    from lungct.cli import _config
+    from lungct.config import config_from_args
     from lungct.models import ModelLoadError, list_shipped
     from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     names = args.model or list_shipped()
     if not names:
         print(f"error: no models with a card under {MODELS_DIR}", file=sys.stderr)

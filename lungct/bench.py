@@ -36,7 +36,8 @@ from lungct.config import load_config, resolve
 from lungct.inference import Classifier
 from lungct.model_stats import count_flops
 from lungct.models import create_model, list_shipped, load_model
-from lungct.models.checkpoint import MODELS_DIR, model_card_base, read_card, write_card
+from lungct.config import models_dir
+from lungct.models.checkpoint import WEIGHTS_FILE, model_card_base, read_card, write_card
 from lungct.onnx_runtime import (ONNX_FILE, OnnxUnavailable, import_onnxruntime, load_onnx,
                                  open_session, runtime_settings)
 from lungct.preprocess import decode_image
@@ -82,7 +83,7 @@ def onnx_classifier(model, name: str, folder: Path | None, card: dict, tmp: Path
         try:
             onnx = load_onnx(folder, card, settings.threads, settings.max_batch,
                              settings.parity_max_diff)
-            return Classifier(None, onnx=onnx, card=card, folder=folder), "model.onnx"
+            return Classifier(None, onnx=onnx, card=card, folder=folder), ONNX_FILE
         except OnnxUnavailable as err:
             print(f"note: {name}: {err}; benchmarking a temporary export instead")
     from lungct.onnx_export import export_onnx
@@ -102,8 +103,8 @@ def bench_model(model, name: str, samples: list[bytes], repeats: int, batch: int
     base = {"model": name, "arch": model.arch, "input_size": model.input_size,
             "params": sum(p.numel() for p in model.parameters()),
             "flops": count_flops(model, model.input_size)}
-    if folder is not None and (folder / "model.safetensors").exists():
-        base["weights_mb"] = round((folder / "model.safetensors").stat().st_size / 2**20, 2)
+    if folder is not None and (folder / WEIGHTS_FILE).exists():
+        base["weights_mb"] = round((folder / WEIGHTS_FILE).stat().st_size / 2**20, 2)
     card = dict(getattr(model, "card", None) or model_card_base(model))
     grays = [decode_image(d) for d in samples]
     grays = (grays * (n_images // len(grays) + 1))[:n_images]
@@ -168,23 +169,23 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
 
 
 def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
-    """What a radiologist waits for in the app, warm: decode, input guard, classify, Grad-CAM, overlay."""
-    from lungct.explain import explain
-    from lungct.ood import GuardLoadError, OODGuard
+    """What a radiologist waits for in the app, warm: decode, input guard, classify, Grad-CAM, overlay.
+
+    The app's own path: ``lungct.case.run_case`` then ``lungct.case.heatmap``.
+    """
+    from lungct.case import heatmap, load_guard, run_case
+    from lungct.errors import LungctError
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
     try:
-        guard = OODGuard.load(cfg=cfg)
-    except GuardLoadError:
+        guard = load_guard(cfg)
+    except LungctError:
         guard = None
     times = []
     for i in range(repeats + 1):  # the first run loads the PyTorch model for Grad-CAM
         start = time.perf_counter()
-        gray = decode_image(data)
-        if guard is not None:
-            guard.require(gray, data)
-        pred = clf.predict_gray(gray)
-        explain(clf.torch_model, gray, "Grad-CAM", pred.label).overlay(gray)
+        result = run_case([("slice.jpg", data)], clf, guard).slices[0]
+        heatmap(clf, result, "Grad-CAM").overlay(result.gray)
         if i:
             times.append((time.perf_counter() - start) * 1000)
     return {"model": name, "backend": clf.backend, "guard": guard is not None,
@@ -219,8 +220,8 @@ def run(repeats: int = 20, batch: int = 32, write_cards: bool = False,
         del reference
         names = models or list_shipped()
         for name in names:
-            folder = MODELS_DIR / name
-            if not (folder / "model.safetensors").exists():
+            folder = models_dir() / name
+            if not (folder / WEIGHTS_FILE).exists():
                 print(f"skip {name}: no model.safetensors")
                 continue
             rows += bench_model(load_model(name), name, samples, repeats, batch, folder,
@@ -296,9 +297,9 @@ def store_in_cards(report: dict) -> None:
     for row in report["rows"][1:]:
         by_model.setdefault(row["model"], []).append(row)
     for name, rows in by_model.items():
-        folder = MODELS_DIR / name
+        folder = models_dir() / name
         card = read_card(folder)
-        has_onnx = any(r["backend"] == "onnx" and r["source"] == "model.onnx" for r in rows)
+        has_onnx = any(r["backend"] == "onnx" and r["source"] == ONNX_FILE for r in rows)
         default = "onnx" if has_onnx and runtime_settings().backend != "torch" else "torch"
         head = next((r for r in rows if r["backend"] == default), rows[0])
         per_backend = {r["backend"]: {"latency_ms": r["latency_ms"],

@@ -33,4 +33,7 @@ pages = {
 }
 navigation = st.navigation(pages)
 sidebar.model_selector(load_config())
-navigation.run()
+try:
+    navigation.run()
+finally:  # st.stop() ends a page by raising
+    memory.release_freed()

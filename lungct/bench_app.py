@@ -52,8 +52,9 @@ def cam_seconds(names: list[str], sample: Path = SAMPLE) -> dict[str, dict[str, 
 
 def runnable_models(folder: Path | None = None) -> list[str]:
     """Shipped models whose weights are present (VGG16's are DVC outputs)."""
-    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, list_shipped
-    folder = folder or MODELS_DIR
+    from lungct.config import models_dir
+    from lungct.models.checkpoint import WEIGHTS_FILE, list_shipped
+    folder = folder or models_dir()
     return [n for n in list_shipped(folder) if (folder / n / WEIGHTS_FILE).is_file()]
 
 

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from lungct.config import apply_overrides, config_from_args, resolve
+from lungct.config import (LEAKAGE_REPORT, apply_overrides, config_from_args, report_path,
+                           resolve)
 from lungct.errors import LungctError
 
 _config = config_from_args  # the older name, still imported by other command modules
@@ -40,7 +41,7 @@ def cmd_leakage(args) -> int:
     report = leakage_report(resolve(cfg["data"]["root"]), rows, cfg["grouping"]["twin_corr"],
                             cfg["data"]["seed"])
     print(format_leakage(report))
-    out = Path(args.out) if args.out else resolve("reports/leakage.json")
+    out = Path(args.out) if args.out else report_path(cfg, LEAKAGE_REPORT)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
@@ -65,9 +66,9 @@ def cmd_train(args) -> int:
 def cmd_cards(args) -> int:
     from lungct.model_card_md import write_markdown
     from lungct.models import list_shipped
-    from lungct.models.checkpoint import MODELS_DIR
+    from lungct.config import models_dir
     for name in args.models or list_shipped():
-        print(f"wrote {write_markdown(MODELS_DIR / name)}")
+        print(f"wrote {write_markdown(models_dir() / name)}")
     return 0
 
 
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("leakage", parents=[common], help="how much each split leaks")
-    p.add_argument("--out", help="JSON report path (default: reports/leakage.json)")
+    p.add_argument("--out", help="JSON report path (default: leakage.json in reports.dir)")
     p.set_defaults(func=cmd_leakage)
 
     p = sub.add_parser("train", parents=[common], help="train or distill one model")

@@ -3,8 +3,10 @@
 Why a plain nested dict: DVC reads the same YAML keys directly (``params:`` in
 dvc.yaml), so keeping the structure 1:1 with the file avoids a second schema.
 Presets (``presets:`` in the file) and ``key.sub=value`` overrides are merged on
-top, and the environment variables ``LUNGCT_DATA`` and ``MLFLOW_TRACKING_URI``
-win over the file for the data root and the tracking store.
+top, and the environment variables in ``ENV_OVERRIDES`` win over all of them:
+this module is the only place that reads them (``LUNGCT_PARAMS`` chooses the
+file itself). Names and places shared by several modules live here too: the
+models folder (``models_dir``) and the reports folder (``report_path``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The checkout root; relative paths in params.yaml are relative to it."""
+
+
+ENV_OVERRIDES = {
+    "LUNGCT_DATA": ("data", "root"),
+    "LUNGCT_MODELS": ("paths", "models"),
+    "LUNGCT_BACKEND": ("runtime", "backend"),
+    "MLFLOW_TRACKING_URI": ("tracking", "mlflow_uri"),
+}
+"""Environment variable -> the config entry it replaces (applied by ``load_config``)."""
 
 
 def params_path() -> Path:
@@ -79,10 +90,9 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
             raise ValueError(f"unknown preset {preset!r}; known: {sorted(presets)}")
         cfg = _deep_merge(cfg, presets[preset])
     cfg = apply_overrides(cfg, overrides)
-    if os.environ.get("LUNGCT_DATA"):
-        cfg.setdefault("data", {})["root"] = os.environ["LUNGCT_DATA"]
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        cfg.setdefault("tracking", {})["mlflow_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    for variable, (section, key) in ENV_OVERRIDES.items():
+        if os.environ.get(variable):
+            cfg.setdefault(section, {})[key] = os.environ[variable]
     return cfg
 
 
@@ -96,6 +106,16 @@ def resolve(path: str | Path) -> Path:
     """Resolve a path from params.yaml against the repository root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def models_dir(cfg: dict | None = None) -> Path:
+    """The folder of model folders: ``paths.models`` (``LUNGCT_MODELS``), else ``models/``.
+
+    Read at each call (``load_config()`` when no config is given), so tests and
+    private deployments can point elsewhere without restarting Python.
+    """
+    cfg = load_config() if cfg is None else cfg
+    return resolve((cfg.get("paths") or {}).get("models") or "models")
 
 
 LEAKAGE_REPORT = "leakage.json"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lungct import CLASSES
-from lungct.config import resolve
+from lungct.config import LEAKAGE_REPORT, report_path, reports_dir, resolve
 from lungct.data.splits import read_manifest, select
 from lungct.metrics import (classification_report, expected_calibration_error,
                             sensitivity_operating_point)
@@ -89,7 +89,7 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
     card["operating_point"] = sensitivity_operating_point(
         val_y.numpy(), val_calibrated, y.numpy(), calibrated, n_boot=n_boot)
     card["evaluated_on"] = {"protocol": protocol, "part": part, "n": len(test_rows)}
-    leakage = resolve("reports/leakage.json")
+    leakage = report_path(cfg, LEAKAGE_REPORT)
     if leakage.exists():
         probe = json.loads(leakage.read_text())[protocol]
         card["leakage_probe"] = {k: probe[k] for k in ("pixel_1nn_accuracy",
@@ -112,7 +112,7 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
                    "screening_malignant_recall": card["operating_point"]["test"]["recall"],
                    "screening_false_alarm_rate":
                        card["operating_point"]["test"]["false_alarm_rate"]}
-        reports = resolve(cfg.get("reports", {}).get("dir", "reports"))
+        reports = reports_dir(cfg)
         out = reports / "metrics" / f"{model.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2) + "\n")

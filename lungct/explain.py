@@ -6,9 +6,11 @@ app where many users share one cached model:
   so the hooks are removed on exit, even on error;
 - hooks on a shared model would also catch the forward passes of other
   users' plain classifications (and theirs would feed this heatmap), so CAMs
-  run on a private copy of the model, made once per model and kept as long
-  as the model lives, one CAM at a time per model (a lock). Plain
-  classification on the shared model never waits for a heatmap.
+  run on a private copy of the model, one CAM at a time per model (a lock).
+  The copy is made for each heatmap and freed after it: copying takes
+  milliseconds, while copies kept per model would hold a second set of weights
+  for every model the server ever explained. Plain classification on the
+  shared model never waits for a heatmap.
 For transformers (timm ViT and the hybrid ViT) the token sequence is reshaped
 to the patch grid taken from the model, after dropping every prefix token.
 
@@ -56,8 +58,6 @@ SLOW_BATCH = 8
 
 _LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = \
     weakref.WeakKeyDictionary()
-_CAM_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = \
-    weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -70,13 +70,11 @@ def model_lock(model: torch.nn.Module) -> threading.Lock:
 
 
 def cam_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The private copy of ``model`` that carries CAM hooks (call under model_lock)."""
-    twin = _CAM_COPIES.get(model)
-    if twin is None:
-        # channels-last runs EfficientNet's depthwise convolutions 2-3x faster on CPU
-        twin = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-        _CAM_COPIES[model] = twin
-    return twin
+    """A private copy of ``model`` to carry CAM hooks for one heatmap (call under model_lock).
+
+    Channels-last: it runs EfficientNet's depthwise convolutions 2-3x faster on CPU.
+    """
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
 
 
 def vit_reshape(model: torch.nn.Module):

@@ -221,17 +221,18 @@ def format_section(name: str, section: dict) -> str:
 def cmd_export(args) -> int:
     from lungct.config import config_from_args
     from lungct.models import ModelLoadError, list_shipped
-    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE
+    from lungct.config import models_dir
+    from lungct.models.checkpoint import WEIGHTS_FILE
 
     cfg = config_from_args(args)
     names = args.model or list_shipped()
     if not names:
-        print(f"error: no models with a card under {MODELS_DIR}", file=sys.stderr)
+        print(f"error: no models with a card under {models_dir(cfg)}", file=sys.stderr)
         return 2
     status = 0
     for name in names:
         explicit = bool(args.model)
-        folder = Path(name) if Path(name).is_dir() else MODELS_DIR / name
+        folder = Path(name) if Path(name).is_dir() else models_dir(cfg) / name
         if not explicit and not (folder / WEIGHTS_FILE).exists():
             print(f"skip {name}: no {WEIGHTS_FILE} (a DVC output: `dvc pull` or `dvc repro`)",
                   file=sys.stderr)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,7 +68,8 @@ class RuntimeSettings(NamedTuple):
 
 def runtime_settings(cfg: dict | None = None, backend: str | None = None,
                      threads: int | None = None) -> RuntimeSettings:
-    """The ``runtime`` section: explicit arguments > ``LUNGCT_BACKEND`` > params.yaml > defaults."""
+    """The ``runtime`` section: explicit arguments > ``cfg`` (``load_config()`` when None, where
+    ``LUNGCT_BACKEND`` wins over params.yaml) > defaults."""
     if cfg is None:
         try:
             from lungct.config import load_config
@@ -79,10 +79,8 @@ def runtime_settings(cfg: dict | None = None, backend: str | None = None,
     section = (cfg or {}).get("runtime") or {}
     if backend:
         chosen, source = backend, "the backend argument"
-    elif os.environ.get(BACKEND_ENV):
-        chosen, source = os.environ[BACKEND_ENV], BACKEND_ENV
     else:
-        chosen, source = section.get("backend") or "auto", "runtime.backend"
+        chosen, source = section.get("backend") or "auto", f"runtime.backend or {BACKEND_ENV}"
     chosen = str(chosen).strip().lower()
     if chosen not in BACKENDS:
         raise ValueError(f"unknown inference backend {chosen!r} in {source}; "

@@ -12,9 +12,9 @@ import json
 import math
 
 from lungct import CLASSES
-from lungct.config import resolve
+from lungct.config import LEAKAGE_REPORT, load_config, models_dir, report_path
 from lungct.models import list_shipped
-from lungct.models.checkpoint import MODELS_DIR, read_card
+from lungct.models.checkpoint import PREDICTIONS_FILE, read_card
 
 PAIRS = [("student_kd", "teacher_hybrid_vit"), ("student_kd", "student_plain"),
          ("vgg16_kd", "vgg16_scratch"), ("teacher_hybrid_vit_paper", "student_kd_paper")]
@@ -37,7 +37,7 @@ def _pct(x, ci=None) -> str:
 def rows(protocol: str) -> list[str]:
     out = []
     for name in list_shipped():
-        card = read_card(MODELS_DIR / name)
+        card = read_card(models_dir() / name)
         if card.get("protocol") != protocol or card.get("kind") == "ood_guard":
             continue
         m, s = card.get("test_metrics"), card.get("stats", {})
@@ -60,7 +60,7 @@ def rows(protocol: str) -> list[str]:
 
 def table() -> str:
     leak = {}
-    path = resolve("reports/leakage.json")
+    path = report_path(load_config(), LEAKAGE_REPORT)
     if path.exists():
         leak = json.loads(path.read_text())
     head = ("| model | architecture | accuracy (95% CI) | malignant recall (95% CI) | "
@@ -90,7 +90,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def _correct(name: str) -> dict[str, bool] | None:
-    path = MODELS_DIR / name / "test_predictions.json"
+    path = models_dir() / name / PREDICTIONS_FILE
     if not path.exists():
         return None
     preds = json.loads(path.read_text())

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lungct.config import REPO_ROOT, load_config, models_dir, reports_dir, resolve
 from lungct.metrics import rate, wilson, wilson_text
 from lungct.phantoms import (OTHER_SOURCE_KINDS, ct_small, non_ct_set,  # noqa: F401
                              other_source_variants)
@@ -39,7 +40,6 @@ from lungct.resources import has_psutil, rss_mb
 
 def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
     """False rejection on grouped test, non-CT rejection, other-source pass rate."""
-    from lungct.config import resolve
     from lungct.data.splits import read_manifest
     from lungct.preprocess import load_image
 
@@ -110,11 +110,11 @@ def guard_figures(guard, cfg: dict, every: int = 1, log=print) -> dict:
 def calibration_figures(log=print) -> dict:
     """ECE before/after temperature scaling, from every shipped model's card."""
     from lungct.models import list_shipped
-    from lungct.models.checkpoint import MODELS_DIR, read_card
+    from lungct.models.checkpoint import read_card
 
     out = {}
     for name in list_shipped():
-        card = read_card(MODELS_DIR / name)
+        card = read_card(models_dir() / name)
         cal = card.get("calibration")
         if not cal:
             out[name] = None
@@ -132,7 +132,6 @@ def memory_figures(cfg: dict, iterations: int = 200, guard=None, log=print) -> d
     """RSS over ``iterations`` consecutive classifications + Grad-CAM heatmaps (+ guard)."""
     import gc
 
-    from lungct.config import REPO_ROOT
     from lungct.explain import explain
     from lungct.inference import Classifier
     from lungct.models import list_shipped, load_model
@@ -189,7 +188,6 @@ def recompression_figures(cfg: dict, qualities=(95, 85, 75), every: int = 1, log
     stable under it. Per quality: label agreement with the original file, mean
     and max change of any class probability, malignant -> other flips.
     """
-    from lungct.config import resolve
     from lungct.data.splits import read_manifest
     from lungct.inference import Classifier
     from lungct.models import list_shipped, load_model
@@ -245,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
 
-    from lungct.config import load_config, resolve
     from lungct.ood import GuardLoadError, OODGuard
 
     cfg = load_config(args.params)
@@ -268,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     report["calibration"] = calibration_figures()
     print("== stability of the default model under JPEG re-compression ==")
     report["recompression"] = recompression_figures(cfg, every=max(1, args.every))
-    reports = resolve(cfg.get("reports", {}).get("dir", "reports"))
+    reports = reports_dir(cfg)
     out = Path(args.out) if args.out else reports / "safety.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -9,7 +9,6 @@ git): such a model is listed with its metrics but never used for inference.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +16,14 @@ import numpy as np
 
 from lungct import CLASSES
 from lungct.case import model_version, weights_digest
-from lungct.config import REPO_ROOT
-from lungct.models.checkpoint import CARD_FILE, WEIGHTS_FILE, list_shipped, read_card
+from lungct.config import REPO_ROOT, models_dir
+from lungct.models.checkpoint import (CARD_FILE, PREDICTIONS_FILE, WEIGHTS_FILE, list_shipped,
+                                      read_card)
+from lungct.onnx_runtime import ONNX_FILE
 
 NOT_EVALUATED = "not evaluated"
 SAMPLES_DIR = REPO_ROOT / "samples"
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
-
-
-def models_dir() -> Path:
-    """``LUNGCT_MODELS`` if set, else the repository's ``models/``."""
-    return Path(os.environ.get("LUNGCT_MODELS") or REPO_ROOT / "models")
 
 
 @dataclass
@@ -86,7 +82,7 @@ def default_model(entries: list[ModelEntry], preferred: str) -> str | None:
 
 def test_predictions(folder: str | Path) -> dict | None:
     """``test_predictions.json`` as arrays: y_true (n,), probs (n, 3), protocol; or None."""
-    path = Path(folder) / "test_predictions.json"
+    path = Path(folder) / PREDICTIONS_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         classes = list(raw.get("classes") or CLASSES)
@@ -124,7 +120,7 @@ def _stamps(folder: Path, names: tuple[str, ...]) -> str:
 
 def model_key(entry: ModelEntry) -> str:
     """A cache key that changes when the weights, ONNX export or card are replaced."""
-    return _stamps(entry.folder, (WEIGHTS_FILE, "model.onnx", CARD_FILE))
+    return _stamps(entry.folder, (WEIGHTS_FILE, ONNX_FILE, CARD_FILE))
 
 
 GUARD_NAME = "ood_guard"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lungct.config import resolve
+from lungct.config import LEAKAGE_REPORT, load_config, report_path
 
 DISCLAIMER = (
     "Research decision support, not a diagnostic device. Every result needs a "
@@ -34,8 +34,9 @@ PAPER_NOTE = ("Published figures (paper protocol: image-level split, 2,097 image
 
 
 def leakage_reference(path: str | Path | None = None) -> dict:
-    """``reports/leakage.json`` as a dict, or {} when it has not been computed."""
-    p = Path(path) if path else resolve("reports/leakage.json")
+    """The leakage report (``leakage.json`` in ``reports.dir``) as a dict, or {} when it has
+    not been computed."""
+    p = Path(path) if path else report_path(load_config(), LEAKAGE_REPORT)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -17,16 +17,21 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lungct.config import REPO_ROOT
+from lungct.config import models_dir
 from lungct.errors import LungctError
 from lungct.models.registry import create_model
 
-import os
-
-MODELS_DIR = Path(os.environ.get("LUNGCT_MODELS", REPO_ROOT / "models"))
-"""Shipped models; ``LUNGCT_MODELS`` points elsewhere (tests, private models)."""
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
+PREDICTIONS_FILE = "test_predictions.json"
+"""Per-image test predictions written by ``python -m lungct evaluate`` (``{part}`` = test)."""
+
+
+def __getattr__(name: str):
+    # MODELS_DIR, the older name of the models folder, follows lungct.config.models_dir
+    if name == "MODELS_DIR":
+        return models_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ModelLoadError(LungctError, RuntimeError):
@@ -83,9 +88,10 @@ def resolve_model_dir(path_or_name: str | Path) -> Path:
         p = p.parent
     if p.is_dir():
         return p
-    if (MODELS_DIR / str(path_or_name)).is_dir():
-        return MODELS_DIR / str(path_or_name)
-    known = sorted(d.name for d in MODELS_DIR.glob("*") if (d / CARD_FILE).exists())
+    folder = models_dir()
+    if (folder / str(path_or_name)).is_dir():
+        return folder / str(path_or_name)
+    known = sorted(d.name for d in folder.glob("*") if (d / CARD_FILE).exists())
     raise ModelLoadError(f"no model {str(path_or_name)!r}; shipped models: {known}")
 
 
@@ -117,6 +123,8 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
-def list_shipped(models_dir: str | Path = MODELS_DIR) -> list[str]:
-    """Names of model folders that have a card (weights may be a DVC output)."""
-    return sorted(d.name for d in Path(models_dir).glob("*") if (d / CARD_FILE).exists())
+def list_shipped(folder: str | Path | None = None) -> list[str]:
+    """Names of model folders in ``folder`` (default: ``models_dir()``) that have a card
+    (weights may be a DVC output)."""
+    folder = Path(folder) if folder is not None else models_dir()
+    return sorted(d.name for d in folder.glob("*") if (d / CARD_FILE).exists())

@@ -9,7 +9,6 @@ store. Nothing about uploaded images ever reaches MLflow: only training runs log
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from lungct import CLASSES
@@ -17,13 +16,12 @@ from lungct.config import resolve
 
 
 def tracking_uri(cfg: dict) -> str:
-    """The store: ``MLFLOW_TRACKING_URI``, else params' ``tracking.mlflow_uri``.
+    """The store: ``tracking.mlflow_uri`` (``MLFLOW_TRACKING_URI`` wins through ``load_config``).
 
     A bare ``*.db`` path becomes a local SQLite store (MLflow 3 retired the
     plain file store); other bare paths are used as file URIs.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking", {}).get("mlflow_uri",
-                                                                              "mlflow.db")
+    uri = (cfg.get("tracking") or {}).get("mlflow_uri") or "mlflow.db"
     if "://" in uri or uri.startswith("sqlite:"):
         return uri
     if uri.endswith(".db"):

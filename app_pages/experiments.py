@@ -16,15 +16,18 @@ st.caption(f"MLflow store `{uri}`, experiment `{name}`. Set `MLFLOW_TRACKING_URI
 
 EMPTY = (f"No training runs recorded yet. Train a model to log one:\n\n"
          f"```\n{exp.TRAIN_COMMAND}\n```")
-if not exp.store_exists(uri):
-    st.info(EMPTY)
-    st.stop()
 try:
-    runs = cache.runs(uri, name)
+    if not exp.store_exists(uri) or cache.runs(uri, name).empty:
+        imported = cache.shipped_runs(uri, cfg)  # first use: the shipped models' own runs
+        cache.runs.clear()
+        if imported:
+            st.caption(f"Imported on first use from the model cards (tag imported_from_card): "
+                       f"{', '.join(imported)}.")
+    runs = cache.runs(uri, name) if exp.store_exists(uri) else None
 except Exception as err:  # unreadable or foreign store
     st.error(f"The MLflow store could not be read ({type(err).__name__}: {str(err)[:200]}).")
     st.stop()
-if runs.empty:
+if runs is None or runs.empty:
     st.info(EMPTY)
     st.stop()
 

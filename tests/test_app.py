@@ -190,9 +190,19 @@ def test_compare(app, models_dir):
     assert not at.exception
 
 
-def test_experiments_empty_state(app):
+def test_experiments_first_use_imports_the_shipped_runs(app, models_dir):
+    """A fresh store (the fixture's points to a missing folder) gets the cards' runs."""
+    from lungct.models.checkpoint import list_shipped, read_card
+    with_history = sorted(n for n in list_shipped(models_dir)
+                          if (read_card(models_dir / n).get("training") or {}).get("history"))
     at = open_page(app, "experiments")
-    assert "python -m lungct train --name student_kd" in at.info[0].value
+    if not with_history:
+        assert "python -m lungct train --name student_kd" in at.info[0].value
+        return
+    assert not at.error
+    assert sorted(at.dataframe[0].value["model_name"]) == with_history
+    assert any("imported_from_card" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 1                  # learning curves from the cards
 
 
 def test_experiments_runs(models_dir, mlflow_store, monkeypatch):

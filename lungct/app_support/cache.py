@@ -98,6 +98,13 @@ def heatmap(model, key: str, gray: np.ndarray, method: str, target: str | None,
     return heatmaps.heatmap(heatmap_store(), model, key, gray, method, target, layer, progress)
 
 
+@st.cache_resource(show_spinner="First use: importing the shipped models' training runs from "
+                                "their cards...")
+def shipped_runs(uri: str, _cfg: dict) -> tuple[str, ...]:
+    """Import the shipped models' runs into the store at ``uri``, once per process."""
+    return tuple(experiments.import_shipped_runs(_cfg))
+
+
 @st.cache_resource(show_spinner=False)
 def mlflow_client(uri: str):
     return experiments.client(uri)

@@ -15,6 +15,29 @@ import pandas as pd
 TRAIN_COMMAND = "python -m lungct train --name student_kd"
 
 
+def import_shipped_runs(cfg: dict, folder: str | Path | None = None) -> list[str]:
+    """Log the shipped models' training runs into the store from their cards; their names.
+
+    So that a fresh clone's Experiments page is not empty: the shipped models
+    were trained elsewhere, and each card keeps its config and per-epoch
+    history. Runs are tagged ``imported_from_card``; the weights stay in the
+    models folder (not copied into the store). Cards without a history are skipped.
+    """
+    from lungct.config import models_dir
+    from lungct.models.checkpoint import list_shipped, read_card
+    from lungct.training.tracking import import_card, tracking_uri
+    folder = Path(folder) if folder else models_dir(cfg)
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    imported = []
+    for name in list_shipped(folder):
+        if (read_card(folder / name).get("training") or {}).get("history"):
+            import_card(cfg, folder / name, with_model=False)
+            imported.append(name)
+    return imported
+
+
 def store_exists(uri: str) -> bool:
     """Whether a local store is there; remote stores are assumed to exist."""
     if uri.startswith("sqlite:"):

@@ -110,11 +110,12 @@ class _MlflowRun(_NullRun):
         self.mlflow.log_artifacts(str(folder), artifact_path="model")
 
 
-def import_card(cfg: dict, folder: str | Path) -> None:
+def import_card(cfg: dict, folder: str | Path, with_model: bool = True) -> None:
     """Log a model trained elsewhere (e.g. a GPU box without MLflow) from its card.
 
     The card holds everything a live run logs: the training config, the
-    per-epoch history, the validation report and, next to it, the weights.
+    per-epoch history, the validation report and, next to it, the weights
+    (copied into the store as the run's model unless ``with_model`` is False).
     The run is tagged ``imported_from_card`` so it is never mistaken for a
     live one.
     """
@@ -137,7 +138,8 @@ def import_card(cfg: dict, folder: str | Path) -> None:
         run.log_final({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
         if val.get("confusion_matrix"):
             run.log_confusion(val["confusion_matrix"], f"{card.get('name', folder.name)} (val)")
-        run.log_model(folder)
+        if with_model:
+            run.log_model(folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,12 +24,16 @@ protocol = st.radio("Protocol", list(comparison.PROTOCOLS), horizontal=True,
 st.caption("Each model is tested only on its own protocol's test split: the other split's "
            "test images are in its training data. " + PAPER_NOTE)
 table = comparison.comparison_table(all_entries, protocol, leakage_reference())
-st.dataframe(comparison.display_table(table), hide_index=True)
+shown = comparison.display_table(table)
+for title, columns in comparison.DISPLAY_GROUPS.items():
+    st.markdown(f"**{title}**")
+    st.dataframe(shown[columns], hide_index=True)
 st.download_button("Download the table (CSV, raw numbers)", table.to_csv(index=False),
                    f"lungct_models_{protocol}.csv", "text/csv", on_click="ignore")
 st.plotly_chart(charts.headline_bars(table), key="headline")
 
 evaluated = [e for e in all_entries if e.protocol == protocol and e.test_metrics]
+colours = charts.model_colours(e.name for e in all_entries)  # the same colour in every chart
 if not evaluated:
     st.info(f"No {protocol}-protocol model is evaluated yet: run "
             "`python -m lungct evaluate --model NAME`.")
@@ -37,7 +41,7 @@ else:
     st.subheader("Per-class precision, recall and F1 (bootstrap 95% CIs)")
     long = pd.concat([cache.per_class_table(e, catalog.model_key(e), str(e.folder))
                       for e in evaluated])
-    st.plotly_chart(charts.per_class_bars(long), key="per_class")
+    st.plotly_chart(charts.per_class_bars(long, colours), key="per_class")
 
     st.subheader("Confusion matrices (test split)")
     columns = st.columns(min(len(evaluated), 3))
@@ -56,9 +60,10 @@ else:
         left, right = st.columns(2)
         left.plotly_chart(charts.roc_figure(
             {n: comparison.roc_points(p["y_true"], p["probs"], k) for n, p in predictions.items()},
-            roc_class), key="roc")
+            roc_class, colours), key="roc")
         right.plotly_chart(charts.reliability_figure(
-            {n: comparison.reliability(p) for n, p in predictions.items()}), key="reliability")
+            {n: comparison.reliability(p) for n, p in predictions.items()}, colours),
+            key="reliability")
     else:
         st.info("No test_predictions.json found: ROC and reliability curves need it "
                 "(written by `python -m lungct evaluate`).")

@@ -174,10 +174,11 @@ def test_compare(app, models_dir):
     entries = [e for e in list_entries(models_dir) if e.protocol == "grouped"]
     grouped = {e.name for e in entries}
     at = open_page(app, "compare")
-    table = at.dataframe[0].value
+    table, models = at.dataframe[0].value, at.dataframe[1].value  # metrics; size and speed
+    assert list(table["model"]) == list(models["model"])
     assert "leakage probe: pixel 1-NN" in set(table["model"])
     assert any(m.startswith("paper:") for m in table["model"])
-    assert set(table[table["kind"] == "ours"]["model"]) == grouped
+    assert set(models[models["kind"] == "ours"]["model"]) == grouped
     if any(e.test_metrics for e in entries):
         assert any(v.startswith(("0.", "1.")) and "[" in v for v in table["accuracy [95% CI]"])
     evaluated = any(e.test_metrics for e in entries)

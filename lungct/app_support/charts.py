@@ -9,6 +9,14 @@ import plotly.graph_objects as go
 from lungct import CLASSES
 
 CLASS_COLOURS = {"normal": "#2e7d32", "benign": "#f9a825", "malignant": "#c62828"}
+MODEL_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#7f7f7f", "#d62728")
+
+
+def model_colours(names) -> dict[str, str]:
+    """One colour per model, by sorted name: pass every model of the page so that a model
+    keeps its colour in every chart, whichever subset a chart shows."""
+    return {n: MODEL_PALETTE[i % len(MODEL_PALETTE)] for i, n in enumerate(sorted(set(names)))}
 
 
 def probability_bar(probabilities: dict, unsure_below: float | None = None,
@@ -61,18 +69,18 @@ def headline_bars(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def per_class_bars(long: pd.DataFrame) -> go.Figure:
+def per_class_bars(long: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Figure:
     """Precision / recall / F1 per class and model, error bars = bootstrap 95% CI."""
     from plotly.subplots import make_subplots
     metrics = ["precision", "recall", "f1"]
     fig = make_subplots(rows=1, cols=3, subplot_titles=metrics, shared_yaxes=True)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    for i, (model, df) in enumerate(long.groupby("model", sort=False)):
+    colours = colours or model_colours(long["model"])
+    for model, df in long.groupby("model", sort=False):
         for j, metric in enumerate(metrics, start=1):
             d = df[df["metric"] == metric].rename(columns={"lo": "value_lo", "hi": "value_hi"})
             fig.add_trace(go.Bar(name=model, x=d["class"], y=d["value"],
                                  error_y=_err(d, "value"), legendgroup=model,
-                                 showlegend=j == 1, marker_color=palette[i % len(palette)]),
+                                 showlegend=j == 1, marker_color=colours.get(model)),
                           row=1, col=j)
     fig.update_layout(barmode="group", height=400, yaxis=dict(range=[0, 1.05]),
                       margin=dict(l=10, r=10, t=40, b=10),
@@ -80,30 +88,35 @@ def per_class_bars(long: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def roc_figure(curves: dict[str, dict], class_name: str) -> go.Figure:
+def roc_figure(curves: dict[str, dict], class_name: str,
+               colours: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
+    colours = colours or model_colours(curves)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                              line=dict(dash="dash", color="grey")))
     for model, c in curves.items():
         if c["auc"] is None:
             continue
         fig.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines",
-                                 name=f"{model} (AUC {c['auc']:.3f})"))
+                                 name=f"{model} (AUC {c['auc']:.3f})",
+                                 line=dict(color=colours.get(model))))
     fig.update_layout(title=f"ROC, {class_name} vs rest", xaxis_title="false positive rate",
                       yaxis_title="true positive rate", height=420,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def reliability_figure(curves: dict[str, dict]) -> go.Figure:
+def reliability_figure(curves: dict[str, dict],
+                       colours: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
+    colours = colours or model_colours(curves)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(dash="dash", color="grey")))
     for model, c in curves.items():
         keep = np.asarray(c["count"]) > 0
         fig.add_trace(go.Scatter(x=np.asarray(c["confidence"])[keep],
                                  y=np.asarray(c["accuracy"])[keep], mode="lines+markers",
-                                 name=model, text=[f"n={n}" for n in np.asarray(c["count"])[keep]],
+                                 name=model, line=dict(color=colours.get(model)), text=[f"n={n}" for n in np.asarray(c["count"])[keep]],
                                  hovertemplate="confidence %{x:.2f}, accuracy %{y:.2f}, "
                                                "%{text}<extra></extra>"))
     fig.update_layout(title="Reliability (top-label confidence vs accuracy, test split)",

@@ -193,6 +193,16 @@ def _with_ci(value, lo, hi) -> str:
     return f"{text} [{_fmt(lo)}, {_fmt(hi)}]" if text and lo == lo and hi == hi else text
 
 
+DISPLAY_GROUPS = {
+    "Test metrics": ["model", "test n", "accuracy [95% CI]", "malignant recall [95% CI]",
+                     "malignant precision", "malignant F1", "AUC macro", "AUC malignant",
+                     "ECE", "T"],
+    "Models, size and speed": ["model", "kind", "arch", "teacher", "status", "params (M)",
+                               "GFLOPs", "weights (MB)", "CPU latency (ms)"],
+}
+"""The display table in two parts, each narrow enough for a 1440 px wide window."""
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """``comparison_table`` as readable text: CIs in brackets, blanks for missing values."""
     out = pd.DataFrame({

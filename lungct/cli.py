@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_case.add_command(sub, common)
     from lungct.pacs import cli as pacs_cli
     pacs_cli.add_command(sub, common)
+    from lungct import external, pointing
+    external.add_command(sub, common)
+    pointing.add_command(sub, common)
     return parser
 
 

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ENV_OVERRIDES = {
     "LUNGCT_DATA": ("data", "root"),
+    "LUNGCT_EXTERNAL": ("data", "external"),
     "LUNGCT_MODELS": ("paths", "models"),
     "LUNGCT_BACKEND": ("runtime", "backend"),
     "MLFLOW_TRACKING_URI": ("tracking", "mlflow_uri"),

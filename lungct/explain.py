@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lungct.lungs import lung_view, segment, view_to_slice
 from lungct.models.registry import arch_info, cam_target_layers
 from lungct.preprocess import to_tensor
 
@@ -154,7 +155,7 @@ def _slow_cam_classes():
 
 @dataclass
 class Explanation:
-    heatmap: np.ndarray        # (size, size) float32 in [0, 1]
+    heatmap: np.ndarray        # (H, W) of the slice, float32 in [0, 1], 0 outside the body
     target_class: str | None   # None for a class-agnostic method (EigenCAM)
     method: str
     layer: str
@@ -178,6 +179,21 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.
     base = np.repeat(np.clip(gray, 0, 1)[..., None], 3, axis=2)
     mixed = (1 - opacity) * base + opacity * colour
     return (np.clip(mixed, 0, 1) * 255).astype(np.uint8)
+
+
+def on_slice(heat: np.ndarray, seg, view: str = "full") -> np.ndarray:
+    """A heatmap over the model input, on the slice's own pixels and zero outside the body.
+
+    A "lungs" model saw the lung crop: its map goes back into the crop box; a
+    "full" model saw the whole slice squashed to a square: its map is
+    stretched back. Either way nothing is drawn on air, table or text.
+    """
+    if view == "lungs":
+        return view_to_slice(heat, seg)
+    h, w = seg.shape
+    full = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h),
+                      Image.BILINEAR), dtype=np.float32)
+    return full * seg.mask("body")
 
 
 def caption(method: str, target_class: str | None) -> str:
@@ -206,7 +222,10 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
     if layer not in layers:
         raise ValueError(f"unknown layer {layer!r} for {model.arch}; choose from {list(layers)}")
     classes = tuple(model.classes)
-    x = to_tensor(gray, model.input_size, model.mean, model.std).unsqueeze(0)
+    seg = segment(gray)
+    view = getattr(model, "view", "full")
+    model_input = lung_view(gray, model.input_size, seg) if view == "lungs" else gray
+    x = to_tensor(model_input, model.input_size, model.mean, model.std).unsqueeze(0)
     device = next(model.parameters()).device
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     is_vit = arch_info(model.arch).is_transformer
@@ -243,6 +262,7 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
             if counter:
                 counter.handle.remove()
     heat = np.nan_to_num(heat.astype(np.float32))
+    heat = on_slice(heat, seg, view)
     if heat.max() > 0:
         heat = heat / heat.max()
     explained = None if method in CLASS_AGNOSTIC else classes[target_class]

@@ -276,3 +276,25 @@ def lung_view(gray: np.ndarray, size: int, seg: Segmentation | None = None) -> n
     out = ndi.gaussian_filter(crop_box(g, seg.box, size), SMOOTH * size / 224)
     out = standardise(out, seg.lung_level, seg.tissue_level)
     return np.where(body, out, 0.0).astype(np.float32)
+
+
+def view_to_slice(view_map: np.ndarray, seg: Segmentation, mask_body: bool = True) -> np.ndarray:
+    """A map over the lung view (e.g. a heatmap) put back on the slice's own pixels.
+
+    The inverse of :func:`crop_box`: resized to the crop box, pasted where the
+    box lies on the slice (what lay past the edge is dropped), zero outside the
+    box and, with ``mask_body``, outside the body: a heatmap on the table or in
+    the air beside the patient explains nothing.
+    """
+    h, w = seg.shape
+    y0, x0, y1, x1 = seg.box
+    bh, bw = max(1, y1 - y0), max(1, x1 - x0)
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(view_map, dtype=np.float32))
+                     .resize((bw, bh), Image.Resampling.BILINEAR), dtype=np.float32)
+    out = np.zeros((h, w), np.float32)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0:sy1, sx0:sx1] = big[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+    if mask_body:
+        out *= seg.mask("body")
+    return out

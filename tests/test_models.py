@@ -7,6 +7,8 @@ network: hub downloads are replaced by functions that raise URLError.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import pickle
 import socket
@@ -331,7 +333,7 @@ def test_explain_heatmap(cam_models, name, size):
     assert hook_count(model) == 0
     result = explain(model, slice_image())
     assert isinstance(result, Explanation)
-    assert result.heatmap.shape == (size, size)
+    assert result.heatmap.shape == slice_image().shape  # on the slice's own pixels
     assert np.isfinite(result.heatmap).all()
     assert result.heatmap.min() >= 0 and result.heatmap.max() <= 1
     assert result.method == "Grad-CAM"
@@ -352,8 +354,24 @@ def test_explain_other_layer_and_method(cam_models):
     layers = list(cam_target_layers(model))
     result = explain(model, slice_image(), method="EigenCAM", layer=layers[1])
     assert result.layer == layers[1] and result.method == "EigenCAM"
-    assert result.heatmap.shape == (64, 64)
+    assert result.heatmap.shape == slice_image().shape
     assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("view", ["full", "lungs"])
+def test_heatmap_stays_inside_the_body(cam_models, view):
+    """A heatmap on air, table or text is a bug: outside the body outline it is zero."""
+    from lungct.guard.variants import hu_window
+    from lungct.lungs import segment
+    from test_lungs import chest_hu
+
+    model = copy.deepcopy(cam_models["efficientnet_lite0"])
+    model.view = view
+    gray = hu_window(chest_hu(128), 1500, -600)
+    for method in ("Grad-CAM", "EigenCAM"):
+        heat = explain(model, gray, method=method).heatmap
+        assert heat.shape == gray.shape
+        assert heat[~segment(gray).mask("body")].max() == 0
 
 
 def test_eigencam_names_no_class(cam_models):

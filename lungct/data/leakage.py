@@ -6,6 +6,14 @@ near-twin (correlation above ``twin_corr``), and the accuracy of a
 1-nearest-neighbour classifier on raw 64x64 pixels. If that pixel 1-NN scores
 as high as a trained network, the split measures memory, not diagnosis.
 A random 80/20 image-level split is reported beside them for scale.
+
+The **rendering shortcut probe** asks another question: can a classifier
+that sees only the grey-level histogram (32 bins, no spatial information at
+all) of what a model is fed tell the classes apart? On IQ-OTH/NCCD's raw
+export it can (malignant slices are exported darker): a model may learn the
+export instead of the lesion. It is run on the raw slice ("full" view) and on
+the lung view (``lungct.lungs``) that the models see, with a random forest
+and a logistic regression fitted on train and scored on test.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from PIL import Image
 from lungct import CLASSES
 from lungct.data.grouping import cross_class_twins
 from lungct.data.similarity import correlation_matrix, thumbnail
-from lungct.preprocess import load_image
+from lungct.preprocess import load_image, model_view
+
+HIST_BINS = 32
 
 
 def raw_pixels(gray: np.ndarray, size: int = 64) -> np.ndarray:
@@ -64,8 +74,47 @@ def split_leakage(thumbs: np.ndarray, raws: np.ndarray, y: np.ndarray,
     }
 
 
+def grey_histogram(gray: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
+    """Share of pixels in each of ``bins`` equal grey-level bins of [0, 1]."""
+    h = np.histogram(np.clip(gray, 0, 1), bins=bins, range=(0.0, 1.0))[0]
+    return (h / max(1, h.sum())).astype(np.float32)
+
+
+def histogram_probe(hist: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                    seed: int = 0) -> dict:
+    """Accuracy and malignant AUC of histogram-only classifiers (train -> test)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    out = {"majority_rate": round(float(np.bincount(y[test]).max() / test.sum()), 4)}
+    mal = CLASSES.index("malignant")
+    for name, clf in (("random_forest", RandomForestClassifier(300, random_state=seed,
+                                                               n_jobs=1)),
+                      ("logistic", LogisticRegression(max_iter=2000))):
+        clf.fit(hist[train], y[train])
+        p = clf.predict_proba(hist[test])
+        col = list(clf.classes_).index(mal)
+        out[name] = {"accuracy": round(float((clf.classes_[p.argmax(1)] == y[test]).mean()), 4),
+                     "malignant_auc": round(float(roc_auc_score(y[test] == mal, p[:, col])), 4)}
+    return out
+
+
+def shortcut_probe(root: str | Path, rows: list[dict], size: int = 224,
+                   views=("full", "lungs"), protocol: str = "grouped") -> dict:
+    """The rendering shortcut probe on each view of the slices, on ``protocol``'s split."""
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    parts = np.array([r[f"{protocol}_split"] for r in rows])
+    grays = [load_image(Path(root) / r["path"]) for r in rows]
+    out = {"protocol": protocol, "bins": HIST_BINS, "size": size}
+    for view in views:
+        hist = np.stack([grey_histogram(model_view(g, size, view)) for g in grays])
+        out[view] = histogram_probe(hist, y, parts == "train", parts == "test")
+    return out
+
+
 def leakage_report(root: str | Path, rows: list[dict], twin_corr: float = 0.95,
-                   seed: int = 42) -> dict:
+                   seed: int = 42, shortcut: bool = True) -> dict:
     """Leakage of the paper split, the grouped split and a random 80/20 reference."""
     paths = [r["path"] for r in rows]
     y = np.array([CLASSES.index(r["label"]) for r in rows])
@@ -88,6 +137,8 @@ def leakage_report(root: str | Path, rows: list[dict], twin_corr: float = 0.95,
          "same_grouped_part": rows[i]["grouped_split"] == rows[j]["grouped_split"],
          "same_group": rows[i]["group"] == rows[j]["group"]}
         for i, j, c in cross_class_twins(labels, thumbs, twin_corr)]
+    if shortcut:
+        report["shortcut_probe"] = shortcut_probe(root, rows)
     return report
 
 
@@ -99,6 +150,17 @@ def format_leakage(report: dict) -> str:
         r = report[name]
         lines.append(f"{name:<14}{r['n_test']:>7}{r['nearest_train_corr_median']:>16.3f}"
                      f"{r['share_test_with_twin']:>12.3f}{r['pixel_1nn_accuracy']:>16.3f}")
+    probe = report.get("shortcut_probe")
+    if probe:
+        lines.append(f"rendering shortcut probe ({probe['bins']}-bin grey histogram only, "
+                     f"{probe['protocol']} split; majority rate "
+                     f"{probe[next(v for v in ('full', 'lungs') if v in probe)]['majority_rate']:.3f}):")
+        for view in ("full", "lungs"):
+            if view in probe:
+                rf, lr = probe[view]["random_forest"], probe[view]["logistic"]
+                lines.append(f"  {view:<6} view: random forest acc {rf['accuracy']:.3f} "
+                             f"AUC {rf['malignant_auc']:.3f}; logistic acc {lr['accuracy']:.3f} "
+                             f"AUC {lr['malignant_auc']:.3f}")
     twins = report["cross_class_twins"]
     lines.append(f"cross-class near-twins: {len(twins)}")
     for t in twins:

@@ -40,6 +40,7 @@ class CTSlice:
     hu: np.ndarray
     uid: str
     kernel: str = ""
+    path: str = ""
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     @property
@@ -86,12 +87,12 @@ def read_series(folder: str | Path, boxes: dict | None = None) -> list[CTSlice]:
         z = float(pos[2]) if pos is not None else float(getattr(ds, "InstanceNumber", 0))
         kernel = str(getattr(ds, "ConvolutionKernel", "") or "")
         uid = str(ds.SOPInstanceUID)
-        items.append((z, uid, kernel, hounsfield(ds)))
+        items.append((z, uid, kernel, hounsfield(ds), str(path)))
     items.sort(key=lambda t: t[0])
     boxes = boxes or {}
     return [CTSlice(series=folder.name, patient=patient_of(folder.name), index=i, z=z, hu=hu,
-                    uid=uid, kernel=kernel, boxes=list(boxes.get(uid, [])))
-            for i, (z, uid, kernel, hu) in enumerate(items)]
+                    uid=uid, kernel=kernel, path=path, boxes=list(boxes.get(uid, [])))
+            for i, (z, uid, kernel, hu, path) in enumerate(items)]
 
 
 def series_folders(root: str | Path) -> list[Path]:

@@ -15,7 +15,8 @@ from lungct.app_support.charts import probability_bar
 from lungct.app_support.reference import DISCLAIMER
 from lungct.app_support.report import build_report, to_uint8
 from lungct.config import load_config
-from lungct.explain import CAM_METHODS, FAST_METHODS, caption, overlay
+from lungct.app_support.study import compose, lung_outline
+from lungct.explain import CAM_METHODS, FAST_METHODS, caption
 
 ALL_EXAMPLES = "all examples (as one case)"
 INJECTED = "classify_files"  # (name, bytes) pairs placed here by tests or integrations
@@ -33,7 +34,7 @@ example = st.selectbox("...or try an example", ["none"] + samples + [ALL_EXAMPLE
                        key="classify_example")
 
 with st.expander("Display and heatmap options", expanded=True):
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     window = c1.selectbox("DICOM window", WINDOW_CHOICES, key="classify_window",
                           index=WINDOW_CHOICES.index(cfg["preprocess"]["dicom_window"]),
                           help=WINDOW_HELP)
@@ -43,6 +44,9 @@ with st.expander("Display and heatmap options", expanded=True):
                           help="EigenCAM, AblationCAM and ScoreCAM are gradient-free.")
     target = c3.selectbox("Explain class", ["predicted"] + list(CLASSES), key="classify_target")
     opacity = c4.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="classify_opacity")
+    outline = c5.toggle("Lung outline", value=False, key="classify_outline",
+                        help="The lung fields the models look at (lungct.lungs): "
+                             "the crop and the body mask come from this segmentation.")
 
 examples = False
 if uploads:
@@ -81,6 +85,10 @@ report_slot = st.empty()
 for r in most_suspicious_first(results):
     with st.container(border=True):
         st.markdown(f"#### {r.title}")
+        if r.outside_lungs:
+            st.info(f"{r.title}: {r.error}")
+            st.image(to_uint8(r.gray), caption="outside the lungs: not classified", width=240)
+            continue
         if r.rejected:
             st.warning(f"{r.title}: {r.error}")
             st.image(to_uint8(r.gray), caption="not classified", width=240)
@@ -95,12 +103,14 @@ for r in most_suspicious_first(results):
                 heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r.gray,
                                                 method, target_class or pred.label, None,
                                                 heatmaps.progress_bar(st, method, entry.name))
-                overlays[r.position] = overlay(r.gray, heat, opacity)
+                overlays[r.position] = compose(r.gray, lung_outline(r.gray) if outline
+                                               else None, heat, opacity)
             except Exception as err:  # a heatmap failure must not hide the label
                 explained = None
                 st.error(f"Heatmap failed ({type(err).__name__}); the label is unaffected.")
         left, mid, right = st.columns([1, 1, 1.2])
-        left.image(to_uint8(r.gray), caption="slice", width="stretch")
+        left.image(compose(r.gray, lung_outline(r.gray)) if outline else to_uint8(r.gray),
+                   caption="slice" + (" with lung outline" if outline else ""), width="stretch")
         if r.position in overlays:
             mid.image(overlays[r.position], caption=caption(method, explained), width="stretch")
         right.metric("Label", pred.label,

@@ -206,6 +206,10 @@ def segment(gray: np.ndarray) -> Segmentation:
         # both to black, so nothing can be told apart by level.
         if air > 0.08:
             big = [k for k in big if np.percentile(small[labels == k], 10) > air + 0.04]
+        # A wide flat band across the midline behind the body's centre is the gap
+        # between the back and the table pad, never a lung.
+        bb = _bbox(body) or (0, 0, wh, ww)
+        big = [k for k in big if not _is_band(labels == k, bb)]
         kept = big[:2]
         if kept:
             lungs = np.isin(labels, kept)
@@ -234,6 +238,14 @@ def segment(gray: np.ndarray) -> Segmentation:
                         body_box=None if body_box is None else
                         tuple(int(round(v)) for v in to_input(body_box)),
                         lung_level=lung_level, tissue_level=tissue_level)
+
+
+def _is_band(region: np.ndarray, body_box: tuple[int, int, int, int]) -> bool:
+    y0, x0, y1, x1 = _bbox(region)
+    by0, bx0, by1, bx1 = body_box
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    posterior = (y0 + y1) / 2 > cy + 0.2 * (by1 - by0)
+    return (x1 - x0) > 2.5 * (y1 - y0) and x0 < cx < x1 and posterior
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -1,6 +1,6 @@
-"""Tests for lungct.ood: pure helpers (Hypothesis), the Gaussian score, the guard's
-verdict logic and file format with a stand-in extractor, and the shipped guard on
-real slices and non-CT images (skipped until models/ood_guard is fitted)."""
+"""Tests for lungct.guard: pure helpers (Hypothesis), the Gaussian score, the guard's
+four verdicts and file format with a stand-in extractor, and the shipped guard on
+real slices, phantoms of other anatomy and non-CT images."""
 
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lungct import ood
+from lungct import guard as guard_pkg
 from lungct.config import REPO_ROOT, load_config
-from lungct.ood import (CARD_FILE, REJECTED, WEIGHTS_FILE, GuardLoadError, OODGuard, PPCAGaussian,
-                        as_gray, border, crop, jpeg, modality_verdict, resample, retissue,
-                        spread, tissue_masks, window)
+from lungct.guard import (ACCEPTED, CARD_FILE, NOT_CT, NOT_IMAGE, OUTSIDE_LUNGS, REJECTED,
+                          WEIGHTS_FILE, GuardLoadError, InputGuard, OutOfDistribution,
+                          modality_verdict)
+from lungct.guard import fit as guard_fit
+from lungct.guard.density import PPCAGaussian
+from lungct.guard.variants import (affine, border, crop, hu_window, jpeg, random_variant,
+                                   resample, retissue, tissue_masks, window)
+from lungct.guard.verdict import as_gray, spread
 from lungct.preprocess import load_image
+from test_lungs import chest_hu
 
 SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
-GUARD_FILE = ood.guard_dir() / WEIGHTS_FILE
-needs_guard = pytest.mark.skipif(not GUARD_FILE.exists(),
-                                 reason=f"no fitted guard at {GUARD_FILE} "
-                                        "(python -m lungct.ood fit)")
+GUARD_FILE = guard_pkg.guard_dir() / WEIGHTS_FILE
 
 grays = arrays(np.float32, st.tuples(st.integers(16, 80), st.integers(16, 80)),
                elements=st.floats(0, 1, width=32))
@@ -100,14 +103,14 @@ def test_resample_and_jpeg_keep_the_contract(g, side):
 @given(grays, st.floats(-20, 20), st.floats(0.8, 1.2), st.floats(-0.1, 0.1),
        st.floats(-0.1, 0.1), st.booleans())
 def test_affine_keeps_shape_and_range(g, angle, scale, dx, dy, flip):
-    out = ood.affine(g, angle, scale, dx, dy, flip)
+    out = affine(g, angle, scale, dx, dy, flip)
     assert out.shape == g.shape and out.min() >= 0 and out.max() <= 1
 
 
 def test_affine_identity_and_flip():
     g = np.random.default_rng(0).random((32, 48)).astype(np.float32)
-    np.testing.assert_allclose(ood.affine(g), g, atol=1e-5)
-    np.testing.assert_allclose(ood.affine(g, hflip=True), g[:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(affine(g), g, atol=1e-5)
+    np.testing.assert_allclose(affine(g, hflip=True), g[:, ::-1], atol=1e-5)
 
 
 @FAST
@@ -123,7 +126,7 @@ def test_retissue_and_masks(g, soft, lung):
 @FAST
 @given(grays)
 def test_random_variant_keeps_the_contract(g):
-    out = ood.random_variant(g, np.random.default_rng(0))
+    out = random_variant(g, np.random.default_rng(0))
     assert out.ndim == 2 and out.dtype == np.float32 and min(out.shape) >= 1
     assert out.min() >= 0 and out.max() <= 1 and np.isfinite(out).all()
 
@@ -198,24 +201,21 @@ class HistogramExtractor:
         return {"a": np.asarray(a, np.float32), "b": np.asarray(b, np.float32)}
 
 
-def _slice_like(rng):
-    """Dark background, bright ring and speckle: a crude stand-in 'in-distribution' image."""
-    yy, xx = np.mgrid[0:64, 0:64] / 32.0 - 1
-    r = np.hypot(xx / rng.uniform(0.8, 0.95), yy / rng.uniform(0.6, 0.75))
-    g = np.where(r < 1, 0.05 + 0.05 * rng.random((64, 64)), 0.0)
-    g[(r > 0.9) & (r < 1)] = 0.9
-    return g.astype(np.float32)
+def _slice_like(rng, lungs: bool = True):
+    """A chest phantom in a random lung-ish window: the toy guard's 'in-distribution'."""
+    hu = chest_hu(96, lungs=lungs, seed=int(rng.integers(1 << 16)))
+    return hu_window(hu, rng.uniform(1200, 1800), rng.uniform(-700, -450))
 
 
 @pytest.fixture(scope="module")
 def toy_guard():
     rng = np.random.default_rng(0)
     fx = HistogramExtractor()
-    feats = fx([_slice_like(rng) for _ in range(300)])
+    # like the real fit: chest slices and CT slices without lung (neck, abdomen) alike
+    feats = fx([_slice_like(rng, lungs=i % 3 != 0) for i in range(300)])
     gaussians = {k: PPCAGaussian.fit(v, 4) for k, v in feats.items()}
-    guard = OODGuard(gaussians, threshold=1.0, card={"kind": "ood_guard", "input_size": 224},
-                     extractor=fx)
-    val = guard.score_many([_slice_like(rng) for _ in range(100)])
+    guard = InputGuard(gaussians, threshold=1.0, card={"input_size": 64}, extractor=fx)
+    val = guard.score_many([_slice_like(rng, lungs=i % 3 != 0) for i in range(100)])
     guard.threshold = float(np.percentile(val, 99))
     return guard
 
@@ -224,14 +224,27 @@ def test_toy_guard_accepts_its_kind_and_rejects_others(toy_guard):
     rng = np.random.default_rng(5)
     good = toy_guard.check_many([_slice_like(rng) for _ in range(20)])
     assert sum(v.in_distribution for v in good) >= 18
+    assert all(v.status == ACCEPTED and v.accepted for v in good if v.in_distribution)
     noise = toy_guard.check(rng.random((64, 64)))
-    assert not noise.in_distribution and noise.score > noise.threshold
+    assert not noise.in_distribution and noise.status == NOT_CT
     assert noise.reason.startswith(REJECTED)
+
+
+def test_a_ct_slice_without_lung_is_outside_the_lungs(toy_guard):
+    """Neck and abdomen: CT, so not refused as 'not CT', and never classified (never normal)."""
+    rng = np.random.default_rng(6)
+    verdicts = toy_guard.check_many([_slice_like(rng, lungs=False) for _ in range(10)])
+    assert sum(v.status == OUTSIDE_LUNGS for v in verdicts) >= 8
+    for v in verdicts:
+        assert not v.accepted and not v.in_distribution
+        if v.status == OUTSIDE_LUNGS:
+            assert "outside the lungs" in v.reason and v.lung_fraction < toy_guard.min_lung
 
 
 def test_blank_rule_has_its_own_reason(toy_guard):
     v = toy_guard.check(np.zeros((50, 50), np.float32))
-    assert not v.in_distribution and "blank" in v.reason
+    assert not v.in_distribution and "blank" in v.reason and v.status == NOT_IMAGE
+    assert toy_guard.check(np.full((8, 8), 0.5, np.float32)).status == NOT_IMAGE
 
 
 def test_check_many_equals_check(toy_guard):
@@ -262,9 +275,9 @@ def test_save_load_round_trip(toy_guard, tmp_path):
     folder = toy_guard.save(tmp_path / "g")
     assert sorted(p.name for p in folder.iterdir()) == sorted([WEIGHTS_FILE, CARD_FILE])
     card = json.loads((folder / CARD_FILE).read_text())
-    assert card["kind"] == "ood_guard" and "arch" not in card
+    assert card["kind"] == "input_guard" and "arch" not in card
     assert (folder / WEIGHTS_FILE).read_bytes()[8:9] == b"{"  # safetensors header, no pickle
-    back = OODGuard.load(folder, cfg={"ood": {"threshold": None}})
+    back = InputGuard.load(folder, cfg={"ood": {"threshold": None}})
     back._extractor = toy_guard._extractor
     assert back.threshold == pytest.approx(toy_guard.threshold)
     rng = np.random.default_rng(3)
@@ -272,22 +285,22 @@ def test_save_load_round_trip(toy_guard, tmp_path):
     assert [v.in_distribution for v in back.check_many(imgs)] == \
         [v.in_distribution for v in toy_guard.check_many(imgs)]
     # params.yaml's ood.threshold wins over the card's
-    assert OODGuard.load(folder, cfg={"ood": {"threshold": 123.0}}).threshold == 123.0
+    assert InputGuard.load(folder, cfg={"ood": {"threshold": 123.0}}).threshold == 123.0
     # loading by the weights file path works too
-    assert OODGuard.load(folder / WEIGHTS_FILE, cfg={}).layers == toy_guard.layers
+    assert InputGuard.load(folder / WEIGHTS_FILE, cfg={}).layers == toy_guard.layers
 
 
 def test_load_errors(toy_guard, tmp_path):
-    with pytest.raises(GuardLoadError, match="no OOD guard"):
-        OODGuard.load(tmp_path / "missing", cfg={})
+    with pytest.raises(GuardLoadError, match="no input guard"):
+        InputGuard.load(tmp_path / "missing", cfg={})
     folder = toy_guard.save(tmp_path / "g")
     (folder / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes()[:100])
     with pytest.raises(GuardLoadError, match="corrupt"):
-        OODGuard.load(folder, cfg={})
+        InputGuard.load(folder, cfg={})
     folder = toy_guard.save(tmp_path / "h")
     (folder / CARD_FILE).write_text("{not json")
     with pytest.raises(GuardLoadError):
-        OODGuard.load(folder, cfg={})
+        InputGuard.load(folder, cfg={})
 
 
 def test_guard_folder_is_not_a_classifier(toy_guard, tmp_path):
@@ -297,12 +310,22 @@ def test_guard_folder_is_not_a_classifier(toy_guard, tmp_path):
 
 
 def test_fit_guard_plumbing(tmp_path, monkeypatch):
-    """fit_guard on a tiny synthetic dataset, with the stand-in extractor (no CNN, seconds)."""
+    """fit_guard on a tiny synthetic dataset and a synthetic DICOM layout of two patients,
+    with the stand-in extractor (no CNN): seeded, thresholds from validation, held-out report."""
     from PIL import Image
+
+    from dicom_factory import ct_series
+
+    def write_ct_series(folder, n, size):
+        folder.mkdir(parents=True)
+        image = hu_window(chest_hu(size), 1500, -600)
+        for i, data in enumerate(ct_series(n, size=size, image=image)):
+            (folder / f"1-{i + 1:02d}.dcm").write_bytes(data)
+
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     rows = []
-    for part, n in (("train", 12), ("val", 6), ("test", 3)):
+    for part, n in (("train", 10), ("val", 5), ("test", 3)):
         for i in range(n):
             rel = f"Normal cases/{part}_{i}.png"
             (root / "Normal cases").mkdir(parents=True, exist_ok=True)
@@ -311,53 +334,59 @@ def test_fit_guard_plumbing(tmp_path, monkeypatch):
                          "paper_split": part, "grouped_split": part})
     from lungct.data.splits import write_manifest
     write_manifest(rows, tmp_path / "splits.csv")
-    monkeypatch.setattr(ood, "shared_extractor", lambda *a, **k: HistogramExtractor())
-    monkeypatch.setattr(ood, "LAYERS", HistogramExtractor.layers)
-    cfg = {"data": {"root": str(root), "manifest": str(tmp_path / "splits.csv")},
+    ext = tmp_path / "lpcd"
+    for patient in ("A0001", "A0002"):
+        for kernel in ("B", "L"):
+            write_ct_series(ext / f"Lung_Dx-{patient}-series-{kernel}", n=4, size=96)
+    monkeypatch.setattr(guard_fit, "shared_extractor", lambda *a, **k: HistogramExtractor())
+    monkeypatch.setattr(guard_fit, "LAYERS", HistogramExtractor.layers)
+    cfg = {"data": {"root": str(root), "manifest": str(tmp_path / "splits.csv"),
+                    "external": str(ext)},
            "ood": {"variants_per_image": 1, "val_variants_per_image": 1, "components": 3}}
-    guard = ood.fit_guard(cfg, log=lambda s: None)
+    guard = guard_fit.fit_guard(cfg, log=lambda s: None)
     card = guard.card
-    assert card["kind"] == "ood_guard" and card["fit"]["images"] == 12
-    assert card["fit"]["samples"] == 24 and card["threshold_selection"]["images"] == 6
+    assert card["kind"] == "input_guard" and card["fit"]["iq_othnccd"]["images"] == 10
+    assert card["fit"]["lung_pet_ct_dx"]["slices"] == 4
+    assert card["report"]["held_out_patient"]["patients"] == ["A0002"]
     assert math.isfinite(guard.threshold) and guard.threshold > 0
-    again = ood.fit_guard(cfg, log=lambda s: None)
-    assert again.threshold == guard.threshold  # seeded: same data, same guard
+    assert 0 < guard.min_lung < 0.5  # the phantoms' lungs fill about 40% of the body
+    assert card["threshold_selection"]["min_lung"]["val_lung_slices_accepted"] >= 0.98
+    again = guard_fit.fit_guard(cfg, log=lambda s: None)
+    assert again.threshold == pytest.approx(guard.threshold)  # seeded: same data, same guard
+    other = guard_fit.fit_guard(cfg, fit_patient="A0002", log=lambda s: None)
+    assert other.card["report"]["held_out_patient"]["patients"] == ["A0001"]
+    with pytest.raises(ValueError, match="not in"):
+        guard_fit.fit_guard(cfg, fit_patient="Z9999", log=lambda s: None)
 
 
 # ------------------------------------------------------ the shipped guard
 
 @pytest.fixture(scope="module")
 def guard():
-    if not GUARD_FILE.exists():
-        pytest.skip(f"no fitted guard at {GUARD_FILE}")
-    return OODGuard.load()
+    return InputGuard.load()  # shipped in git: models/ood_guard
 
 
-@needs_guard
 def test_shipped_guard_files_are_small_and_described():
-    folder = ood.guard_dir()
+    folder = guard_pkg.guard_dir()
     assert (folder / WEIGHTS_FILE).stat().st_size < 5_000_000
     card = json.loads((folder / CARD_FILE).read_text())
-    assert card["kind"] == "ood_guard" and "arch" not in card
-    assert card["fit"]["split"] == "grouped train"
-    assert card["threshold_selection"]["split"] == "grouped val"
+    assert card["kind"] == "input_guard" and "arch" not in card
+    assert card["fit"]["iq_othnccd"]["split"] == "grouped train"
+    assert "held_out_patient" in card["report"]  # other scanners' DICOM, never fitted on
     assert not (folder / "card.json").exists()
 
 
-@needs_guard
 def test_params_threshold_is_used(guard):
     params = load_config().get("ood") or {}
     if params.get("threshold") is not None:
         assert guard.threshold == pytest.approx(float(params["threshold"]))
 
 
-@needs_guard
 def test_samples_pass(guard):
     verdicts = guard.check_many([load_image(p) for p in SAMPLES])
     assert all(v.in_distribution for v in verdicts), [v.reason for v in verdicts]
 
 
-@needs_guard
 def test_other_renderings_of_a_sample_pass(guard):
     from lungct.safety_report import other_source_variants
     g = load_image(REPO_ROOT / "samples" / "normal_1.jpg")
@@ -368,7 +397,6 @@ def test_other_renderings_of_a_sample_pass(guard):
         [(k, v.score) for (k, _), v in zip(variants, verdicts)]
 
 
-@needs_guard
 def test_non_ct_images_are_rejected(guard):
     from lungct.safety_report import non_ct_set
     items = non_ct_set()[::3]  # a third of the set: the full one is in the safety report
@@ -377,7 +405,22 @@ def test_non_ct_images_are_rejected(guard):
     assert not accepted
 
 
-@needs_guard
+@pytest.mark.parametrize("window", [(1500, -600), (1200, -500), (400, 40)])
+def test_chest_phantom_as_a_scanner_renders_it_is_ct(guard, window):
+    """A chest slice in HU, in lung, wide and soft-tissue windows: CT with lungs, never
+    'not a CT slice'."""
+    v = guard.check(hu_window(chest_hu(512), *window))
+    assert v.status != NOT_IMAGE and v.lung_fraction > guard.min_lung
+
+
+def test_other_anatomy_is_never_classified(guard):
+    """Brain and abdomen CT phantoms and a chest X-ray phantom: no class, whatever the reason."""
+    from lungct.safety_report import abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom
+    images = [f(seed) for f in (brain_ct_phantom, abdomen_ct_phantom, chest_xray_phantom)
+              for seed in range(3)]
+    assert not [v.reason for v in guard.check_many(images) if v.accepted]
+
+
 def test_guard_is_deterministic(guard):
     g = load_image(SAMPLES[1])
     assert guard.check(g) == guard.check(g.copy())
@@ -390,7 +433,7 @@ def test_require_raises_an_invalid_image_error(toy_guard):
     assert toy_guard.require(good).in_distribution
     with pytest.raises(InvalidImageError) as info:
         toy_guard.require(rng.random((64, 64)))
-    assert isinstance(info.value, ood.OutOfDistribution)
+    assert isinstance(info.value, OutOfDistribution)
     assert str(info.value).startswith(REJECTED) and not info.value.verdict.in_distribution
 
 
@@ -411,7 +454,7 @@ def test_require_checks_the_dicom_modality(toy_guard):
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     good = _slice_like(np.random.default_rng(0))  # pixels the toy guard accepts
-    with pytest.raises(ood.OutOfDistribution, match="modality US"):
+    with pytest.raises(OutOfDistribution, match="modality US"):
         toy_guard.require(good, buf.getvalue())
     assert toy_guard.require(good, b"\x89PNG\r\n\x1a\n").in_distribution  # not DICOM: pixels
 

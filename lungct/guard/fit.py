@@ -71,22 +71,29 @@ def _views(grays, size: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def choose_min_lung(fractions: np.ndarray, reference: np.ndarray,
-                    chest_fractions: np.ndarray) -> tuple[float, dict]:
-    """The lung-fraction limit: best balanced accuracy against the reference, capped so that
-    99% of all-chest slices stay accepted."""
+                    chest_fractions: np.ndarray, recall: float = 0.98) -> tuple[float, dict]:
+    """The lung-fraction limit: the highest that still accepts ``recall`` of the validation
+    slices that show lung (by the HU reference) and 99% of all-chest IQ-OTH/NCCD slices.
+
+    Missing a lung slice costs a radiologist a finding; a neck or abdomen slice let
+    through is still only classified, and is reported with its lung fraction.
+    """
     cap = float(np.percentile(chest_fractions, 1)) if len(chest_fractions) else 1.0
-    best, best_t = -1.0, MIN_LUNG
-    for t in np.round(np.arange(0.005, 0.2, 0.0025), 4):
-        if t > cap:
-            break
-        if reference.any() and (~reference).any():
-            pred = fractions >= t
-            bal = 0.5 * (pred[reference].mean() + (~pred[~reference]).mean())
-        else:
-            bal = 0.0
-        if bal > best:
-            best, best_t = bal, float(t)
-    return best_t, {"balanced_accuracy_val": round(best, 4), "cap_iq_val_p1": round(cap, 4)}
+    lung = np.sort(fractions[reference]) if reference.any() else np.zeros(0)
+    if len(lung):
+        k = int(np.floor((1 - recall) * len(lung)))
+        t = min(float(lung[k]), cap)
+    else:
+        t = min(MIN_LUNG, cap)
+    t = max(0.005, float(np.floor(t * 1000) / 1000))
+    pred = fractions >= t
+    out = {"rule": f"highest limit keeping {recall:.0%} of val lung slices and 99% of "
+                   "IQ-OTH/NCCD val slices", "cap_iq_val_p1": round(cap, 4)}
+    if reference.any():
+        out["val_lung_slices_accepted"] = round(float(pred[reference].mean()), 4)
+    if (~reference).any():
+        out["val_other_slices_outside_lungs"] = round(float((~pred[~reference]).mean()), 4)
+    return t, out
 
 
 def verdict_summary(guard: InputGuard, scores: np.ndarray, fractions: np.ndarray,

@@ -4,9 +4,11 @@
     python -m lungct.bench_app memory
 
 ``cam`` times every CAM method once per model with weights on one sample slice
-(after a warm-up heatmap, so the first-use copy of the model is not counted),
-prints seconds per method and writes them to ``reports/cam_seconds.json``:
-the app's time estimates for the slow methods are read from that file.
+(after a warm-up heatmap), prints wall-clock seconds per method and this
+process's CPU seconds (all threads), and writes them to ``reports/cam_seconds.json``:
+the app's time estimates for the slow methods are read from that file. On a
+busy machine the wall time grows with the load; with ``--threads 1`` the CPU
+seconds stay close to what one idle core needs.
 
 ``memory`` drives the app in this process with Streamlit's ``AppTest``, as one
 user would: classify an example, the Grad-CAM page with every method (the slow
@@ -32,22 +34,24 @@ APP_MEMORY_FILE = "app_memory.json"
 SAMPLE = REPO_ROOT / "samples" / "malignant_1.jpg"
 
 
-def cam_seconds(names: list[str], sample: Path = SAMPLE) -> dict[str, dict[str, float]]:
-    """{model: {method: seconds}} for one slice, each method run once after a warm-up."""
+def cam_seconds(names: list[str], sample: Path = SAMPLE) -> tuple[dict, dict]:
+    """({model: {method: wall seconds}}, {model: {method: CPU seconds}}) for one slice, each
+    method run once after a warm-up."""
     from lungct.explain import CAM_METHODS, explain
     from lungct.models import load_model
     from lungct.preprocess import decode_image
     gray = decode_image(sample.read_bytes(), name=sample.name)
-    out = {}
+    wall, cpu = {}, {}
     for name in names:
         model = load_model(name)
-        explain(model, gray)  # warm-up: the CAM copy of the model is made here
-        out[name] = {}
+        explain(model, gray)  # warm-up
+        wall[name], cpu[name] = {}, {}
         for method in CAM_METHODS:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             explain(model, gray, method=method)
-            out[name][method] = round(time.perf_counter() - start, 2)
-    return out
+            wall[name][method] = round(time.perf_counter() - start, 2)
+            cpu[name][method] = round(time.process_time() - start_cpu, 2)
+    return wall, cpu
 
 
 def runnable_models(folder: Path | None = None) -> list[str]:
@@ -72,16 +76,23 @@ def _write(cfg: dict, name: str, report: dict) -> Path:
 
 def run_cam(args) -> int:
     from lungct.app_support.heatmaps import CAM_SECONDS_FILE
+    import torch
     cfg = load_config()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.models or runnable_models()
-    seconds = cam_seconds(names, Path(args.sample))
+    seconds, cpu = cam_seconds(names, Path(args.sample))
     methods = list(next(iter(seconds.values())))
-    print(f"{'model':<26}" + "".join(f"{m:>13}" for m in methods) + "   (seconds per slice)")
+    print(f"{'model':<26}" + "".join(f"{m:>15}" for m in methods)
+          + "   (wall / CPU seconds per slice)")
     for name, row in seconds.items():
-        print(f"{name:<26}" + "".join(f"{row[m]:>13.2f}" for m in methods))
+        print(f"{name:<26}" + "".join(f"{f'{row[m]:.1f} / {cpu[name][m]:.1f}':>15}"
+                                      for m in methods))
+    command = "python -m lungct.bench_app cam" + (f" --threads {args.threads}"
+                                                   if args.threads else "")
     path = _write(cfg, CAM_SECONDS_FILE, {
-        "command": "python -m lungct.bench_app cam", "machine": machine(),
-        "sample": Path(args.sample).name, "models": seconds})
+        "command": command, "machine": machine(), "torch_threads": torch.get_num_threads(),
+        "sample": Path(args.sample).name, "models": seconds, "cpu_seconds": cpu})
     print(f"wrote {path}")
     return 0
 
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     cam = sub.add_parser("cam", help="seconds per CAM method and model")
     cam.add_argument("--models", nargs="*", help="model names (default: all with weights)")
     cam.add_argument("--sample", default=str(SAMPLE), help="the slice to explain")
+    cam.add_argument("--threads", type=int, default=0,
+                     help="PyTorch threads (default: PyTorch's choice)")
     memory = sub.add_parser("memory", help="server RSS after one user session")
     memory.add_argument("--timeout", type=float, default=600, help="seconds per page run")
     args = parser.parse_args(argv)

@@ -95,7 +95,8 @@ def slow_note(method: str, model_name: str) -> str:
     seconds = measured_seconds(model_name).get(method)
     if seconds is None:
         return f"{method}: slow, not timed for {model_name} (python -m lungct.bench_app cam)"
-    return f"{method}: about {max(1, round(seconds))} s on a 2-core CPU (measured)"
+    return (f"{method}: about {max(1, round(seconds))} s "
+            "(measured by python -m lungct.bench_app cam)")
 
 
 def progress_bar(container, method: str, model_name: str) -> Callable[[float], None] | None:

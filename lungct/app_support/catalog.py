@@ -17,6 +17,9 @@ import numpy as np
 from lungct import CLASSES
 from lungct.case import model_version, weights_digest
 from lungct.config import REPO_ROOT, models_dir
+from lungct.guard import CARD_FILE as GUARD_CARD
+from lungct.guard import WEIGHTS_FILE as GUARD_WEIGHTS
+from lungct.guard import guard_dir
 from lungct.models.checkpoint import (CARD_FILE, PREDICTIONS_FILE, WEIGHTS_FILE, list_shipped,
                                       read_card)
 from lungct.onnx_runtime import ONNX_FILE
@@ -123,16 +126,14 @@ def model_key(entry: ModelEntry) -> str:
     return _stamps(entry.folder, (WEIGHTS_FILE, ONNX_FILE, CARD_FILE))
 
 
-GUARD_NAME = "ood_guard"
-
-
 def guard_folder() -> Path:
-    """Where the out-of-distribution guard lives (``lungct.ood``): beside the models."""
-    return models_dir() / GUARD_NAME
+    """Where the input guard lives (``lungct.guard.guard_dir``): beside the models."""
+    return guard_dir()
 
 
 def guard_key() -> str:
-    return _stamps(guard_folder(), ("guard.safetensors", "guard.json"))
+    """A cache key that changes when the guard's files are replaced."""
+    return _stamps(guard_folder(), (GUARD_WEIGHTS, GUARD_CARD))
 
 
 __all__ = ["guard_folder", "guard_key", "list_samples", "model_key", "read_sample", "CARD_FILE", "ModelEntry", "NOT_EVALUATED", "default_model", "list_entries",

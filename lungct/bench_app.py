@@ -1,6 +1,7 @@
 """What the app costs: seconds per CAM method, and the server's memory after one session.
 
-    python -m lungct.bench_app cam [--models NAME ...] [--sample FILE]
+    python -m lungct.bench_app cam [--models NAME ...] [--sample FILE] [--threads N]
+    python -m lungct.bench_app fidelity [--models NAME ...] [--samples FILE ...]
     python -m lungct.bench_app memory
 
 ``cam`` times every CAM method once per model with weights on one sample slice
@@ -9,6 +10,11 @@ process's CPU seconds (all threads), and writes them to ``reports/cam_seconds.js
 the app's time estimates for the slow methods are read from that file. On a
 busy machine the wall time grows with the load; with ``--threads 1`` the CPU
 seconds stay close to what one idle core needs.
+
+``fidelity`` compares the app's AblationCAM and ScoreCAM (the top-variance
+channels only, ``lungct.explain.SLOW_CHANNELS``) with the methods as published
+(every channel): Pearson r of the two heatmaps and the CPU seconds of each,
+written to ``reports/cam_fidelity.json``. The full methods take minutes.
 
 ``memory`` drives the app in this process with Streamlit's ``AppTest``, as one
 user would: classify an example, the Grad-CAM page with every method (the slow
@@ -28,9 +34,11 @@ import time
 from pathlib import Path
 
 from lungct.config import REPO_ROOT, load_config, report_path
+from lungct.explain import SLOW_CHANNELS
 from lungct.resources import peak_rss_mb, rss_mb
 
 APP_MEMORY_FILE = "app_memory.json"
+CAM_FIDELITY_FILE = "cam_fidelity.json"
 SAMPLE = REPO_ROOT / "samples" / "malignant_1.jpg"
 
 
@@ -52,6 +60,32 @@ def cam_seconds(names: list[str], sample: Path = SAMPLE) -> tuple[dict, dict]:
             wall[name][method] = round(time.perf_counter() - start, 2)
             cpu[name][method] = round(time.process_time() - start_cpu, 2)
     return wall, cpu
+
+
+def cam_fidelity(names: list[str], samples: list[Path],
+                 methods: tuple[str, ...] = ("ScoreCAM", "AblationCAM")) -> list[dict]:
+    """Per model, slice and method: Pearson r of the fast and the full heatmap, CPU seconds."""
+    import numpy as np
+
+    from lungct.explain import explain
+    from lungct.models import load_model
+    from lungct.preprocess import decode_image
+    rows = []
+    for name in names:
+        model = load_model(name)
+        for sample in samples:
+            gray = decode_image(sample.read_bytes(), name=sample.name)
+            for method in methods:
+                heat, cpu = {}, {}
+                for label, channels in (("fast", SLOW_CHANNELS), ("full", None)):
+                    start = time.process_time()
+                    heat[label] = explain(model, gray, method, channels=channels).heatmap
+                    cpu[label] = round(time.process_time() - start, 1)
+                r = float(np.corrcoef(heat["fast"].ravel(), heat["full"].ravel())[0, 1])
+                rows.append({"model": name, "sample": sample.name, "method": method,
+                             "pearson_r": round(r, 4), "cpu_s_fast": cpu["fast"],
+                             "cpu_s_full": cpu["full"]})
+    return rows
 
 
 def runnable_models(folder: Path | None = None) -> list[str]:
@@ -93,6 +127,22 @@ def run_cam(args) -> int:
     path = _write(cfg, CAM_SECONDS_FILE, {
         "command": command, "machine": machine(), "torch_threads": torch.get_num_threads(),
         "sample": Path(args.sample).name, "models": seconds, "cpu_seconds": cpu})
+    print(f"wrote {path}")
+    return 0
+
+
+def run_fidelity(args) -> int:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = cam_fidelity(args.models, [Path(s) for s in args.samples])
+    print(f"{'model':<22}{'slice':<18}{'method':<13}{'r':>8}{'CPU s fast':>12}{'CPU s full':>12}")
+    for r in rows:
+        print(f"{r['model']:<22}{r['sample']:<18}{r['method']:<13}{r['pearson_r']:>8.4f}"
+              f"{r['cpu_s_fast']:>12.1f}{r['cpu_s_full']:>12.1f}")
+    path = _write(load_config(), CAM_FIDELITY_FILE, {
+        "command": "python -m lungct.bench_app fidelity", "channels": SLOW_CHANNELS,
+        "machine": machine(), "torch_threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {path}")
     return 0
 
@@ -157,10 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     cam.add_argument("--sample", default=str(SAMPLE), help="the slice to explain")
     cam.add_argument("--threads", type=int, default=0,
                      help="PyTorch threads (default: PyTorch's choice)")
+    fidelity = sub.add_parser("fidelity", help="fast vs full AblationCAM/ScoreCAM heatmaps")
+    fidelity.add_argument("--models", nargs="*", default=["student_kd"])
+    fidelity.add_argument("--samples", nargs="*", default=[str(SAMPLE)])
+    fidelity.add_argument("--threads", type=int, default=0, help="PyTorch threads")
     memory = sub.add_parser("memory", help="server RSS after one user session")
     memory.add_argument("--timeout", type=float, default=600, help="seconds per page run")
     args = parser.parse_args(argv)
-    return {"cam": run_cam, "memory": run_memory}[args.command](args)
+    return {"cam": run_cam, "fidelity": run_fidelity,
+            "memory": run_memory}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -108,20 +108,22 @@ class _PassCounter:
             self.report(min(1.0, self.done / self.total))
 
 
-def _top_variance_channels(activations: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` channels whose maps vary most over space (batch maximum)."""
+def _top_variance_channels(activations: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of the ``k`` channels whose maps vary most over space (batch maximum); all
+    channels when ``k`` is None."""
     flat = activations.reshape(activations.shape[0], activations.shape[1], -1)
     return np.sort(np.argsort(-flat.var(axis=-1).max(axis=0), kind="stable")[:k])
 
 
-def _slow_cam_classes():
-    """ScoreCAM and AblationCAM on the top-variance channels, announcing their passes."""
+def _slow_cam_classes(channels: int | None = SLOW_CHANNELS):
+    """ScoreCAM and AblationCAM on the ``channels`` top-variance channels (None: all),
+    announcing their passes."""
     import pytorch_grad_cam as pgc
 
     def top_channel_layer(base):
         class TopChannels(base):
             def activations_to_be_ablated(self, activations, ratio_channels_to_ablate=1.0):
-                keep = _top_variance_channels(activations[None], SLOW_CHANNELS)
+                keep = _top_variance_channels(activations[None], channels)
                 self.indices = keep.astype(np.int32)
                 return self.indices
         return TopChannels()
@@ -130,7 +132,7 @@ def _slow_cam_classes():
         counter: _PassCounter | None = None
 
         def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-            keep = _top_variance_channels(activations, SLOW_CHANNELS)
+            keep = _top_variance_channels(activations, channels)
             if self.counter:
                 self.counter.expect(len(keep) * len(input_tensor))
             kept = super().get_cam_weights(input_tensor, target_layer, targets,
@@ -144,7 +146,7 @@ def _slow_cam_classes():
 
         def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
             if self.counter:  # one unmasked pass, then one per ablated channel
-                ablated = min(activations.shape[1], SLOW_CHANNELS)
+                ablated = len(_top_variance_channels(activations[:1], channels))
                 self.counter.expect(len(input_tensor) * (1 + ablated))
             return super().get_cam_weights(input_tensor, target_layer, targets, activations,
                                            grads)
@@ -205,11 +207,14 @@ def caption(method: str, target_class: str | None) -> str:
 
 def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
             target_class: int | str | None = None, layer: str | None = None,
-            progress: Callable[[float], None] | None = None) -> Explanation:
+            progress: Callable[[float], None] | None = None,
+            channels: int | None = SLOW_CHANNELS) -> Explanation:
     """Heatmap of ``method`` for one grey slice; the target defaults to the predicted class.
 
     ``progress(share)`` is called as the masked forward passes of AblationCAM and
     ScoreCAM complete (share in [0, 1]); the other methods do not call it.
+    ``channels``: how many channels AblationCAM and ScoreCAM score (None: every
+    channel, the methods as published; ``python -m lungct.bench_app fidelity``).
     """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -230,7 +235,7 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     is_vit = arch_info(model.arch).is_transformer
     kwargs = {"reshape_transform": vit_reshape(model)} if is_vit else {}
-    slow = _slow_cam_classes()
+    slow = _slow_cam_classes(channels)
     if method == "AblationCAM":
         # a fresh ablation layer per call: the library's default instance is shared
         kwargs["ablation_layer"] = slow["layer"](pgc.AblationLayerVit if is_vit

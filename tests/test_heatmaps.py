@@ -82,3 +82,17 @@ def test_progress_bar_moves_then_clears(monkeypatch):
     for share in (0.25, 0.5, 1.0):
         report(share)
     assert slot.events == ["empty", 0.25, 0.5, "empty"]
+
+
+def test_slow_methods_score_the_chosen_number_of_channels(tiny_model):
+    """Default: SLOW_CHANNELS masked images; channels=None: one per channel (as published)."""
+    from lungct.explain import SLOW_BATCH, SLOW_CHANNELS, explain
+    gray = np.linspace(0, 1, 80 * 80, dtype=np.float32).reshape(80, 80)
+    passes = {}
+    for channels in (SLOW_CHANNELS, None):
+        shares = []
+        explain(tiny_model, gray, "ScoreCAM", target_class="malignant", progress=shares.append,
+                channels=channels)
+        passes[channels] = len(shares)
+    assert passes[SLOW_CHANNELS] == SLOW_CHANNELS // SLOW_BATCH
+    assert passes[None] == tiny_model.bn2.num_features // SLOW_BATCH  # 1280 channels

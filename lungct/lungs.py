@@ -122,8 +122,14 @@ def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]
     air; trimming it too is harmless).
     """
     h, w = gray.shape
-    rows_flat = gray.std(1) < tol
-    cols_flat = gray.std(0) < tol
+
+    def flat(axis: int) -> np.ndarray:
+        # uniform, or a lit frame (not black air) uniform but for a title bar or a few marks
+        med = np.median(gray, axis=axis, keepdims=True)
+        mostly = (np.abs(gray - med) <= 2 * tol).mean(axis=axis) >= 0.9
+        return (gray.std(axis=axis) < tol) | (mostly & (med.squeeze(axis) > 0.05))
+
+    rows_flat, cols_flat = flat(1), flat(0)
 
     def run(flat: np.ndarray) -> int:
         n = int(np.argmin(flat)) if not flat.all() else len(flat)

@@ -18,7 +18,7 @@ outside air touches the image edge.
    (which drops text, rulers and thin table lines), holes filled.
 3. Lungs are dark components inside the body that do not touch the image
    edge, each at least ``MIN_LUNG_PART`` of the body; at most two are kept.
-4. The crop spans the lung fields top to bottom and the body left to right,
+4. The crop spans the lung fields, mirrored about the body midline, top to bottom and left to right,
    plus a margin, squared; outside the body is set to black (no table, no
    text); a light smoothing makes a narrow window's speckle and a lung
    window's smooth grey alike.
@@ -228,9 +228,12 @@ def segment(gray: np.ndarray) -> Segmentation:
     body_box = _bbox(body)
     target = _bbox(lungs) if lungs.any() else body_box
     if target is not None and body_box is not None:
-        # across: the body's full width, so one lung found (or one diseased lung that
-        # looks solid) frames the chest as two would; down: the lung fields
-        target = (target[0], body_box[1], target[2], body_box[3])
+        # across: the lung fields mirrored about the body's midline, so one lung found
+        # (or one diseased lung that looks solid) frames the chest as two would, and a
+        # scanner table wider than the patient does not widen the crop; down: the lungs
+        cx = (body_box[1] + body_box[3]) / 2
+        target = (target[0], min(target[1], 2 * cx - target[3]), target[2],
+                  max(target[3], 2 * cx - target[1]))
     if target is None:
         crop = (0, 0, h, w)
     else:

@@ -104,12 +104,56 @@ def train_transform(aug: dict) -> v2.Compose:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
+def preload_raw(root: str | Path, rows: list[dict], side: int = 256) -> list[np.ndarray]:
+    """Every row's decoded slice as uint8, longest side ``side``, aspect kept (for
+    augmentations that must see the whole slice before the lung view is made)."""
+    from PIL import Image
+    out = []
+    for row in rows:
+        gray = load_image(Path(root) / row["path"])
+        h, w = gray.shape
+        scale = side / max(h, w)
+        img = Image.fromarray(gray).resize((max(8, round(w * scale)), max(8, round(h * scale))),
+                                           Image.Resampling.BILINEAR)
+        out.append(np.clip(np.round(np.asarray(img) * 255), 0, 255).astype(np.uint8))
+    return out
+
+
+class LungWindowRerender:
+    """With probability ``p``, a slice re-rendered as a lung window shows it, then viewed again.
+
+    IQ-OTH/NCCD exports in narrow windows (black lungs, dark speckled soft tissue);
+    most hospitals read and export lung windows (grey lungs with vessels, light grey
+    soft tissue). No monotone remapping turns one into the other, so the training
+    slice itself is re-rendered tissue class by tissue class
+    (``lungct.guard.variants.retissue``) and put through ``lungs.lung_view``
+    again: the model meets both renderings of the same anatomy under one label.
+    """
+
+    def __init__(self, raws: list[np.ndarray], size: int, p: float = 0.5):
+        self.raws, self.size, self.p = raws, int(size), float(p)
+
+    def __call__(self, i: int) -> torch.Tensor | None:
+        from lungct.guard.variants import retissue
+        from lungct.lungs import lung_view
+
+        if np.random.random() >= self.p:
+            return None
+        rng = np.random.default_rng(np.random.randint(1 << 31))
+        g = retissue(self.raws[i].astype(np.float32) / 255, soft=rng.uniform(0.7, 0.95),
+                     lung=rng.uniform(0.12, 0.4), detail=rng.uniform(0.2, 0.8),
+                     blur=rng.uniform(0.5, 1.5), seed=int(rng.integers(1 << 31)))
+        view = lung_view(g, self.size)
+        return torch.from_numpy(np.clip(np.round(view * 255), 0, 255).astype(np.uint8))
+
+
 class SliceDataset(Dataset):
     """Preloaded uint8 slices -> normalised 3-channel float tensors (+ label, index)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std,
-                 transform=None):
+                 transform=None, rerender: LungWindowRerender | None = None):
         self.images, self.labels, self.transform = images, labels, transform
+        self.rerender = rerender
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -117,7 +161,8 @@ class SliceDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        x = self.images[i].unsqueeze(0)
+        other = self.rerender(i) if self.rerender is not None else None
+        x = (self.images[i] if other is None else other).unsqueeze(0)
         if self.transform is not None:
             x = self.transform(x)
         x = x.float().div_(255).expand(3, -1, -1)

@@ -22,7 +22,8 @@ from lungct.config import resolve
 from lungct.data.splits import read_manifest, select
 from lungct.metrics import classification_report
 from lungct.models import create_model, load_model, save_model
-from lungct.training.datasets import SliceDataset, balanced_sampler, preload, train_transform
+from lungct.training.datasets import (LungWindowRerender, SliceDataset, balanced_sampler,
+                                     preload, preload_raw, train_transform)
 from lungct.training.loop import (fit, is_distributed, pick_device, predict_logits,
                                   seed_everything, setup_distributed, _RankShard)
 from lungct.training.tracking import mlflow_run
@@ -77,8 +78,11 @@ def loaders(cfg: dict, model: nn.Module, protocol: str, limit: int | None = None
     tcfg = cfg["train"]
     view = getattr(model, "view", "full")
     images, labels = preload(root, parts["train"], model.input_size, view)
+    lung_window_p = float(cfg.get("augment", {}).get("lung_window_p") or 0)
+    rerender = (LungWindowRerender(preload_raw(root, parts["train"]), model.input_size,
+                                   lung_window_p) if view == "lungs" and lung_window_p else None)
     train_ds = SliceDataset(images, labels, model.mean, model.std,
-                            train_transform(cfg.get("augment", {})))
+                            train_transform(cfg.get("augment", {})), rerender)
     sampler = (balanced_sampler(labels, seed=cfg["data"]["seed"])
                if cfg.get("augment", {}).get("oversample", True) else None)
     rank, world = setup_distributed()

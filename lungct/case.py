@@ -41,9 +41,9 @@ CASE_RULE = (f"malignant if any slice has P(malignant) >= {MALIGNANT_THRESHOLD:.
 REFUSED_RULE = "refused: no slice could be classified (see each slice's reason)"
 STATUSES = ("classified", "outside_lungs", "refused", "error")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
-RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 ACCEPTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
-ACCEPTED_HELP = ("PNG, JPEG, TIFF, BMP or DICOM (.dcm, or DICOM files without an extension, "
+ACCEPTED_HELP = ("PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM (.dcm, or DICOM files without an extension, "
                  "as scanners export them)")
 
 
@@ -166,7 +166,7 @@ def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
 
 def load_guard(cfg: dict | None = None, path=None):
     """The input guard (is this a lung CT slice?); raises ``GuardLoadError`` when missing."""
-    from lungct.ood import OODGuard
+    from lungct.guard import InputGuard as OODGuard
     return OODGuard.load(path, cfg=cfg)
 
 
@@ -185,7 +185,7 @@ def screen(guard, results: list[SliceResult]) -> None:
     the others are checked in one batch. If the guard itself fails, nothing
     is classified: a tool that cannot tell a lung CT from a photo must not guess.
     """
-    from lungct.ood import modality_verdict
+    from lungct.guard import modality_verdict
 
     if guard is None:   # no guard, no check (--no-guard): non-CT DICOM keeps its warning
         return

@@ -15,12 +15,11 @@ from lungct.config import (LEAKAGE_REPORT, apply_overrides, config_from_args, re
                            resolve)
 from lungct.errors import LungctError
 
-_config = config_from_args  # the older name, still imported by other command modules
 
 
 def cmd_split(args) -> int:
     from lungct.data.splits import build_manifest, write_manifest
-    cfg = _config(args)
+    cfg = config_from_args(args)
     g = cfg["grouping"]
     rows = build_manifest(resolve(cfg["data"]["root"]), cfg["data"]["fractions"],
                           cfg["data"]["seed"], g["thumb_size"], g["neighbour_corr"],
@@ -36,7 +35,7 @@ def cmd_split(args) -> int:
 def cmd_leakage(args) -> int:
     from lungct.data.leakage import format_leakage, leakage_report
     from lungct.data.splits import read_manifest
-    cfg = _config(args)
+    cfg = config_from_args(args)
     rows = read_manifest(resolve(cfg["data"]["manifest"]))
     report = leakage_report(resolve(cfg["data"]["root"]), rows, cfg["grouping"]["twin_corr"],
                             cfg["data"]["seed"])
@@ -51,7 +50,7 @@ def cmd_leakage(args) -> int:
 def cmd_train(args) -> int:
     from lungct.config import model_config
     from lungct.training.run import train_from_config
-    cfg, teacher, description = model_config(_config(args), args.name)
+    cfg, teacher, description = model_config(config_from_args(args), args.name)
     # --set overrides win over the model's entry too
     cfg = apply_overrides(cfg, args.set or ())
     teacher = args.teacher or teacher
@@ -76,7 +75,7 @@ def cmd_half(args) -> int:
     from lungct.models import load_model
     from lungct.models.half import store_half
     from lungct.training.validation import validation_inputs
-    cfg = _config(args)
+    cfg = config_from_args(args)
     for name in args.models:
         model = load_model(name)
         inputs, split = validation_inputs(model, cfg)

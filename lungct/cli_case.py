@@ -49,11 +49,11 @@ def format_case(case) -> str:
 
 def cmd_case(args) -> int:
     from lungct.case import REFUSED_RULE, classify_series
-    from lungct.cli import _config
+    from lungct.config import config_from_args
     from lungct.cli_predict import load_model_and_guard
     from lungct.series import load_study
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     study = load_study(args.paths, cfg)
     if args.list_series:
         for i, s in enumerate(study.series):

@@ -136,7 +136,7 @@ def load_model_and_guard(args, cfg: dict):
     guard = None
     if cfg.get("ood", {}).get("enabled", True) and not args.no_guard:
         from lungct.case import load_guard
-        from lungct.ood import GuardLoadError
+        from lungct.guard import GuardLoadError
         try:
             guard = load_guard(cfg)
         except GuardLoadError as err:
@@ -160,9 +160,9 @@ def add_model_options(p) -> None:
 
 
 def cmd_predict(args) -> int:
-    from lungct.cli import _config
+    from lungct.config import config_from_args
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     if args.batch_size < 1 or args.workers < 1:
         print("error: --batch-size and --workers must be at least 1", file=sys.stderr)
         return 2
@@ -206,11 +206,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from lungct.cli import _config
+    from lungct.config import config_from_args
     from lungct.evaluate import evaluate
     from lungct.metrics import format_operating_point, format_report
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     card = evaluate(args.model, cfg, protocol=args.split, write=not args.no_write)
     part = "test"
     print(format_report(card[f"{part}_metrics"],

@@ -224,7 +224,7 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
 
 def screenshot(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An 8-bit PNG screenshot of a viewer: grey frame, a title bar, slight rescale."""
-    from lungct.ood import border, resample
+    from lungct.guard.variants import border, resample
     g = resample(gray, int(rng.choice([400, 512, 600])))
     g = border(g, int(rng.integers(8, 40)), float(rng.choice([0.12, 0.2, 0.94])))
     g[: max(6, g.shape[0] // 25)] = float(rng.uniform(0.3, 0.9))  # title bar
@@ -239,7 +239,7 @@ OTHER_SOURCE_KINDS = ("gamma", "contrast", "crop", "resize_256", "resize_768", "
 
 def other_source_variants(gray: np.ndarray, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """One rendering of a lung CT slice per kind in ``OTHER_SOURCE_KINDS``."""
-    from lungct.ood import crop, jpeg, resample, retissue, window
+    from lungct.guard.variants import crop, jpeg, resample, retissue, window
     rng = np.random.default_rng(seed)
     return [
         ("gamma", window(gray, 0, 1, float(rng.choice([0.5, 0.7, 1.5, 2.0])))),

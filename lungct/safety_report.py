@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
 
-    from lungct.ood import GuardLoadError, OODGuard
+    from lungct.guard import GuardLoadError, InputGuard as OODGuard
 
     cfg = load_config(args.params)
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -152,7 +152,7 @@ class FakeGuard:
         self.fail, self.calls = fail, 0
 
     def check_many(self, grays):
-        from lungct.ood import Verdict
+        from lungct.guard import Verdict
         self.calls += 1
         if self.fail:
             raise RuntimeError("guard exploded")

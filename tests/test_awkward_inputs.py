@@ -19,7 +19,7 @@ import pytest
 from dicom_factory import ct_dataset
 from PIL import Image
 
-from lungct import ood
+from lungct import guard as ood
 from lungct.config import REPO_ROOT, load_config
 from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, list_shipped
 from lungct.preprocess import WINDOWS, decode_image
@@ -140,7 +140,7 @@ def test_same_label_and_probabilities(sample, variant, classifier):
 def test_all_encodings_pass_the_guard(sample):
     if not (ood.guard_dir() / ood.WEIGHTS_FILE).exists():
         pytest.skip("no fitted OOD guard")
-    guard = ood.OODGuard.load()
+    guard = ood.InputGuard.load()
     items = variants(sample)
     grays = [decode_image(d, name=n, window=w) for d, n, w, _ in items.values()]
     verdicts = guard.check_many(grays)

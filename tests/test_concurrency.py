@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungct import ood
+from lungct import guard as ood
 from lungct.config import REPO_ROOT, load_config
 from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, list_shipped
 from lungct.preprocess import load_image
@@ -51,7 +51,7 @@ def setup():
     model = _model()
     clf = Classifier(model)
     grays = [load_image(p) for p in SAMPLES[:THREADS]]
-    guard = ood.OODGuard.load() if (ood.guard_dir() / ood.WEIGHTS_FILE).exists() else None
+    guard = ood.InputGuard.load() if (ood.guard_dir() / ood.WEIGHTS_FILE).exists() else None
     return clf, grays, guard
 
 

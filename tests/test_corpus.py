@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungct import ood
+from lungct import guard as ood
 from lungct.preprocess import InvalidImageError, decode_image
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -43,8 +43,8 @@ def data_of(file: str) -> bytes:
 @pytest.fixture(scope="module")
 def guard():
     if not GUARD_FILE.exists():
-        pytest.skip(f"no fitted OOD guard at {GUARD_FILE} (python -m lungct.ood fit)")
-    return ood.OODGuard.load()
+        pytest.skip(f"no fitted OOD guard at {GUARD_FILE} (python -m lungct.guard fit)")
+    return ood.InputGuard.load()
 
 
 def pipeline(data: bytes, name: str, guard) -> tuple[str, str]:

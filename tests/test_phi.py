@@ -31,7 +31,8 @@ import pytest
 from dicom_factory import ct_dataset
 from PIL import Image
 
-from lungct import ood
+from lungct import guard as ood
+from lungct.guard.cli import main as guard_main
 from lungct.config import REPO_ROOT
 from lungct.preprocess import WINDOWS, InvalidImageError, decode_image
 
@@ -173,7 +174,7 @@ def classifier(model_dir):
 def guard():
     if not (ood.guard_dir() / ood.WEIGHTS_FILE).exists():
         return None
-    return ood.OODGuard.load()
+    return ood.InputGuard.load()
 
 
 def assert_clean(*texts: str) -> None:
@@ -285,7 +286,7 @@ def test_ood_check_cli_is_clean(tmp_path, capsys, guard):
     for name, data in (("a.dcm", phi_dicom()), ("b.dcm", phi_dicom(pixels=False))):
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
-    assert ood.main(["check"] + paths) == 0
+    assert guard_main(["check"] + paths) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
     assert_clean(out, err)

@@ -48,8 +48,8 @@ def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def guard(key: str, folder: str):
-    """The out-of-distribution guard (``lungct.ood.OODGuard``), or None when not fitted."""
-    from lungct.ood import GuardLoadError, OODGuard
+    """The out-of-distribution guard (``lungct.guard.InputGuard``), or None when not fitted."""
+    from lungct.guard import GuardLoadError, InputGuard as OODGuard
     try:
         return OODGuard.load(folder)
     except GuardLoadError:

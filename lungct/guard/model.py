@@ -74,8 +74,8 @@ class GuardLoadError(LungctError, RuntimeError):
 
 
 def guard_dir() -> Path:
-    from lungct.models.checkpoint import MODELS_DIR
-    return MODELS_DIR / GUARD_NAME
+    from lungct.config import models_dir
+    return models_dir() / GUARD_NAME
 
 
 def guard_config(cfg: dict | None = None) -> dict:

@@ -21,10 +21,10 @@ def _client(args, cfg):
 
 
 def cmd_pacs(args) -> int:
-    from lungct.cli import _config
+    from lungct.config import config_from_args
     from lungct.pacs.client import PacsError
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     try:
         client = _client(args, cfg)
         if args.pacs_command == "studies":

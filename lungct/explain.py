@@ -184,11 +184,13 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.
 
 
 def on_slice(heat: np.ndarray, seg, view: str = "full") -> np.ndarray:
-    """A heatmap over the model input, on the slice's own pixels and zero outside the body.
+    """A heatmap over the model input, on the slice's own pixels, zero where it explains nothing.
 
-    A "lungs" model saw the lung crop: its map goes back into the crop box; a
-    "full" model saw the whole slice squashed to a square: its map is
-    stretched back. Either way nothing is drawn on air, table or text.
+    A "lungs" model saw the lung crop: its map goes back into the crop box and is
+    kept inside the chest (the lung fields' convex hull: lungs, masses, hila,
+    mediastinum; ``Segmentation.mask("chest")``). A "full" model saw the whole
+    slice squashed to a square: its map is stretched back and kept inside the
+    body. Either way nothing is drawn on air, table or text.
     """
     if view == "lungs":
         return view_to_slice(heat, seg)

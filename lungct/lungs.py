@@ -96,8 +96,15 @@ class Segmentation:
         return self.lung_fraction >= 0.04
 
     def mask(self, which: str = "lungs") -> np.ndarray:
-        """The lung (or body) mask at the input's resolution, for outlines in the app."""
-        small = self.lungs if which == "lungs" else self.body
+        """A mask at the input's resolution: "lungs", "body", or "chest" (the convex hull
+        of the lung fields, a little grown: lungs, the masses in them, hila and
+        mediastinum, not the chest wall or the table)."""
+        if which not in ("lungs", "body", "chest"):
+            raise ValueError(f"unknown mask {which!r}: lungs, body or chest")
+        small = {"lungs": self.lungs, "body": self.body}.get(which)
+        if which == "chest":
+            small = (ndi.binary_dilation(convex_hull_image(self.lungs), iterations=3) & self.body
+                     if self.lungs.any() else self.body)
         h, w = self.shape
         out = np.zeros((h, w), dtype=bool)
         oy, ox = self.offset
@@ -304,8 +311,9 @@ def view_to_slice(view_map: np.ndarray, seg: Segmentation, mask_body: bool = Tru
 
     The inverse of :func:`crop_box`: resized to the crop box, pasted where the
     box lies on the slice (what lay past the edge is dropped), zero outside the
-    box and, with ``mask_body``, outside the body: a heatmap on the table or in
-    the air beside the patient explains nothing.
+    box and, with ``mask_body``, outside the chest (the lung fields' convex hull:
+    lungs, the masses in them, hila, mediastinum): a heatmap on the chest wall, the
+    table or the air beside the patient explains nothing.
     """
     h, w = seg.shape
     y0, x0, y1, x1 = seg.box
@@ -317,5 +325,5 @@ def view_to_slice(view_map: np.ndarray, seg: Segmentation, mask_body: bool = Tru
     if sy1 > sy0 and sx1 > sx0:
         out[sy0:sy1, sx0:sx1] = big[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
     if mask_body:
-        out *= seg.mask("body")
+        out *= seg.mask("chest")
     return out

@@ -45,6 +45,8 @@ WORK_SIDE = 256
 """Segmentation runs at this longest side (about 2-4 ms on one core)."""
 MIN_LUNG_PART = 0.01
 """A dark region inside the body counts as lung from this fraction of the body area."""
+MIN_THICKNESS = 0.04
+"""A lung region's largest inscribed radius, as a share of sqrt(body area), at least."""
 MARGIN = 0.08
 """Margin around the lung box, as a fraction of the box's longer side."""
 SMOOTH = 1.2
@@ -219,6 +221,10 @@ def segment(gray: np.ndarray) -> Segmentation:
         # both to black, so nothing can be told apart by level.
         if air > 0.08:
             big = [k for k in big if np.percentile(small[labels == k], 10) > air + 0.04]
+        # A lung is a thick region; a thin ring along the body wall is subcutaneous fat
+        # in a soft-tissue window (its largest inscribed circle is small for the body)
+        thick = MIN_THICKNESS * np.sqrt(body_area)
+        big = [k for k in big if ndi.distance_transform_edt(labels == k).max() >= thick]
         # A wide flat band across the midline behind the body's centre is the gap
         # between the back and the table pad, never a lung.
         bb = _bbox(body) or (0, 0, wh, ww)

@@ -48,9 +48,10 @@ def test_lungs_found_in_any_window(window):
     assert seg.n_lungs == 2
     assert 0.2 < seg.lung_fraction < 0.6
     assert seg.has_lungs
-    # the crop holds both lungs: the box spans most of the body's width
+    # the crop holds both lungs (x 0.17-0.83 of the side) with a margin, not the table
     y0, x0, y1, x1 = seg.box
-    assert x0 <= 256 * 0.1 and x1 >= 256 * 0.9
+    assert x0 <= 256 * 0.16 and x1 >= 256 * 0.84
+    assert y1 <= 256 * 0.86  # the table (y 0.86-0.88) lies below the crop
     assert y1 - y0 == pytest.approx(x1 - x0, abs=2)  # square
 
 

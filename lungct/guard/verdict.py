@@ -18,7 +18,8 @@ from lungct.preprocess import InvalidImageError, resize_gray
 ACCEPTED, NOT_IMAGE, NOT_CT, OUTSIDE_LUNGS = "accepted", "not_image", "not_ct", "outside_lungs"
 STATUSES = (ACCEPTED, NOT_IMAGE, NOT_CT, OUTSIDE_LUNGS)
 REJECTED = "not a lung CT slice: no classification"
-OUTSIDE = "outside the lungs: a CT slice without lung fields (neck or abdomen); no classification"
+OUTSIDE = ("outside the lungs: no lung fields in this slice (a CT slice of the neck or abdomen, "
+           "or not a chest CT at all); no classification")
 
 # Modalities that are certainly not a CT slice (DICOM tag 0008,0060). OT/SC
 # (secondary capture, screenshots) and missing tags are left to the pixels.

@@ -61,7 +61,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, weights_sha256: str | 
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         card = {"arch": model.arch, "classes": list(model.classes), "input_size": size,
-                "mean": list(model.mean), "std": list(model.std)}
+                "mean": list(model.mean), "std": list(model.std),
+                "view": getattr(model, "view", "full")}
         meta = {**contract_of(card), "arch": model.arch, "weights_sha256": weights_sha256,
                 "output": "logits", "opset": opset}
         del proto.metadata_props[:]

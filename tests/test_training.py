@@ -33,7 +33,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("LUNGCT_DATA", "MLFLOW_TRACKING_URI", "LUNGCT_PARAMS"):
+    from lungct.config import ENV_OVERRIDES
+    for name in (*ENV_OVERRIDES, "LUNGCT_PARAMS"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

@@ -129,11 +129,13 @@ def bench_model(model, name: str, samples: list[bytes], repeats: int, batch: int
 
 
 def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_images: int,
-                          tmp: Path, workers: int = 1, rounds: int = 3) -> dict:
+                          tmp: Path, workers: int = 1, rounds: int = 3,
+                          with_guard: bool = False) -> dict:
     """Images/s through ``predict``'s batched pipeline on a folder (model load excluded).
 
     The median of ``rounds`` passes (PyTorch gets one: it is slow and the
-    figure is only a reference).
+    figure is only a reference). ``with_guard``: the input guard screens every
+    slice first, as ``predict`` does by default.
     """
     from lungct.cli_predict import expand_inputs, predict_paths
 
@@ -154,18 +156,24 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
         paths = sorted(folder.iterdir())
         where = f"{n} copies of samples/*.jpg in a temporary folder (dataset absent)"
     clf = Classifier.from_name(name, backend=backend, cfg=cfg)
-    list(predict_paths(clf, paths[:batch], batch_size=batch, progress=False))  # warm-up
+    guard = None
+    if with_guard:
+        from lungct.guard import load_guard
+        guard = load_guard(cfg=cfg)
+    list(predict_paths(clf, paths[:batch], batch_size=batch, progress=False,
+                       guard=guard))  # warm-up
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         results = list(predict_paths(clf, paths, batch_size=batch, workers=workers,
-                                     progress=False))
+                                     progress=False, guard=guard))
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     errors = sum("error" in r for r in results)
     return {"model": name, "backend": clf.backend, "images": len(paths), "errors": errors,
             "seconds": round(seconds, 2), "throughput_ips": round(len(paths) / seconds, 1),
-            "rounds": rounds, "batch_size": batch, "workers": workers, "folder": where}
+            "rounds": rounds, "batch_size": batch, "workers": workers, "folder": where,
+            "guard": with_guard}
 
 
 def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
@@ -240,8 +248,10 @@ def run(repeats: int = 20, batch: int = 32, write_cards: bool = False,
         if cli_model and cli_images >= 0:
             for backend in backends:
                 try:
-                    cli.append(cli_folder_throughput(cli_model, cfg, backend, batch, cli_images,
-                                                     tmp, rounds=3 if backend == "onnx" else 1))
+                    for with_guard in (False, True):
+                        cli.append(cli_folder_throughput(
+                            cli_model, cfg, backend, batch, cli_images, tmp,
+                            rounds=3 if backend == "onnx" else 1, with_guard=with_guard))
                 except OnnxUnavailable as err:
                     print(f"note: CLI throughput on {backend} skipped: {err}")
         app = (app_heatmap_ms(cli_model, samples[0], cfg) if cli_model else None)
@@ -276,7 +286,9 @@ def targets(report: dict, model: str | None) -> dict:
     if not rows:
         return {}
     best = min(rows, key=lambda r: r["latency_ms"])
-    cli = max(report["cli_folder"], key=lambda c: c["throughput_ips"], default=None)
+    # the CLI goal is for the path users run: predict with the guard on
+    cli = max((c for c in report["cli_folder"] if c.get("guard")),
+              key=lambda c: c["throughput_ips"], default=None)
     out = {"model": model, "backend": best["backend"],
            "latency_ms": best["latency_ms"], "latency_target_ms": TARGETS["latency_ms"],
            "speedup_vs_vgg16": best["speedup_vs_vgg16"],
@@ -319,7 +331,8 @@ def store_in_cards(report: dict) -> None:
                  "onnx_threads": report["onnx_threads"], "load_avg_1m": report["load_avg_1m"]}
         for cli in report["cli_folder"]:
             if cli["model"] == name and cli["backend"] == default:
-                stats["cli_folder_ips"] = cli["throughput_ips"]
+                key = "cli_folder_ips" if cli.get("guard") else "cli_folder_ips_no_guard"
+                stats[key] = cli["throughput_ips"]
         card["stats"] = stats
         write_card(folder, card)
 
@@ -336,7 +349,8 @@ def format_report(report: dict) -> str:
                      f"{r['speedup_vs_vgg16']:>9.1f}"
                      f"{r['speedup_vs_torch'] if 'speedup_vs_torch' in r else '':>9}")
     for c in report["cli_folder"]:
-        lines.append(f"CLI predict, {c['model']} on {c['backend']}: {c['throughput_ips']} img/s "
+        lines.append(f"CLI predict, {c['model']} on {c['backend']}, guard "
+                     f"{'on' if c.get('guard') else 'off'}: {c['throughput_ips']} img/s "
                      f"({c['images']} images in {c['seconds']} s, batch {c['batch_size']}, "
                      f"{c['errors']} errors; {c['folder']})")
     app = report.get("app_classify_with_heatmap")
@@ -350,7 +364,7 @@ def format_report(report: dict) -> str:
                      f"{t['latency_ms']} ms (goal <= {t['latency_target_ms']:g}: "
                      f"{ok[t['met']['latency']]}); {t['speedup_vs_vgg16']}x VGG16 (goal >= "
                      f"{t['speedup_target']:g}x: {ok[t['met']['speedup']]})"
-                     + (f"; CLI {t['cli_ips']} img/s (goal >= {t['cli_target_ips']:g}: "
+                     + (f"; CLI with the guard {t['cli_ips']} img/s (goal >= {t['cli_target_ips']:g}: "
                         f"{ok[t['met']['cli']]})" if "cli_ips" in t else ""))
     return "\n".join(lines)
 

@@ -13,15 +13,19 @@ rendering the lungs are the large dark regions *inside* a bright body and
 outside air touches the image edge.
 
 1. Uniform frame rows/columns (screenshot borders, letterboxing) are trimmed.
-2. Otsu's threshold on the smoothed slice splits dark (air, lung) from bright
-   (tissue, bone); the body is the largest bright component after an opening
-   (which drops text, rulers and thin table lines), holes filled.
-3. Lungs are dark components inside the body that do not touch the image
-   edge, each at least ``MIN_LUNG_PART`` of the body; at most two are kept.
-4. The crop spans the lung fields, mirrored about the body midline, top to bottom and left to right,
-   plus a margin, squared; outside the body is set to black (no table, no
-   text); a light smoothing makes a narrow window's speckle and a lung
-   window's smooth grey alike.
+2. The air level is read at the edge of the smoothed slice; the body is the
+   largest component brighter than air after an opening (which drops text,
+   rulers and thin table lines), closed by its convex hull (a narrow window
+   shows the chest wall only as broken speckle).
+3. Lungs are components darker than halfway between air and soft tissue
+   inside the body that do not touch the image edge, each at least
+   ``MIN_LUNG_PART`` of the body and thick enough (``MIN_THICKNESS``); in a
+   window that shows air grey, regions at the level of air are gaps, and a
+   wide band behind the back is the gap above the table. At most two are kept.
+4. The crop spans the lung fields, mirrored about the body midline, plus a
+   margin, squared; outside the body is set to black (no table, no text); a
+   light smoothing makes a narrow window's speckle and a lung window's
+   smooth grey alike.
 5. ``standardise`` maps the two anchors every rendering shows, the median
    of the lungs and of the soft tissue, to fixed grey levels: the rendering
    shortcut (one source exports darker slices per class) is taken away
@@ -43,6 +47,8 @@ from skimage.morphology import convex_hull_image
 
 WORK_SIDE = 256
 """Segmentation runs at this longest side (about 2-4 ms on one core)."""
+MIN_LUNG_FRACTION = 0.03
+"""Lung area / body area from which a slice shows lung, unless a fitted limit says otherwise."""
 MIN_LUNG_PART = 0.01
 """A dark region inside the body counts as lung from this fraction of the body area."""
 MIN_THICKNESS = 0.04
@@ -95,7 +101,8 @@ class Segmentation:
 
     @property
     def has_lungs(self) -> bool:
-        return self.lung_fraction >= 0.04
+        """Whether lung fields show, by the default limit (the guard's card holds the fitted one)."""
+        return self.lung_fraction >= MIN_LUNG_FRACTION
 
     def mask(self, which: str = "lungs") -> np.ndarray:
         """A mask at the input's resolution: "lungs", "body", or "chest" (the convex hull
@@ -154,19 +161,6 @@ def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]
 def _resize(gray: np.ndarray, h: int, w: int) -> np.ndarray:
     img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32))
     return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    mids = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * mids)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:

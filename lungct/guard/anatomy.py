@@ -9,39 +9,15 @@ a glance. Its two limits live in the guard card and params.yaml ``ood``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from lungct.lungs import Segmentation, segment
+from lungct.lungs import MIN_LUNG_FRACTION
 
 MIN_BODY = 0.05
 """Body area / image area below which no body outline was found."""
-MIN_LUNG = 0.03
-"""Lung area / body area below which a CT slice shows no lung (chosen on validation
-slices by ``python -m lungct.guard fit``; the card records the value)."""
-
-
-@dataclass(frozen=True)
-class Anatomy:
-    body_fraction: float
-    lung_fraction: float
-    n_lungs: int
-
-    def body_found(self, min_body: float = MIN_BODY) -> bool:
-        return self.body_fraction >= min_body
-
-    def lungs_found(self, min_lung: float = MIN_LUNG) -> bool:
-        return self.lung_fraction >= min_lung
-
-
-def anatomy(seg: Segmentation) -> Anatomy:
-    return Anatomy(seg.body_fraction, seg.lung_fraction, seg.n_lungs)
-
-
-def check_anatomy(gray: np.ndarray) -> tuple[Anatomy, Segmentation]:
-    seg = segment(gray)
-    return anatomy(seg), seg
+MIN_LUNG = MIN_LUNG_FRACTION
+"""Lung area / body area below which a CT slice shows no lung (the default; ``python -m
+lungct.guard fit`` chooses the limit on validation slices and the card records it)."""
 
 
 def hu_shows_lung(hu: np.ndarray, level: float = -400.0, min_part: float = 0.02) -> bool:

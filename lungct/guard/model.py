@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from lungct.errors import LungctError
-from lungct.guard.anatomy import MIN_BODY, MIN_LUNG, anatomy
+from lungct.guard.anatomy import MIN_BODY, MIN_LUNG
 from lungct.guard.density import PPCAGaussian
 from lungct.guard.features import EXTRACTOR_SIZE, FeatureExtractor, shared_extractor
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
@@ -164,7 +164,7 @@ class InputGuard:
                 continue
             todo.append(i)
             views.append(lung_view(g, self.size, seg))
-            fractions.append(anatomy(seg).lung_fraction)
+            fractions.append(seg.lung_fraction)
         for i, s, f in zip(todo, self.score_views(views, batch_size), fractions):
             out[i] = self.verdict(float(s), None, f)
         return out  # type: ignore[return-value]

@@ -1,6 +1,8 @@
 """Benchmark: size and CPU speed of every shipped model on both backends, VGG16 as the reference.
 
-    python -m lungct.bench [--write-cards] [--repeats 20] [--batch 32] [--models NAME ...]
+    python -m lungct bench [--write-cards] [--repeats 20] [--batch 32] [--models NAME ...]
+
+(or ``python -m lungct.bench ...``, as dvc.yaml runs it).
 
 Per model and backend (PyTorch eager, ONNX Runtime): parameters, FLOPs,
 weight file size, median single-image latency end to end from file bytes
@@ -19,7 +21,6 @@ Run it on a quiet machine: numbers are only comparable within one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import os
@@ -32,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungct.config import load_config, resolve
+from lungct.config import config_from_args, load_config, resolve
+from lungct.entry_points import entry_points
 from lungct.inference import Classifier
 from lungct.model_stats import count_flops
 from lungct.models import create_model, list_shipped, load_model
@@ -137,7 +139,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     figure is only a reference). ``with_guard``: the input guard screens every
     slice first, as ``predict`` does by default.
     """
-    from lungct.cli_predict import expand_inputs, predict_paths
+    from lungct.batch import expand_inputs, predict_paths
 
     root = resolve(cfg["data"]["root"])
     paths = expand_inputs([str(root)]) if root.is_dir() else []
@@ -203,8 +205,8 @@ def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
 def run(repeats: int = 20, batch: int = 32, write_cards: bool = False,
         models: list[str] | None = None, backends: list[str] | None = None,
         cli_images: int = 256, reference_repeats: int | None = None,
-        reference_onnx: bool = False) -> dict:
-    cfg = load_config()
+        reference_onnx: bool = False, cfg: dict | None = None) -> dict:
+    cfg = load_config() if cfg is None else cfg
     settings = runtime_settings(cfg)
     samples = [p.read_bytes() for p in sorted(resolve("samples").glob("*.jpg"))]
     if not samples:
@@ -369,9 +371,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="single-image runs per model")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--write-cards", action="store_true",
@@ -387,11 +387,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="PyTorch intra-op threads (default: torch's own choice); 1 avoids "
                              "OpenMP spin-waits when another process shares the cores")
     parser.add_argument("--out", default="reports/bench.json")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     report = run(args.repeats, args.batch, args.write_cards, args.models, args.backends,
-                 args.cli_images, reference_onnx=args.reference_onnx)
+                 args.cli_images, reference_onnx=args.reference_onnx,
+                 cfg=config_from_args(args))
     print(f"torch {report['torch']} ({report['torch_threads']} threads), onnxruntime "
           f"{report.get('onnxruntime', '-')} ({report['onnx_threads']} threads, batches of "
           f"{report['onnx_max_batch'] or 'any size'}); {report['cpu_count']} CPUs, load average "
@@ -403,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+add_command, main = entry_points("lungct.bench", "bench", add_arguments, __doc__,
+                                 "size and CPU speed of every shipped model vs VGG16")
 
 
 if __name__ == "__main__":

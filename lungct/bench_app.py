@@ -1,8 +1,10 @@
 """What the app costs: seconds per CAM method, and the server's memory after one session.
 
-    python -m lungct.bench_app cam [--models NAME ...] [--sample FILE] [--threads N]
-    python -m lungct.bench_app fidelity [--models NAME ...] [--samples FILE ...]
-    python -m lungct.bench_app memory
+    python -m lungct bench-app cam [--models NAME ...] [--sample FILE] [--threads N]
+    python -m lungct bench-app fidelity [--models NAME ...] [--samples FILE ...]
+    python -m lungct bench-app memory
+
+(or ``python -m lungct.bench_app ...``, the name the reports record).
 
 ``cam`` times every CAM method once per model with weights on one sample slice
 (after a warm-up heatmap), prints wall-clock seconds per method and this
@@ -27,13 +29,13 @@ Run on a quiet machine: both figures move with the load.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 from pathlib import Path
 
-from lungct.config import REPO_ROOT, load_config, report_path
+from lungct.config import REPO_ROOT, config_from_args, config_options, report_path
+from lungct.entry_points import entry_points
 from lungct.explain import SLOW_CHANNELS
 from lungct.resources import peak_rss_mb, rss_mb
 
@@ -111,7 +113,7 @@ def _write(cfg: dict, name: str, report: dict) -> Path:
 def run_cam(args) -> int:
     from lungct.app_support.heatmaps import CAM_SECONDS_FILE
     import torch
-    cfg = load_config()
+    cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.models or runnable_models()
@@ -140,7 +142,7 @@ def run_fidelity(args) -> int:
     for r in rows:
         print(f"{r['model']:<22}{r['sample']:<18}{r['method']:<13}{r['pearson_r']:>8.4f}"
               f"{r['cpu_s_fast']:>12.1f}{r['cpu_s_full']:>12.1f}")
-    path = _write(load_config(), CAM_FIDELITY_FILE, {
+    path = _write(config_from_args(args), CAM_FIDELITY_FILE, {
         "command": "python -m lungct.bench_app fidelity", "channels": SLOW_CHANNELS,
         "machine": machine(), "torch_threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {path}")
@@ -148,7 +150,7 @@ def run_fidelity(args) -> int:
 
 
 def run_memory(args) -> int:
-    cfg = load_config()
+    cfg = config_from_args(args)
     steps = app_session(timeout=args.timeout)
     for step, mb in steps:
         print(f"{step:<58} RSS {mb:7.0f} MB")
@@ -198,24 +200,28 @@ def app_session(timeout: float = 600) -> list[tuple[str, float]]:
     return steps
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.bench_app", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    cam = sub.add_parser("cam", help="seconds per CAM method and model")
+def add_arguments(parser) -> None:
+    common = config_options()
+    sub = parser.add_subparsers(dest="bench_app_command", required=True)
+    cam = sub.add_parser("cam", parents=[common], help="seconds per CAM method and model")
     cam.add_argument("--models", nargs="*", help="model names (default: all with weights)")
     cam.add_argument("--sample", default=str(SAMPLE), help="the slice to explain")
     cam.add_argument("--threads", type=int, default=0,
                      help="PyTorch threads (default: PyTorch's choice)")
-    fidelity = sub.add_parser("fidelity", help="fast vs full AblationCAM/ScoreCAM heatmaps")
+    cam.set_defaults(func=run_cam)
+    fidelity = sub.add_parser("fidelity", parents=[common],
+                              help="fast vs full AblationCAM/ScoreCAM heatmaps")
     fidelity.add_argument("--models", nargs="*", default=["student_kd"])
     fidelity.add_argument("--samples", nargs="*", default=[str(SAMPLE)])
     fidelity.add_argument("--threads", type=int, default=0, help="PyTorch threads")
-    memory = sub.add_parser("memory", help="server RSS after one user session")
+    fidelity.set_defaults(func=run_fidelity)
+    memory = sub.add_parser("memory", parents=[common], help="server RSS after one user session")
     memory.add_argument("--timeout", type=float, default=600, help="seconds per page run")
-    args = parser.parse_args(argv)
-    return {"cam": run_cam, "fidelity": run_fidelity,
-            "memory": run_memory}[args.command](args)
+    memory.set_defaults(func=run_memory)
+
+
+add_command, main = entry_points("lungct.bench_app", "bench-app", add_arguments, __doc__,
+                                 "what the app costs: CAM seconds, CAM fidelity, memory")
 
 
 if __name__ == "__main__":

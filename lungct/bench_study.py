@@ -1,6 +1,8 @@
 """How long the Study view makes a radiologist wait: a whole series, then one heatmap.
 
-    python -m lungct.bench_study [--slices 64] [--model student_kd] [--repeats 3]
+    python -m lungct bench-study [--slices 64] [--model student_kd] [--repeats 3]
+
+(or ``python -m lungct.bench_study ...``).
 
 Times, warm (model, guard and PyTorch weights loaded by a first run), the case
 pipeline on a series of ``--slices`` 512x512 CT slices read from memory
@@ -14,10 +16,13 @@ series <= 10 s, heatmap <= 1 s on the 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+
+from lungct.config import config_from_args
+from lungct.entry_points import entry_points
+from lungct.errors import LungctError
 
 SERIES_TARGET_S, HEATMAP_TARGET_S = 10.0, 1.0
 
@@ -37,12 +42,13 @@ def bench_files(n: int) -> tuple[list[tuple[str, bytes]], str]:
         "synthetic series from samples/"
 
 
-def run(slices: int = 64, model: str | None = None, repeats: int = 3, guard: bool = True) -> dict:
+def run(slices: int = 64, model: str | None = None, repeats: int = 3, guard: bool = True,
+        cfg: dict | None = None) -> dict:
     from lungct.case import heatmap, load_guard, run_case
     from lungct.config import load_config
     from lungct.inference import Classifier
 
-    cfg = load_config()
+    cfg = load_config() if cfg is None else cfg
     clf = Classifier.from_name(model or cfg["app"]["default_model"], cfg["app"]["unsure_below"],
                                cfg=cfg)
     the_guard = load_guard(cfg) if guard else None
@@ -67,18 +73,19 @@ def run(slices: int = 64, model: str | None = None, repeats: int = 3, guard: boo
             "met": {"series": series_med <= SERIES_TARGET_S, "heatmap": heat_med <= HEATMAP_TARGET_S}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.bench_study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser) -> None:
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--model", help="model name (default: app.default_model)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-guard", action="store_true", help="time classification only")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    from lungct.errors import LungctError
+    parser.set_defaults(func=cmd_bench_study)
+
+
+def cmd_bench_study(args) -> int:
     try:
-        r = run(args.slices, args.model, args.repeats, not args.no_guard)
+        r = run(args.slices, args.model, args.repeats, not args.no_guard,
+                cfg=config_from_args(args))
     except LungctError as err:   # no guard fitted, no model
         print(f"error: {err} (--no-guard times classification alone)")
         return 2
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{HEATMAP_TARGET_S:g} s: {ok[r['met']['heatmap']]})")
     print(f"  slices: {r['counts']}")
     return 0
+
+
+add_command, main = entry_points("lungct.bench_study", "bench-study", add_arguments, __doc__,
+                                 "how long the Study view waits: a series, one heatmap")
 
 
 if __name__ == "__main__":

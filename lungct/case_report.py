@@ -1,16 +1,19 @@
-"""What a stored or printed case result says, in one place: the PDF report and the DICOM SR.
+"""What a case result says, in one place: the PDF report, the DICOM SR, the terminal table.
 
 ``report_sections(case_dict, card)`` is the content (verdict and rule, counts,
 per-slice findings by position, series facts, model name, version and card
 summary, the intended-use statement); :func:`case_pdf` lays it out with fpdf2,
 and :mod:`lungct.pacs.results` turns the same sections into an SR. Both are
 built from ``Case.as_dict()``, which carries positions, never file names or
-patient tags.
+patient tags. :func:`format_case` is the table that ``python -m lungct case``
+and ``pacs run`` print: only it shows the user's own file names, on the
+user's terminal, and nothing stores it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from lungct import CLASSES
 
@@ -76,6 +79,39 @@ def report_sections(case: dict, card: dict | None = None,
         ("Findings by slice position",
          [slice_line(x) for x in case["slices"]]),
     ]
+
+
+def format_case(case) -> str:
+    """The text table of a ``lungct.case.Case``: verdict, rule, series, one line per slice.
+
+    Slices in anatomical order, each with the user's own file name (or why it failed).
+    """
+    d = case.as_dict()
+    c = d["counts"]
+    s = d["series"]
+    flag = " (unsure: review carefully)" if d["unsure"] else ""
+    lines = [f"verdict: {d['verdict']}{flag}", f"rule: {d['rule']}",
+             f"series: {s['modality']}, {s['slices']} slices"
+             + (f", {s['slice_thickness_mm']:g} mm" if s.get("slice_thickness_mm") else "")
+             + (f", kernel {s['kernel']}" if s.get("kernel") else "")
+             + f"; ordered by {s['ordering']}",
+             f"slices: {c['classified']} classified, {c['outside_lungs']} outside the lungs, "
+             f"{c['refused']} refused, {c['error']} unreadable",
+             f"model: {d['model']['name']} ({d['model']['version']})", "",
+             f"{'#':>4} {'z (mm)':>9}  {'status':<13} {'label':<10} {'P(mal)':>7}  file / reason"]
+    for r in case.slices:
+        z = f"{r.location_mm:9.1f}" if r.location_mm is not None else f"{'-':>9}"
+        label = r.prediction.label if r.ok else "-"
+        pm = f"{r.malignant_probability:7.3f}" if r.ok else f"{'-':>7}"
+        note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}")
+        lines.append(f"{r.position:>4} {z}  {r.status:<13} {label:<10} {pm}  {note}")
+    if d["other_series"]:
+        lines.append(f"\n{len(d['other_series'])} other series in the input "
+                     "(python -m lungct case --list-series ...)")
+    if case.problems:
+        lines.append(f"{len(case.problems)} files could not be read:")
+        lines += [f"  {os.path.basename(p['file'])}: {p['error']}" for p in case.problems]
+    return "\n".join(lines)
 
 
 def pdf_text(pdf: bytes) -> str:

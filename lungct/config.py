@@ -11,6 +11,7 @@ models folder (``models_dir``) and the reports folder (``report_path``).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from pathlib import Path
@@ -95,6 +96,21 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
         if os.environ.get(variable):
             cfg.setdefault(section, {})[key] = os.environ[variable]
     return cfg
+
+
+def config_options() -> argparse.ArgumentParser:
+    """The options every command takes, read by ``config_from_args``: params, preset, overrides.
+
+    A parent parser (``parents=[config_options()]``). An option not given is
+    left out of the namespace, so a verb (``guard fit``) can repeat the options
+    without wiping what was given before it (``guard --params X fit``).
+    """
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--params", help="params.yaml to read (default: the repository's)")
+    common.add_argument("--preset", help="a preset from params.yaml, e.g. paper or smoke")
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set train.epochs=3")
+    return common
 
 
 def config_from_args(args) -> dict:

@@ -1,6 +1,6 @@
 """The results table of README.md, built from the model cards.
 
-    python -m lungct.results_table
+    python -m lungct results-table      (or python -m lungct.results_table)
 
 Every figure comes from a card written by ``python -m lungct evaluate`` and
 ``python -m lungct.bench --write-cards``; nothing is typed in by hand.
@@ -12,7 +12,8 @@ import json
 import math
 
 from lungct import CLASSES
-from lungct.config import LEAKAGE_REPORT, load_config, models_dir, report_path
+from lungct.config import LEAKAGE_REPORT, config_from_args, load_config, models_dir, report_path
+from lungct.entry_points import entry_points
 from lungct.models import list_shipped
 from lungct.models.checkpoint import PREDICTIONS_FILE, read_card
 
@@ -34,10 +35,10 @@ def _pct(x, ci=None) -> str:
     return s
 
 
-def rows(protocol: str) -> list[str]:
+def rows(protocol: str, cfg: dict | None = None) -> list[str]:
     out = []
     for name in list_shipped():
-        card = read_card(models_dir() / name)
+        card = read_card(models_dir(cfg) / name)
         if card.get("protocol") != protocol or card.get("kind") == "ood_guard":
             continue
         m, s = card.get("test_metrics"), card.get("stats", {})
@@ -58,9 +59,10 @@ def rows(protocol: str) -> list[str]:
     return out
 
 
-def table() -> str:
+def table(cfg: dict | None = None) -> str:
+    cfg = load_config() if cfg is None else cfg
     leak = {}
-    path = report_path(load_config(), LEAKAGE_REPORT)
+    path = report_path(cfg, LEAKAGE_REPORT)
     if path.exists():
         leak = json.loads(path.read_text())
     head = ("| model | architecture | accuracy (95% CI) | malignant recall (95% CI) | "
@@ -69,7 +71,7 @@ def table() -> str:
     parts = []
     for protocol, title in (("grouped", "Grouped split (pseudo-patients; the number we trust)"),
                             ("paper", "Paper split (image-level; leaks, for comparison only)")):
-        lines = [f"**{title}**", "", head, *rows(protocol)]
+        lines = [f"**{title}**", "", head, *rows(protocol, cfg)]
         if protocol in leak:
             lines.append(f"| pixel 1-NN probe (no learning) | raw 64x64 pixels | "
                          f"{_pct(leak[protocol]['pixel_1nn_accuracy'])} | | | | | | | |")
@@ -89,8 +91,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def _correct(name: str) -> dict[str, bool] | None:
-    path = models_dir() / name / PREDICTIONS_FILE
+def _correct(name: str, cfg: dict | None = None) -> dict[str, bool] | None:
+    path = models_dir(cfg) / name / PREDICTIONS_FILE
     if not path.exists():
         return None
     preds = json.loads(path.read_text())
@@ -99,7 +101,7 @@ def _correct(name: str) -> dict[str, bool] | None:
             for r in preds["rows"]}
 
 
-def paired(pairs=PAIRS) -> str:
+def paired(pairs=PAIRS, cfg: dict | None = None) -> str:
     """Pairs of models on the same test images: who is right where the other is wrong.
 
     Slices of one patient are not independent, so the p-value is optimistic; it
@@ -110,7 +112,7 @@ def paired(pairs=PAIRS) -> str:
              "so p is optimistic)", "",
              "| model A | model B | only A right | only B right | p |", "|---|---|---|---|---|"]
     for a, b in pairs:
-        ca, cb = _correct(a), _correct(b)
+        ca, cb = _correct(a, cfg), _correct(b, cfg)
         if ca is None or cb is None or set(ca) != set(cb):
             continue
         only_a = sum(ca[p] and not cb[p] for p in ca)
@@ -119,7 +121,21 @@ def paired(pairs=PAIRS) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(table())
+def add_arguments(parser) -> None:
+    parser.set_defaults(func=cmd_results_table)
+
+
+def cmd_results_table(args) -> int:
+    cfg = config_from_args(args)
+    print(table(cfg))
     print()
-    print(paired())
+    print(paired(cfg=cfg))
+    return 0
+
+
+add_command, main = entry_points("lungct.results_table", "results-table", add_arguments, __doc__,
+                                 "the README's results tables, from the model cards")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,6 @@
-"""Clinical-safety figures in one command: ``python -m lungct.safety_report``.
+"""Clinical-safety figures in one command: ``python -m lungct safety-report``.
+
+(or ``python -m lungct.safety_report``).
 
 Prints and writes ``reports/safety.json``:
 
@@ -20,7 +22,6 @@ The images come from ``lungct.phantoms``, the statistics from ``lungct.metrics``
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lungct.config import REPO_ROOT, load_config, models_dir, reports_dir, resolve
+from lungct.config import REPO_ROOT, config_from_args, models_dir, reports_dir, resolve
+from lungct.entry_points import entry_points
 from lungct.metrics import rate, wilson, wilson_text
 from lungct.phantoms import (OTHER_SOURCE_KINDS, ct_small, non_ct_set,  # noqa: F401
                              other_source_variants)
@@ -232,20 +234,19 @@ def _jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.safety_report",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--params", help="params.yaml to read")
+def add_arguments(parser) -> None:
     parser.add_argument("--out", help="JSON path (default: reports/safety.json)")
     parser.add_argument("--every", type=int, default=1,
                         help="use every N-th test slice for the other-source set (default 1)")
     parser.add_argument("--iterations", type=int, default=200, help="memory test iterations")
     parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=cmd_safety_report)
 
+
+def cmd_safety_report(args) -> int:
     from lungct.guard import GuardLoadError, InputGuard as OODGuard
 
-    cfg = load_config(args.params)
+    cfg = config_from_args(args)
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         guard = OODGuard.load(cfg=cfg)
@@ -271,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+add_command, main = entry_points("lungct.safety_report", "safety-report", add_arguments, __doc__,
+                                 "clinical-safety figures: guard rejections, calibration, memory")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lungct.cli import main as cli_main
 from lungct.case import prefetch
-from lungct.cli_predict import CSV_COLUMNS
+from lungct.cli import main as cli_main
+from lungct.cli.predict import CSV_COLUMNS
 from lungct.config import load_config, resolve
 from lungct.models import create_model, save_model
 from lungct.onnx_export import export_model

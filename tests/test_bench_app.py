@@ -14,7 +14,8 @@ def test_cam_report_round_trip(tmp_path, monkeypatch, capsys):
     wall = {"m1": {"Grad-CAM": 0.2, "ScoreCAM": 4.4}}
     cpu = {"m1": {"Grad-CAM": 0.3, "ScoreCAM": 8.1}}
     monkeypatch.setattr(bench_app, "cam_seconds", lambda names, sample: (wall, cpu))
-    monkeypatch.setattr(bench_app, "load_config", lambda: {"reports": {"dir": str(tmp_path)}})
+    monkeypatch.setattr(bench_app, "config_from_args",
+                        lambda args: {"reports": {"dir": str(tmp_path)}})
     threads = torch.get_num_threads()
     try:
         assert bench_app.main(["cam", "--models", "m1", "--threads", "1"]) == 0

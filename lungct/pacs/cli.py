@@ -54,15 +54,12 @@ def cmd_pacs(args) -> int:
 
 
 def _run(args, cfg, client) -> int:
-    from lungct.cli_case import format_case
-    from lungct.cli_predict import load_model_and_guard
+    from lungct.case_report import format_case
+    from lungct.model_options import load_model_and_guard
     from lungct.pacs.client import PacsError
     from lungct.pacs.workflow import run_on_study
 
-    loaded = load_model_and_guard(args, cfg)
-    if isinstance(loaded, int):
-        return loaded
-    clf, guard = loaded
+    clf, guard = load_model_and_guard(args, cfg)
     store = () if args.no_store else tuple(args.store)
     try:
         run = run_on_study(client, args.study, clf, guard, args.series, store,
@@ -80,7 +77,7 @@ def _run(args, cfg, client) -> int:
 
 
 def add_command(sub, common) -> None:
-    from lungct.cli_predict import add_model_options
+    from lungct.model_options import add_model_options
     from lungct.pacs.workflow import STORE_KINDS
 
     p = sub.add_parser("pacs", parents=[common], help="search a PACS (DICOMweb), classify a "

@@ -12,7 +12,8 @@ import contextlib
 from pathlib import Path
 
 from lungct import CLASSES
-from lungct.config import resolve
+from lungct.config import config_from_args, config_options, resolve
+from lungct.entry_points import entry_points
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -142,23 +143,27 @@ def import_card(cfg: dict, folder: str | Path, with_model: bool = True) -> None:
             run.log_model(folder)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    from lungct.config import load_config
-    from lungct.models.checkpoint import resolve_model_dir
-    ap = argparse.ArgumentParser(
-        prog="python -m lungct.training.tracking",
-        description="MLflow tracking utilities")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    imp = sub.add_parser("import", help="log models trained without MLflow from their cards")
+def add_arguments(parser) -> None:
+    common = config_options()
+    sub = parser.add_subparsers(dest="tracking_command", required=True)
+    imp = sub.add_parser("import", parents=[common],
+                         help="log models trained without MLflow from their cards")
     imp.add_argument("models", nargs="+", help="model names or folders")
-    args = ap.parse_args(argv)
-    cfg = load_config()
+    imp.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from lungct.models.checkpoint import resolve_model_dir
+    cfg = config_from_args(args)
     for name in args.models:
         folder = resolve_model_dir(name)
         import_card(cfg, folder)
         print(f"imported {folder.name} into {tracking_uri(cfg)}")
     return 0
+
+
+add_command, main = entry_points("lungct.training.tracking", "tracking", add_arguments, __doc__,
+                                 "MLflow: log models trained without it from their cards")
 
 
 if __name__ == "__main__":

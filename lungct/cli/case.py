@@ -6,8 +6,8 @@ The slices are grouped into series (the default one, or ``--series N`` from
 (:mod:`lungct.case`). ``--json`` prints ONE JSON object (``Case.as_dict``:
 verdict, rule, slices by position, series facts, model and version; no file
 names, no patient tags); without it a short table, with the user's own file
-names beside each slice. Exit status: 0 when at least one slice was
-classified, 1 when none could be, 2 on misuse.
+names beside each slice (``lungct.case_report.format_case``). Exit status: 0
+when at least one slice was classified, 1 when none could be, 2 on misuse.
 """
 
 from __future__ import annotations
@@ -16,41 +16,13 @@ import json
 import os
 import sys
 
-
-def format_case(case) -> str:
-    """The text table: verdict, rule, series, then one line per slice in anatomical order."""
-    d = case.as_dict()
-    c = d["counts"]
-    s = d["series"]
-    flag = " (unsure: review carefully)" if d["unsure"] else ""
-    lines = [f"verdict: {d['verdict']}{flag}", f"rule: {d['rule']}",
-             f"series: {s['modality']}, {s['slices']} slices"
-             + (f", {s['slice_thickness_mm']:g} mm" if s.get("slice_thickness_mm") else "")
-             + (f", kernel {s['kernel']}" if s.get("kernel") else "")
-             + f"; ordered by {s['ordering']}",
-             f"slices: {c['classified']} classified, {c['outside_lungs']} outside the lungs, "
-             f"{c['refused']} refused, {c['error']} unreadable",
-             f"model: {d['model']['name']} ({d['model']['version']})", "",
-             f"{'#':>4} {'z (mm)':>9}  {'status':<13} {'label':<10} {'P(mal)':>7}  file / reason"]
-    for r in case.slices:
-        z = f"{r.location_mm:9.1f}" if r.location_mm is not None else f"{'-':>9}"
-        label = r.prediction.label if r.ok else "-"
-        pm = f"{r.malignant_probability:7.3f}" if r.ok else f"{'-':>7}"
-        note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}")
-        lines.append(f"{r.position:>4} {z}  {r.status:<13} {label:<10} {pm}  {note}")
-    if d["other_series"]:
-        lines.append(f"\n{len(d['other_series'])} other series in the input "
-                     "(python -m lungct case --list-series ...)")
-    if case.problems:
-        lines.append(f"{len(case.problems)} files could not be read:")
-        lines += [f"  {os.path.basename(p['file'])}: {p['error']}" for p in case.problems]
-    return "\n".join(lines)
+from lungct.config import config_from_args
+from lungct.model_options import add_model_options, load_model_and_guard
 
 
 def cmd_case(args) -> int:
     from lungct.case import REFUSED_RULE, classify_series
-    from lungct.config import config_from_args
-    from lungct.cli_predict import load_model_and_guard
+    from lungct.case_report import format_case
     from lungct.series import load_study
 
     cfg = config_from_args(args)
@@ -72,10 +44,7 @@ def cmd_case(args) -> int:
                               "error": message}))
         print(f"error: {message}", file=sys.stderr)
         return 1
-    loaded = load_model_and_guard(args, cfg)
-    if isinstance(loaded, int):
-        return loaded
-    clf, guard = loaded
+    clf, guard = load_model_and_guard(args, cfg)
     window = args.window or cfg["preprocess"]["dicom_window"]
     case = classify_series(clf, series, guard, window, args.batch_size,
                            int(cfg["preprocess"].get("max_pixels", 40_000_000)), study)
@@ -87,8 +56,6 @@ def cmd_case(args) -> int:
 
 
 def add_command(sub, common) -> None:
-    from lungct.cli_predict import add_model_options
-
     p = sub.add_parser("case", parents=[common],
                        help="classify one series (files, folders, .zip) as a case")
     p.add_argument("paths", nargs="+", help="DICOM or image files, folders, .zip archives")

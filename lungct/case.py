@@ -67,6 +67,10 @@ class SliceResult:
     instance_number: int | None = None
     guard: dict | None = None     # the guard's verdict (as_dict), when it ran
     name: str | None = field(default=None, repr=False)   # session display only
+    guard_input: object | None = field(default=None, repr=False)
+    """The guard's per-slice work done ahead (``InputGuard.prepare``), by ``prepare_inputs``."""
+    model_input: np.ndarray | None = field(default=None, repr=False)
+    """The classifier's input made ahead (``Classifier.prepare``), by ``prepare_inputs``."""
 
     @property
     def ok(self) -> bool:
@@ -201,7 +205,11 @@ def screen(guard, results: list[SliceResult]) -> None:
     if not todo:
         return
     try:
-        verdicts = guard.check_many([r.gray for r in todo])
+        if hasattr(guard, "check_prepared"):
+            verdicts = guard.check_prepared([r.guard_input if r.guard_input is not None
+                                             else guard.prepare(r.gray) for r in todo])
+        else:   # a minimal guard (tests) with check_many only
+            verdicts = guard.check_many([r.gray for r in todo])
     except Exception as err:
         for r in todo:
             r.error, r.rejected = (f"the input check (is this a lung CT slice?) failed "
@@ -257,7 +265,8 @@ def classify(classifier, results: list[SliceResult]) -> None:
         return
     try:
         if hasattr(classifier, "predict_prepared"):
-            arrays = [classifier.prepare(r.gray) for r in todo]
+            arrays = [r.model_input if r.model_input is not None else classifier.prepare(r.gray)
+                      for r in todo]
             with model_guarded(classifier):
                 preds = classifier.predict_prepared(arrays)
         else:   # a minimal classifier (tests, notebooks) with predict_gray only
@@ -271,6 +280,34 @@ def classify(classifier, results: list[SliceResult]) -> None:
         return
     for r, p in zip(todo, preds):
         r.prediction = p
+
+
+def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
+    """The per-slice work of the guard and the classifier, done once, ahead of the batch.
+
+    Segmentation, lung views and resizing are numpy/scipy/Pillow work on one
+    slice: run in the decode threads they overlap the batched forward passes.
+    One segmentation serves both the guard and a lung-view model. Any failure
+    here is left for ``screen``/``classify`` to redo and report.
+    """
+    if r.gray is None or r.error is not None:
+        return
+    try:
+        seg = None
+        lung_model = getattr(classifier, "view", "full") == "lungs"
+        if guard is not None and hasattr(guard, "prepare") and not (
+                r.is_dicom and r.modality and r.modality != "CT"):
+            from lungct.lungs import segment
+            seg = segment(r.gray)
+            r.guard_input = guard.prepare(r.gray, seg=seg)
+        if hasattr(classifier, "predict_prepared"):
+            if lung_model and seg is None:
+                from lungct.lungs import segment
+                seg = segment(r.gray)
+            r.model_input = (classifier.prepare(r.gray, seg=seg) if lung_model
+                             else classifier.prepare(r.gray))
+    except Exception:
+        r.guard_input = r.model_input = None
 
 
 def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
@@ -314,6 +351,7 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         example = os.path.basename(sf.name) if examples else None
         r = decode(sf, index, total, window, max_pixels, example)
         sf.dataset = sf.data = None
+        prepare_inputs(r, classifier, guard)
         return r
 
     batch: list[SliceResult] = []
@@ -323,8 +361,9 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         classify(classifier, batch)
         out = list(batch)
         batch.clear()
-        if not keep_pixels:
-            for r in out:
+        for r in out:
+            r.guard_input = r.model_input = None
+            if not keep_pixels:
                 r.gray = None
         return out
 
@@ -360,6 +399,16 @@ def most_suspicious_first(results: list[SliceResult]) -> list[SliceResult]:
     return good + [r for r in results if not r.ok]
 
 
+def case_label(probabilities, threshold: float = MALIGNANT_THRESHOLD) -> str:
+    """``CASE_RULE`` on an (n_slices, classes) array of probabilities in ``CLASSES`` order:
+    the one rule, for the app, the CLI and cross-validation's case accuracy."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(CLASSES))
+    if len(p) and p[:, CLASSES.index("malignant")].max() >= threshold:
+        return "malignant"
+    abnormal = {CLASSES.index("benign"), CLASSES.index("malignant")}
+    return "benign" if any(int(k) in abnormal for k in p.argmax(1)) else "normal"
+
+
 def case_verdict(results: list[SliceResult],
                  threshold: float = MALIGNANT_THRESHOLD) -> dict | None:
     """The case-level label under ``CASE_RULE``; None when no slice could be classified.
@@ -372,16 +421,13 @@ def case_verdict(results: list[SliceResult],
     if not good:
         return None
     top = max(good, key=lambda r: r.malignant_probability)
-    if top.malignant_probability >= threshold:
-        label, deciding = "malignant", top
-    else:
+    label = case_label([[r.prediction.probabilities.get(c, 0.0) for c in CLASSES]
+                        for r in good], threshold)
+    deciding = top
+    if label == "benign":
         abnormal = [r for r in good if r.prediction.label in ("benign", "malignant")]
-        if abnormal:
-            label = "benign"
-            deciding = max(abnormal, key=lambda r: r.prediction.probabilities["benign"]
-                           + r.malignant_probability)
-        else:
-            label, deciding = "normal", top
+        deciding = max(abnormal, key=lambda r: r.prediction.probabilities["benign"]
+                       + r.malignant_probability)
     unsure = any(r.prediction.unsure for r in good) or any(
         r.prediction.label == "malignant" and r.malignant_probability < threshold for r in good)
     rule = CASE_RULE if threshold == MALIGNANT_THRESHOLD else CASE_RULE.replace(

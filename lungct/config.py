@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = REPO_ROOT / "samples"
+"""The shipped example slices (public data, credited in samples/README.md)."""
 """The checkout root; relative paths in params.yaml are relative to it."""
 
 

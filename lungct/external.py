@@ -21,7 +21,6 @@ model card under ``external.<dataset>``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys

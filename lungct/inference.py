@@ -183,9 +183,10 @@ class Classifier:
 
     # ---------------------------------------------------------- numeric path
 
-    def prepare(self, gray: np.ndarray) -> np.ndarray:
-        """(3, size, size) float32 model input for a [0, 1] grey slice."""
-        return input_array(gray, self.size, self.mean, self.std, self.view)
+    def prepare(self, gray: np.ndarray, seg=None) -> np.ndarray:
+        """(3, size, size) float32 model input for a [0, 1] grey slice (``seg``: its
+        ``lungct.lungs.Segmentation`` when already made, for a lung-view model)."""
+        return input_array(gray, self.size, self.mean, self.std, self.view, seg)
 
     def tensor(self, gray: np.ndarray) -> torch.Tensor:
         """(3, size, size) model input for a [0, 1] grey slice, as a torch tensor."""

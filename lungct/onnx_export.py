@@ -20,7 +20,6 @@ detected at load time (see :func:`lungct.onnx_runtime.load_onnx`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -30,8 +29,9 @@ import torch
 
 from lungct.config import resolve
 from lungct.onnx_runtime import (BUILD_RECORD, INPUT_NAME, METADATA_KEY, ONNX_FILE, OPSET,
-                                 OUTPUT_NAME, PARITY_MAX_DIFF, calibrated_softmax, contract_of, file_sha256,
-                                 load_onnx, open_session, runtime_settings)
+                                 OUTPUT_NAME, PARITY_MAX_DIFF, calibrated_softmax, contract_of,
+                                 file_sha256, load_onnx, open_session, runtime_settings,
+                                 save_onnx)
 
 PARITY_TOLERANCE = 1e-4
 """The issue's strict bound on |p_onnx - p_torch|: recorded as ``within_tolerance``."""
@@ -44,36 +44,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, weights_sha256: str | 
     Written to a temporary name and renamed, so a crash never leaves a
     half-written model.onnx behind.
     """
-    path = Path(path)
-    size = int(model.input_size)
-    tmp = path.with_name(path.name + ".tmp")
     model = model.eval()
-    try:
-        with warnings.catch_warnings():
-            # the legacy-exporter deprecation notice, and timm's trace-time size asserts
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, torch.zeros(2, 3, size, size), str(tmp),
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
-        import onnx
-
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        card = {"arch": model.arch, "classes": list(model.classes), "input_size": size,
-                "mean": list(model.mean), "std": list(model.std),
-                "view": getattr(model, "view", "full")}
-        meta = {**contract_of(card), "arch": model.arch, "weights_sha256": weights_sha256,
-                "output": "logits", "opset": opset}
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-        proto.producer_name = "lungct"
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    card = {"arch": model.arch, "classes": list(model.classes),
+            "input_size": int(model.input_size), "mean": list(model.mean),
+            "std": list(model.std), "view": getattr(model, "view", "full")}
+    meta = {**contract_of(card), "arch": model.arch, "weights_sha256": weights_sha256,
+            "output": "logits", "opset": opset}
+    return save_onnx(model, int(model.input_size), path, [OUTPUT_NAME], METADATA_KEY, meta,
+                     opset)
 
 
 def parity_inputs(card: dict, cfg: dict, limit: int | None = None) -> tuple[list[Path], str]:

@@ -18,6 +18,7 @@ raises ``OnnxUnavailable`` instead of falling back.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -99,15 +100,52 @@ def import_onnxruntime():
     return onnxruntime
 
 
+# ------------------------------------------------------------------ writing
+
+def save_onnx(module, size: int, path: str | Path, outputs: list[str], key: str, meta: dict,
+              opset: int = OPSET) -> Path:
+    """Export ``module`` on a (N, 3, size, size) input named ``input`` (batch axis dynamic)
+    to ``path`` with ``meta`` as JSON under metadata ``key``: checked, then renamed into
+    place, so a crash never leaves a half-written file behind. The TorchScript exporter
+    (the dynamo one needs onnxscript)."""
+    import warnings
+
+    import onnx
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings():
+            # the legacy-exporter deprecation notice, and timm's trace-time size asserts
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), torch.zeros(2, 3, size, size), str(tmp),
+                              input_names=[INPUT_NAME], output_names=list(outputs),
+                              dynamic_axes={k: {0: "batch"} for k in [INPUT_NAME, *outputs]},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(meta)
+        proto.producer_name = "lungct"
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 # ------------------------------------------------------------ numeric helpers
 
-def input_array(gray: np.ndarray, size: int, mean, std, view: str = "full") -> np.ndarray:
+def input_array(gray: np.ndarray, size: int, mean, std, view: str = "full",
+                seg=None) -> np.ndarray:
     """Model input for a [0, 1] grey slice: (3, size, size) float32, NCHW without N.
 
     The numpy twin of ``lungct.preprocess.to_tensor``: square bilinear resize,
     grey replicated to 3 channels, ``(v - mean) / std`` per channel, float32.
     """
-    small = model_view(gray, size, view)
+    small = model_view(gray, size, view, seg)
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     return np.ascontiguousarray((small[None, :, :] - m) / s, dtype=np.float32)

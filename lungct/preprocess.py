@@ -493,14 +493,15 @@ release), or the lung fields cropped and the rendering standardised
 (``lungct.lungs.lung_view``). Each model card names its view."""
 
 
-def model_view(gray: np.ndarray, size: int, view: str = "full") -> np.ndarray:
+def model_view(gray: np.ndarray, size: int, view: str = "full", seg=None) -> np.ndarray:
     """The (size, size) [0, 1] image a model with ``view`` sees: the one door for training,
-    evaluation, the CLI, the app, the guard and the heatmaps."""
+    evaluation, the CLI, the app, the guard and the heatmaps. ``seg``: the slice's
+    ``lungct.lungs.Segmentation`` when made already (the lung view reuses it)."""
     if view == "full":
         return resize_gray(gray, size)
     if view == "lungs":
         from lungct.lungs import lung_view
-        return lung_view(gray, size)
+        return lung_view(gray, size, seg)
     raise ValueError(f"unknown model view {view!r}: use one of {VIEWS}")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lungct import CLASSES
 from lungct.case import model_version, weights_digest
-from lungct.config import REPO_ROOT, models_dir
+from lungct.config import SAMPLES_DIR, models_dir
 from lungct.guard import CARD_FILE as GUARD_CARD
 from lungct.guard import WEIGHTS_FILE as GUARD_WEIGHTS
 from lungct.guard import guard_dir
@@ -25,7 +25,6 @@ from lungct.models.checkpoint import (CARD_FILE, PREDICTIONS_FILE, WEIGHTS_FILE,
 from lungct.onnx_runtime import ONNX_FILE
 
 NOT_EVALUATED = "not evaluated"
-SAMPLES_DIR = REPO_ROOT / "samples"
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 
 

@@ -26,6 +26,8 @@ COMMANDS = (
     ("pacs", "lungct.pacs.cli:add_command"),
     ("external", "lungct.external:add_command"),
     ("pointing", "lungct.pointing:add_command"),
+    ("cv", "lungct.training.crossval:add_command"),
+    ("probe", "lungct.probe:add_command"),
     ("bench", "lungct.bench:add_command"),
     ("bench-app", "lungct.bench_app:add_command"),
     ("bench-study", "lungct.bench_study:add_command"),

@@ -8,6 +8,7 @@ unusable guard or fit data is one ``error:`` line and exit status 2
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from lungct.config import config_from_args, config_options
@@ -30,6 +31,11 @@ def add_arguments(parser) -> None:
     p.add_argument("files", nargs="+")
     p.add_argument("--guard", help="guard folder (default: models/ood_guard)")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("export", parents=[common],
+                       help="build extractor.onnx (the fast path) beside the guard, kept only "
+                            "if its scores match PyTorch's")
+    p.add_argument("--guard", help="guard folder (default: models/ood_guard)")
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_fit(args) -> int:
@@ -57,6 +63,29 @@ def cmd_check(args) -> int:
         except (InvalidImageError, OSError) as err:
             out = {"file": str(path), "error": getattr(err, "strerror", None) or str(err)}
         print(json.dumps(out), flush=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Parity on the shipped samples and three random other renderings of each."""
+    import numpy as np
+
+    from lungct.config import SAMPLES_DIR
+    from lungct.guard.variants import random_variant
+    from lungct.lungs import lung_view
+    from lungct.preprocess import load_image
+
+    guard = InputGuard.load(args.guard, config_from_args(args))
+    rng = np.random.default_rng(0)
+    grays = [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    grays += [random_variant(g, rng) for g in grays for _ in range(3)]
+    record = guard.export_extractor([lung_view(g, guard.size) for g in grays])
+    print(json.dumps(record))
+    if not record["passed"]:
+        print("error: the ONNX extractor disagrees with PyTorch; the guard keeps PyTorch",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {guard.folder / record['file']}")
     return 0
 
 

@@ -4,11 +4,20 @@ Not any of our classifiers: the verdict does not depend on which classifier,
 PyTorch or ONNX, runs afterwards. Features of several depths are pooled (a
 feature ensemble, Lee et al. 2018): early stages see texture and intensity,
 the last stage sees layout.
+
+Two backends compute the same features: PyTorch eager (``FeatureExtractor``,
+always there) and ONNX Runtime (``OnnxFeatureExtractor``, about 3x faster on
+a small CPU). ``export_extractor`` writes ``extractor.onnx`` beside the
+guard (a git-ignored build output, made by ``make onnx``) only after the two
+agree on the guard's own scores; ``shared_extractor`` uses it when it is
+there and matches, PyTorch otherwise.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -19,6 +28,10 @@ EXTRACTOR = "efficientnet_lite0"
 EXTRACTOR_SIZE = 224
 LAYERS = ("blocks.3", "blocks.5", "head")
 """Pooled feature depths: block 3 (80 ch at 1/16), block 5 (192 ch at 1/32), head (1280 ch)."""
+EXTRACTOR_FILE = "extractor.onnx"
+"""The ONNX Runtime twin of the extractor, beside the guard's files (a build output)."""
+EXTRACTOR_KEY = "lungct_guard_extractor"
+"""ONNX metadata key: what the file computes (arch, layers, size, mean, std)."""
 
 
 class FeatureExtractor:
@@ -46,36 +59,117 @@ class FeatureExtractor:
         from lungct.preprocess import to_tensor
         return to_tensor(as_gray(view), self.size, self.mean, self.std)
 
+    def pooled(self, x) -> list:
+        """The pooled (N, C) features of a (N, 3, size, size) tensor, one per layer, in order."""
+        m, out = self.model, {}
+        x = m.bn1(m.conv_stem(x))
+        for j, block in enumerate(m.blocks):
+            x = block(x)
+            if f"blocks.{j}" in self.layers:
+                out[f"blocks.{j}"] = x.mean((2, 3))
+        if "head" in self.layers:
+            out["head"] = m.bn2(m.conv_head(x)).mean((2, 3))
+        return [out[k] for k in self.layers]
+
     def __call__(self, grays: Iterable[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
         """{layer: (N, C) float32} for a list of [0, 1] slices."""
         torch = self._torch
         grays = list(grays)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.layers}
-        m = self.model
         with torch.inference_mode():
             for i in range(0, len(grays), batch_size):
                 x = torch.stack([self.tensor(g) for g in grays[i:i + batch_size]])
-                x = m.bn1(m.conv_stem(x))
-                for j, block in enumerate(m.blocks):
-                    x = block(x)
-                    if f"blocks.{j}" in parts:
-                        parts[f"blocks.{j}"].append(x.mean((2, 3)).numpy())
-                if "head" in parts:
-                    parts["head"].append(m.bn2(m.conv_head(x)).mean((2, 3)).numpy())
-        return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)).astype(np.float32)
-                for k, v in parts.items()}
+                for k, f in zip(self.layers, self.pooled(x)):
+                    parts[k].append(f.numpy())
+        return _join(parts)
 
+    def contract(self) -> dict:
+        """What an ONNX twin must compute to stand in for this extractor."""
+        return {"arch": EXTRACTOR, "layers": list(self.layers), "size": self.size,
+                "mean": [round(float(v), 6) for v in self.mean],
+                "std": [round(float(v), 6) for v in self.std]}
+
+
+def _join(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)).astype(np.float32)
+            for k, v in parts.items()}
+
+
+class OnnxFeatureExtractor:
+    """The same pooled features computed by ONNX Runtime from ``extractor.onnx``."""
+
+    def __init__(self, path: str | Path, layers: Sequence[str] = LAYERS,
+                 size: int = EXTRACTOR_SIZE, threads: int = 0):
+        from lungct.onnx_runtime import OnnxUnavailable, open_session
+
+        self.layers, self.size, self.path = tuple(layers), int(size), Path(path)
+        self.session = open_session(self.path, threads).session
+        meta = self.session.get_modelmeta().custom_metadata_map or {}
+        try:
+            self.meta = json.loads(meta[EXTRACTOR_KEY])
+        except (KeyError, ValueError):
+            raise OnnxUnavailable(f"{self.path} is not a lungct guard extractor") from None
+        if self.meta.get("layers") != list(self.layers) or self.meta.get("size") != self.size:
+            raise OnnxUnavailable(f"{self.path} computes layers {self.meta.get('layers')} at "
+                                  f"{self.meta.get('size')} px, the guard needs "
+                                  f"{list(self.layers)} at {self.size} px")
+        self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, grays: Iterable[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
+        from lungct.onnx_runtime import input_array
+
+        grays = list(grays)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.layers}
+        for i in range(0, len(grays), batch_size):
+            x = np.stack([input_array(as_gray(g), self.size, self.mean, self.std)
+                          for g in grays[i:i + batch_size]])
+            for k, f in zip(self.layers, self.session.run(None, {self.input_name: x})):
+                parts[k].append(f)
+        return _join(parts)
+
+
+def export_extractor(path: str | Path, layers: Sequence[str] = LAYERS,
+                     size: int = EXTRACTOR_SIZE) -> Path:
+    """Write the extractor as ONNX (written to a temporary name, then renamed)."""
+    import torch
+
+    from lungct.onnx_runtime import save_onnx
+
+    torch_ex = FeatureExtractor(layers, size)
+
+    class Pooled(torch.nn.Module):
+        def forward(self, x):
+            return tuple(torch_ex.pooled(x))
+
+    return save_onnx(Pooled(), size, path, list(layers), EXTRACTOR_KEY, torch_ex.contract())
 
 
 _EXTRACTORS: dict[tuple, FeatureExtractor] = {}
 _EXTRACTORS_LOCK = threading.Lock()
 
 
-def shared_extractor(layers: Sequence[str] = LAYERS,
-                     size: int = EXTRACTOR_SIZE) -> FeatureExtractor:
-    """One extractor per (layers, size) per process (it is read-only, so threads may share it)."""
-    key = (tuple(layers), int(size))
+def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE,
+                     onnx_path: str | Path | None = None):
+    """One extractor per (layers, size, file) per process (read-only: threads may share it).
+
+    ONNX Runtime from ``onnx_path`` when that file exists, opens and computes
+    these layers at this size (and the runtime backend is not forced to
+    ``torch``); PyTorch otherwise.
+    """
+    from lungct.onnx_runtime import OnnxUnavailable, runtime_settings
+
+    settings = runtime_settings()
+    use_onnx = (onnx_path is not None and Path(onnx_path).is_file()
+                and settings.backend != "torch")
+    key = (tuple(layers), int(size), str(onnx_path) if use_onnx else None)
     with _EXTRACTORS_LOCK:
         if key not in _EXTRACTORS:
-            _EXTRACTORS[key] = FeatureExtractor(layers, size)
+            extractor = None
+            if use_onnx:
+                try:
+                    extractor = OnnxFeatureExtractor(onnx_path, layers, size, settings.threads)
+                except OnnxUnavailable:
+                    extractor = None   # a stale or foreign file: the PyTorch path is exact
+            _EXTRACTORS[key] = extractor or FeatureExtractor(layers, size)
         return _EXTRACTORS[key]

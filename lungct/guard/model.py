@@ -35,18 +35,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from lungct.errors import LungctError
 from lungct.guard.anatomy import MIN_BODY, MIN_LUNG
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.features import EXTRACTOR_SIZE, FeatureExtractor, shared_extractor
+from lungct.guard.features import (EXTRACTOR_FILE, EXTRACTOR_SIZE, FeatureExtractor,
+                                   OnnxFeatureExtractor, export_extractor, shared_extractor)
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
                                   REJECTED, OutOfDistribution, Verdict, as_gray,
                                   modality_verdict, spread)
-from lungct.lungs import lung_view, segment
+from lungct.lungs import Segmentation, lung_view, segment
 
 GUARD_NAME = "ood_guard"
 WEIGHTS_FILE = "guard.safetensors"
@@ -67,6 +68,13 @@ DEFAULTS = {
     "seed": 0,
     "fit_patient": "A0001",     # Lung-PET-CT-Dx patient whose series join the fit set
 }
+
+
+class Prepared(NamedTuple):
+    """A slice ready for the learned score: its lung view and lung fraction."""
+
+    view: np.ndarray
+    lung_fraction: float
 
 
 class GuardLoadError(LungctError, RuntimeError):
@@ -91,7 +99,8 @@ class InputGuard:
 
     def __init__(self, gaussians: dict[str, PPCAGaussian], threshold: float, card: dict,
                  min_std: float = DEFAULTS["min_std"], min_lung: float = MIN_LUNG,
-                 min_body: float = MIN_BODY, extractor: FeatureExtractor | None = None):
+                 min_body: float = MIN_BODY, extractor: FeatureExtractor | None = None,
+                 folder: Path | None = None):
         self.gaussians = dict(gaussians)
         self.layers = tuple(self.gaussians)
         self.threshold = float(threshold)
@@ -101,12 +110,20 @@ class InputGuard:
         self.min_body = float(min_body)
         self.size = int(card.get("input_size", EXTRACTOR_SIZE))
         self._extractor = extractor
+        self.folder = Path(folder) if folder is not None else None
+        """Where the guard was loaded from: its ``extractor.onnx`` (if built) lies there."""
 
     @property
-    def extractor(self) -> FeatureExtractor:
+    def extractor(self) -> FeatureExtractor | OnnxFeatureExtractor:
+        """The feature extractor: ONNX Runtime when ``extractor.onnx`` is built, else PyTorch."""
         if self._extractor is None:
-            self._extractor = shared_extractor(self.layers, self.size)
+            onnx_path = self.folder / EXTRACTOR_FILE if self.folder is not None else None
+            self._extractor = shared_extractor(self.layers, self.size, onnx_path)
         return self._extractor
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if isinstance(self.extractor, OnnxFeatureExtractor) else "torch"
 
     # ------------------------------------------------------------- scores
     def scores(self, feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,24 +166,36 @@ class InputGuard:
     def check_many(self, grays: Sequence[np.ndarray], batch_size: int = 32,
                    datas: Sequence[bytes | None] | None = None) -> list[Verdict]:
         """Verdicts for decoded slices; ``datas`` (the files' bytes) adds the DICOM modality rule."""
-        grays = [as_gray(g) for g in grays]
-        out: list[Verdict | None] = [None] * len(grays)
-        todo, views, fractions = [], [], []
-        for i, g in enumerate(grays):
-            early = self._early(g, datas[i] if datas is not None else None)
-            if early is not None:
-                out[i] = early
-                continue
-            seg = segment(g)
-            if seg.body_fraction < self.min_body:
-                out[i] = Verdict(False, math.nan, self.threshold,
-                                 f"{REJECTED} (no body outline found)", NOT_CT, 0.0)
-                continue
-            todo.append(i)
-            views.append(lung_view(g, self.size, seg))
-            fractions.append(seg.lung_fraction)
-        for i, s, f in zip(todo, self.score_views(views, batch_size), fractions):
-            out[i] = self.verdict(float(s), None, f)
+        return self.check_prepared([self.prepare(g, datas[i] if datas is not None else None)
+                                    for i, g in enumerate(grays)], batch_size)
+
+    def prepare(self, gray: np.ndarray, data: bytes | None = None,
+                seg: Segmentation | None = None) -> Verdict | Prepared:
+        """Everything but the learned score, for one slice: a verdict already (blank, not CT
+        by its tag, no body), or the lung view to score and the lung fraction.
+
+        Pure numpy/scipy on one slice, so a pipeline runs it in its decode threads
+        and keeps only the batched score for the model's turn; ``seg``: a
+        segmentation of this slice made elsewhere (it is the same function).
+        """
+        g = as_gray(gray)
+        early = self._early(g, data)
+        if early is not None:
+            return early
+        seg = seg if seg is not None else segment(g)
+        if seg.body_fraction < self.min_body:
+            return Verdict(False, math.nan, self.threshold,
+                           f"{REJECTED} (no body outline found)", NOT_CT, 0.0)
+        return Prepared(lung_view(g, self.size, seg), seg.lung_fraction)
+
+    def check_prepared(self, items: Sequence[Verdict | Prepared],
+                       batch_size: int = 32) -> list[Verdict]:
+        """Verdicts for ``prepare`` outputs: the learned score runs once, batched."""
+        todo = [i for i, p in enumerate(items) if isinstance(p, Prepared)]
+        scores = self.score_views([items[i].view for i in todo], batch_size)
+        out = list(items)
+        for i, s in zip(todo, scores):
+            out[i] = self.verdict(float(s), None, items[i].lung_fraction)
         return out  # type: ignore[return-value]
 
     def _early(self, gray: np.ndarray, data: bytes | None) -> Verdict | None:
@@ -242,7 +271,32 @@ class InputGuard:
 
         return cls(gaussians, pick("threshold", math.inf), card,
                    min_std=pick("min_std", DEFAULTS["min_std"]),
-                   min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY))
+                   min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY),
+                   folder=folder)
+
+    def export_extractor(self, views: Sequence[np.ndarray], max_score_diff: float = 1e-3) -> dict:
+        """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``
+        (lung views) match PyTorch's within ``max_score_diff``; returns the parity record."""
+        import os
+
+        if self.folder is None:
+            raise GuardLoadError("this guard was not loaded from a folder: nowhere to export")
+        final = self.folder / EXTRACTOR_FILE
+        tmp = self.folder / (EXTRACTOR_FILE + ".new")
+        try:
+            export_extractor(tmp, self.layers, self.size)
+            want = self.scores(FeatureExtractor(self.layers, self.size)(views))
+            got = self.scores(OnnxFeatureExtractor(tmp, self.layers, self.size)(views))
+            diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
+            same = bool(np.array_equal(want > self.threshold, got > self.threshold))
+            record = {"file": EXTRACTOR_FILE, "images": len(views), "max_abs_score_diff": diff,
+                      "max_score_diff_allowed": max_score_diff, "verdicts_identical": same,
+                      "passed": same and diff <= max_score_diff}
+            if record["passed"]:
+                os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return record
 
 
 OODGuard = InputGuard

@@ -1,0 +1,122 @@
+"""Train a shipped recipe k times, once per grouped fold, and report it out of fold.
+
+``python -m lungct cv --model student_lungs`` trains the recipe of
+``models.student_lungs`` in params.yaml on each fold's train part (early
+stopping and model selection on the next fold, ``lungct.cv``), predicts the
+fold's test part through the app's preprocessing, and reports all images
+out of fold (``lungct.cv.cv_report``): accuracy, malignant and benign recall,
+malignant AUC and case accuracy with patient-level intervals, and the
+calibration temperature fitted on out-of-fold logits with its ECE.
+
+A recipe with a teacher trains that teacher on the same fold first (a
+teacher that saw the test fold would leak it through its soft labels);
+``--no-teacher`` trains the student recipe without distillation, half the
+CPU time. Each fold's logits are saved as it finishes
+(``data/cache/cv/NAME/foldF.npz``), so an interrupted run resumes where it
+stopped; the fold models stay under ``data/cache`` (never shipped). The
+report goes to ``reports/cv/NAME.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lungct import CLASSES
+from lungct.config import model_config, report_path, resolve
+from lungct.cv import assign_folds, cv_report, fold_manifest, fold_part, format_cv
+from lungct.data.splits import read_manifest
+
+
+def _fold_cfg(cfg: dict, name: str, manifest: Path, work: Path, epochs: int | None) -> dict:
+    out, _, _ = model_config(cfg, name)
+    out = copy.deepcopy(out)
+    out["data"]["manifest"] = str(manifest)
+    out["train"]["protocol"] = "grouped"
+    out.setdefault("reports", {})["dir"] = str(work / "reports")   # histories stay out of git
+    if epochs:
+        out["train"]["epochs"] = int(epochs)
+    return out
+
+
+def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
+           epochs: int | None = None, only: list[int] | None = None) -> dict | None:
+    """Train and predict every fold (or ``only`` these); the report once all folds exist."""
+    from lungct.evaluate import collect_logits
+    from lungct.models import load_model
+    from lungct.training.run import train_from_config
+
+    rows = read_manifest(resolve(cfg["data"]["manifest"]))
+    root = resolve(cfg["data"]["root"])
+    folds = assign_folds(rows, k, int(cfg["data"]["seed"]))
+    _, teacher_name, _ = model_config(cfg, name)
+    teacher_name = teacher_name if use_teacher else None
+    tag = name if use_teacher or not _ else f"{name}_no_teacher"
+    work = resolve("data/cache/cv") / tag
+    minutes = {}
+    for f in range(k):
+        done = work / f"fold{f}.npz"
+        if done.exists() or (only is not None and f not in only):
+            continue
+        start = time.time()
+        manifest = fold_manifest(rows, folds, f, k, work / f"fold{f}.csv")
+        teacher = None
+        if teacher_name:
+            tcfg = _fold_cfg(cfg, teacher_name, manifest, work, epochs)
+            teacher = train_from_config(tcfg, f"{teacher_name}_cv{f}",
+                                        work / f"fold{f}" / "teacher", track=False)
+        scfg = _fold_cfg(cfg, name, manifest, work, epochs)
+        folder = train_from_config(scfg, f"{name}_cv{f}", work / f"fold{f}" / "model",
+                                   teacher=teacher, track=False)
+        test = [r for r in rows if fold_part(folds[r["group"]], f, k) == "test"]
+        logits, y = collect_logits(load_model(folder), root, test)
+        np.savez(done, logits=logits.numpy(), y=y.numpy(),
+                 paths=np.array([r["path"] for r in test]))
+        minutes[f] = round((time.time() - start) / 60, 1)
+        print(f"fold {f}: {len(test)} test images, {minutes[f]} min", flush=True)
+    if not all((work / f"fold{f}.npz").exists() for f in range(k)):
+        return None
+    by_path = {r["path"]: r for r in rows}
+    ys, logits, groups, fold_ids = [], [], [], []
+    for f in range(k):
+        d = np.load(work / f"fold{f}.npz")
+        for p, lg, yy in zip(d["paths"], d["logits"], d["y"]):
+            ys.append(int(yy))
+            logits.append(lg)
+            groups.append(by_path[str(p)]["group"])
+            fold_ids.append(f)
+    report = cv_report(ys, np.array(logits), groups, fold_ids)
+    report.update(recipe=name, teacher_per_fold=teacher_name,
+                  epochs=epochs or model_config(cfg, name)[0]["train"]["epochs"],
+                  classes=list(CLASSES))
+    out = report_path(cfg, f"cv/{tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(format_cv(report, f"{tag}: recipe of models.{name}"
+                    + (f", teacher {teacher_name} per fold" if teacher_name else
+                       ", without distillation")))
+    print(f"wrote {out}")
+    return report
+
+
+def add_command(sub, common) -> None:
+    p = sub.add_parser("cv", parents=[common],
+                       help="k-fold grouped cross-validation of a shipped recipe")
+    p.add_argument("--model", required=True, help="a models.NAME entry of params.yaml")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--no-teacher", action="store_true",
+                   help="train the student recipe without distillation (half the time)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (say so in reports)")
+    p.add_argument("--only", type=int, nargs="+", help="run only these folds (resume later)")
+    p.set_defaults(func=cmd_cv)
+
+
+def cmd_cv(args) -> int:
+    from lungct.config import config_from_args
+    report = run_cv(config_from_args(args), args.model, args.folds, not args.no_teacher,
+                    args.epochs, args.only)
+    return 0 if report is not None or args.only else 1

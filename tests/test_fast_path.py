@@ -1,0 +1,147 @@
+"""The fast default path gives the same answers as the plain one.
+
+- the segmentation's bounding-box shortcuts equal the whole-image computations;
+- the guard split into ``prepare`` (per slice, in the decode threads) and
+  ``check_prepared`` (one batched score) equals ``check_many``;
+- the case pipeline, which prepares guard and model inputs ahead and shares
+  one segmentation, equals classifying slice by slice;
+- the guard's ONNX Runtime extractor is kept only when its scores match PyTorch's.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
+
+from lungct import lungs
+from lungct.guard import InputGuard, guard_dir
+from lungct.guard.features import EXTRACTOR_FILE, OnnxFeatureExtractor
+from test_lungs import chest_hu
+from lungct.guard.variants import hu_window
+from lungct.preprocess import decode_image
+
+
+def _masks(seed: int, n: int = 6):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        m = ndi.binary_opening(rng.random((90, 120)) < 0.5, iterations=2)
+        m[:, :2] = False
+        yield m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hull_on_the_bounding_box_equals_the_whole_image(seed):
+    for m in _masks(seed):
+        assert np.array_equal(lungs._hull(m), convex_hull_image(m) if m.any() else m)
+    empty = np.zeros((10, 10), bool)
+    assert not lungs._hull(empty).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inscribed_radius_equals_the_whole_image_transform(seed):
+    for m in _masks(seed):
+        labels, n = ndi.label(m)
+        for k in range(1, n + 1):
+            full = float(ndi.distance_transform_edt(labels == k).max())
+            assert lungs._inscribed_radius(labels, k) == pytest.approx(full)
+
+
+def _trim_reference(gray, tol=0.01):
+    """The first release's trim_frame: every row and column tested."""
+    h, w = gray.shape
+
+    def flat(axis):
+        med = np.median(gray, axis=axis, keepdims=True)
+        mostly = (np.abs(gray - med) <= 2 * tol).mean(axis=axis) >= 0.9
+        return (gray.std(axis=axis) < tol) | (mostly & (med.squeeze(axis) > 0.05))
+
+    def run(f):
+        return int(np.argmin(f)) if not f.all() else len(f)
+    rows, cols = flat(1), flat(0)
+    y0, y1, x0, x1 = run(rows), h - run(rows[::-1]), run(cols), w - run(cols[::-1])
+    if y1 - y0 < h // 4 or x1 - x0 < w // 4:
+        return 0, 0, h, w
+    return y0, x0, y1, x1
+
+
+@pytest.mark.parametrize("pad", [0, 3, 37])
+@pytest.mark.parametrize("value", [0.0, 0.8])
+def test_trim_frame_equals_testing_every_line(pad, value):
+    g = hu_window(chest_hu(120, seed=pad), 1500, -600)
+    framed = np.pad(g, ((pad, pad + 5), (pad + 20, pad)), constant_values=value)
+    framed[2:6, 10:60] = 1.0 if pad else framed[2:6, 10:60]      # a title bar
+    assert lungs.trim_frame(framed) == _trim_reference(framed)
+    blank = np.full((40, 40), value, np.float32)
+    assert lungs.trim_frame(blank) == _trim_reference(blank) == (0, 0, 40, 40)
+
+
+@pytest.fixture(scope="module")
+def real_guard():
+    return InputGuard.load()
+
+
+@pytest.fixture(scope="module")
+def slices(sample_bytes):
+    grays = [decode_image(b) for b in sample_bytes.values()]
+    return grays + [hu_window(chest_hu(160, lungs=False, seed=1), 400, 40),
+                    np.zeros((64, 64), np.float32), np.random.default_rng(0).random((80, 80))]
+
+
+def test_prepare_then_check_equals_check_many(real_guard, slices):
+    many = real_guard.check_many(slices)
+    prepared = real_guard.check_prepared([real_guard.prepare(g) for g in slices])
+    assert [v.status for v in prepared] == [v.status for v in many]
+    assert [v.score for v in prepared] == pytest.approx([v.score for v in many], rel=1e-5,
+                                                        nan_ok=True)
+    seg = lungs.segment(slices[0])       # a segmentation made elsewhere is used as is
+    assert real_guard.check_prepared([real_guard.prepare(slices[0], seg=seg)])[0].score == \
+        pytest.approx(many[0].score, rel=1e-5)
+
+
+def test_case_pipeline_equals_slice_by_slice(real_guard, sample_bytes):
+    from lungct.case import analyse_slices
+    from lungct.inference import Classifier
+    from lungct.series import read_slice
+
+    clf = Classifier.from_name("student_lungs", backend="torch")
+    files = [read_slice(name, data) for name, data in sample_bytes.items()]
+    results = analyse_slices(clf, files, real_guard, batch_size=4)
+    for r, data in zip(results, sample_bytes.values()):
+        gray = decode_image(data)
+        verdict = real_guard.check(gray)
+        assert r.guard["status"] == verdict.status
+        assert r.guard_input is None and r.model_input is None   # freed after the batch
+        if verdict.accepted:
+            want = clf.predict_gray(gray).probabilities
+            assert r.prediction.probabilities == pytest.approx(want, abs=1e-5)
+
+
+def test_onnx_extractor_is_kept_only_when_it_matches(real_guard, slices, tmp_path):
+    folder = tmp_path / "guard"
+    shutil.copytree(guard_dir(), folder, ignore=shutil.ignore_patterns(EXTRACTOR_FILE))
+    guard = InputGuard.load(folder)
+    assert guard.backend == "torch"                   # nothing built yet
+    views = [lungs.lung_view(g, guard.size) for g in slices[:6]]
+    record = guard.export_extractor(views)
+    assert record["passed"] and record["verdicts_identical"]
+    assert record["max_abs_score_diff"] <= record["max_score_diff_allowed"]
+    fast = InputGuard.load(folder)
+    assert fast.backend == "onnx" and isinstance(fast.extractor, OnnxFeatureExtractor)
+    torch_scores = [v.score for v in real_guard.check_many(slices)]
+    onnx_scores = [v.score for v in fast.check_many(slices)]
+    assert onnx_scores == pytest.approx(torch_scores, abs=1e-3, nan_ok=True)
+    # an impossible tolerance: the file is not kept
+    (folder / EXTRACTOR_FILE).unlink()
+    assert not guard.export_extractor(views, max_score_diff=-1.0)["passed"]
+    assert not (folder / EXTRACTOR_FILE).exists()
+
+
+def test_a_foreign_extractor_file_falls_back_to_pytorch(tmp_path):
+    folder = tmp_path / "guard"
+    shutil.copytree(guard_dir(), folder, ignore=shutil.ignore_patterns(EXTRACTOR_FILE))
+    (folder / EXTRACTOR_FILE).write_bytes(b"not an onnx model")
+    assert InputGuard.load(folder).backend == "torch"

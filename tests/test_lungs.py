@@ -128,3 +128,31 @@ def test_blank_and_noise_do_not_crash():
               np.random.default_rng(0).random((64, 64)).astype(np.float32)):
         seg = segment(g)
         assert lung_view(g, 32, seg).shape == (32, 32)
+
+
+def lung_base_hu(n: int = 256, fat_ring: bool = True) -> np.ndarray:
+    """A slice through the lung bases: liver and spleen fill the body, the lungs are two
+    thin crescents behind them (posterior costophrenic recesses); a thin ring of
+    subcutaneous fat follows the body wall."""
+    rng = np.random.default_rng(3)
+    hu = np.full((n, n), -1000.0, np.float32)
+    body = _ellipse(n, n * 0.5, n * 0.5, n * 0.32, n * 0.44)
+    hu[body] = 50
+    if fat_ring:
+        hu[body & ~_ellipse(n, n * 0.5, n * 0.5, n * 0.30, n * 0.42)] = -100
+    for cx in (0.32, 0.68):
+        outer = _ellipse(n, n * 0.5, n * cx, n * 0.27, n * 0.13)
+        inner = _ellipse(n, n * 0.455, n * cx, n * 0.27, n * 0.13)
+        hu[outer & ~inner & (np.mgrid[:n, :n][0] > n * 0.5)] = -850
+    hu[_ellipse(n, n * 0.72, n * 0.5, n * 0.05, n * 0.05)] = 700  # vertebra
+    return hu + rng.normal(0, 15, hu.shape).astype(np.float32)
+
+
+def test_thin_lung_bases_count_in_a_lung_window_and_fat_never_does():
+    """A lung window shows fat far brighter than lung, so thin dark crescents there are lung
+    bases; a soft-tissue window shows fat dark too, so thin dark rings are dropped there."""
+    lung_window = segment(hu_window(lung_base_hu(), *RENDERINGS["lung window"]))
+    assert lung_window.n_lungs == 2 and lung_window.lung_fraction > 0.02
+    # a soft-tissue window: the fat ring is not lung (nor, there, are the thin crescents)
+    assert segment(hu_window(lung_base_hu(), *RENDERINGS["narrow window"])).lung_fraction == 0
+    assert not segment(hu_window(chest_hu(lungs=False), *RENDERINGS["lung window"])).has_lungs

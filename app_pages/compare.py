@@ -68,6 +68,23 @@ else:
         st.info("No test_predictions.json found: ROC and reliability curves need it "
                 "(written by `python -m lungct evaluate`).")
 
+st.subheader("Other hospitals' chest CT and where the heatmaps point")
+external = comparison.external_table(all_entries)
+if external.empty:
+    st.info("No model card has external results yet: `python -m lungct external DIR "
+            "--write-card` and `python -m lungct pointing --write-cards` add them.")
+else:
+    st.caption("Lung-PET-CT-Dx (two adenocarcinoma patients, Philips and Siemens DICOM), guard "
+               "on: share of lung slices accepted, of tumour-box slices called malignant, and "
+               "series verdicts. Heatmap columns: pointing game (maximum within 15 px of a "
+               "tumour box) / share of the heatmap's energy inside the boxes (chance about 2%), "
+               "for the class malignant. From `python -m lungct external` and "
+               "`python -m lungct pointing`.")
+    st.dataframe(external, hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("lung slices accepted",
+                                          "tumour-box slices called malignant")})
+
 st.subheader("Run every available model on one image")
 runnable = catalog.runnable(all_entries)
 left, right = st.columns(2)

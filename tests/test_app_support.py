@@ -379,3 +379,22 @@ def test_predict_waits_for_a_running_heatmap():
         assert not done.wait(0.3)
     worker.join(5)
     assert done.is_set()
+
+
+def test_external_table_reads_external_and_pointing_from_cards(tmp_path):
+    pointing = {"methods": {"EigenCAM": {"pointing_game": 0.5, "energy_in_box": 0.2}}}
+    external = {"src": {"dataset": "src", "lung_slices_accepted": 0.9,
+                        "boxed_slices_called_malignant": 0.25, "series_called_malignant": 1,
+                        "series": {"a": {}, "b": {}}}}
+    entries = [catalog.ModelEntry("both", tmp_path, {"view": "lungs", "external": external,
+                                                     "pointing_game": pointing}),
+               catalog.ModelEntry("pointing_only", tmp_path, {"pointing_game": pointing}),
+               catalog.ModelEntry("neither", tmp_path, {})]
+    table = comparison.external_table(entries)
+    assert list(table["model"]) == ["both", "pointing_only"]
+    both = table.iloc[0]
+    assert both["view"] == "lungs" and both["series called malignant"] == "1/2"
+    assert both["tumour-box slices called malignant"] == 0.25
+    assert both["EigenCAM"] == "50% / 20%" and both["Grad-CAM"] == ""
+    assert table.iloc[1]["dataset"] == "" and table.iloc[1]["view"] == "full"
+    assert comparison.external_table([]).empty

@@ -78,6 +78,40 @@ def summary_row(entry: ModelEntry) -> dict:
     }
 
 
+POINTING_METHODS = ("Grad-CAM", "Grad-CAM++", "EigenCAM", "LayerCAM")
+
+
+def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
+    """Per model, what its card says about another source's chest CT (``python -m lungct
+    external``) and the pointing game on its tumour boxes (``python -m lungct pointing``):
+    hit rate / share of heatmap energy inside the boxes, per heatmap method."""
+    rows = []
+    for e in entries:
+        ext = next(iter((e.card.get("external") or {}).values()), None)
+        pointing = _get(e.card, "pointing_game", "methods") or {}
+        if not ext and not pointing:
+            continue
+        row = {"model": e.name, "view": e.card.get("view", "full")}
+        if isinstance(ext, dict):
+            n_series = len(ext.get("series") or {})
+            row.update({
+                "dataset": ext.get("dataset", ""),
+                "lung slices accepted": ext.get("lung_slices_accepted"),
+                "tumour-box slices called malignant": ext.get("boxed_slices_called_malignant"),
+                "series called malignant": (f"{ext.get('series_called_malignant')}/{n_series}"
+                                            if n_series else "")})
+        for method in POINTING_METHODS:
+            m = pointing.get(method)
+            row[method] = (f"{m['pointing_game']:.0%} / {m['energy_in_box']:.0%}"
+                           if isinstance(m, dict) else "")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for c in ("dataset", "series called malignant"):
+        if c in table:
+            table[c] = table[c].fillna("")
+    return table
+
+
 def reference_rows(protocol: str, leakage: dict) -> list[dict]:
     """The paper's published figures and the pixel 1-NN leakage probe of ``protocol``."""
     rows = [{**r, "kind": "published (paper protocol)", "protocol": "paper",

@@ -44,7 +44,8 @@ def _fold_cfg(cfg: dict, name: str, manifest: Path, work: Path, epochs: int | No
 
 
 def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
-           epochs: int | None = None, only: list[int] | None = None) -> dict | None:
+           epochs: int | None = None, only: list[int] | None = None,
+           cache: str | Path = "data/cache/cv") -> dict | None:
     """Train and predict every fold (or ``only`` these); the report once all folds exist."""
     from lungct.evaluate import collect_logits
     from lungct.models import load_model
@@ -53,10 +54,10 @@ def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
     rows = read_manifest(resolve(cfg["data"]["manifest"]))
     root = resolve(cfg["data"]["root"])
     folds = assign_folds(rows, k, int(cfg["data"]["seed"]))
-    _, teacher_name, _ = model_config(cfg, name)
-    teacher_name = teacher_name if use_teacher else None
-    tag = name if use_teacher or not _ else f"{name}_no_teacher"
-    work = resolve("data/cache/cv") / tag
+    _, recipe_teacher, _ = model_config(cfg, name)
+    teacher_name = recipe_teacher if use_teacher else None
+    tag = name if use_teacher or not recipe_teacher else f"{name}_no_teacher"
+    work = resolve(cache) / tag
     minutes = {}
     for f in range(k):
         done = work / f"fold{f}.npz"

@@ -67,6 +67,8 @@ class SliceResult:
     instance_number: int | None = None
     guard: dict | None = None     # the guard's verdict (as_dict), when it ran
     name: str | None = field(default=None, repr=False)   # session display only
+    guard_gray: np.ndarray | None = field(default=None, repr=False)
+    """A DICOM slice in the lung window, when ``gray`` is in another: what the guard judges."""
     guard_input: object | None = field(default=None, repr=False)
     """The guard's per-slice work done ahead (``InputGuard.prepare``), by ``prepare_inputs``."""
     model_input: np.ndarray | None = field(default=None, repr=False)
@@ -122,6 +124,13 @@ class SliceResult:
 
 # ------------------------------------------------------------------ decode
 
+GUARD_WINDOW = "lung"
+"""The window the guard sees DICOM slices in, whatever window the user reads them in: only a
+lung window shows fat far brighter than lung, so only there can the body and lung check
+tell lung fields from fat and bowel gas (in a mediastinal window both are dark and neck or
+abdomen slices would pass as lung)."""
+
+
 def _dataset_gray(ds, window: str, max_pixels: int) -> np.ndarray:
     """Pixels of an already parsed DICOM dataset, through ``lungct.preprocess``'s DICOM path."""
     from lungct import preprocess
@@ -152,12 +161,15 @@ def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
             raise InvalidImageError(sf.error)
         if ext and ext not in ACCEPTED_EXTENSIONS:
             raise InvalidImageError(f"unsupported file type; use {ACCEPTED_HELP}")
-        if sf.dataset is not None:
-            r.gray = _dataset_gray(sf.dataset, window, max_pixels)
-        else:
+        def render(w: str) -> np.ndarray:
+            if sf.dataset is not None:
+                return _dataset_gray(sf.dataset, w, max_pixels)
             # only the extension is passed on as a hint: the name itself is never used
-            r.gray = decode_image(sf.data or b"", name="upload" + ext, window=window,
-                                  max_pixels=max_pixels)
+            return decode_image(sf.data or b"", name="upload" + ext, window=w,
+                                max_pixels=max_pixels)
+        r.gray = render(window)
+        if window != GUARD_WINDOW and sf.is_dicom:
+            r.guard_gray = render(GUARD_WINDOW)
         if r.modality and r.modality != "CT":
             r.warning = (f"DICOM modality is {r.modality}: the model was trained on CT "
                          "slices only; treat this result with extra caution.")
@@ -207,9 +219,9 @@ def screen(guard, results: list[SliceResult]) -> None:
     try:
         if hasattr(guard, "check_prepared"):
             verdicts = guard.check_prepared([r.guard_input if r.guard_input is not None
-                                             else guard.prepare(r.gray) for r in todo])
+                                             else guard.prepare(_guard_view(r)) for r in todo])
         else:   # a minimal guard (tests) with check_many only
-            verdicts = guard.check_many([r.gray for r in todo])
+            verdicts = guard.check_many([_guard_view(r) for r in todo])
     except Exception as err:
         for r in todo:
             r.error, r.rejected = (f"the input check (is this a lung CT slice?) failed "
@@ -217,6 +229,10 @@ def screen(guard, results: list[SliceResult]) -> None:
         return
     for r, verdict in zip(todo, verdicts):
         _apply_verdict(r, verdict)
+
+
+def _guard_view(r: SliceResult) -> np.ndarray:
+    return r.guard_gray if r.guard_gray is not None else r.gray
 
 
 def _apply_verdict(r: SliceResult, verdict) -> None:
@@ -298,8 +314,10 @@ def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
         if guard is not None and hasattr(guard, "prepare") and not (
                 r.is_dicom and r.modality and r.modality != "CT"):
             from lungct.lungs import segment
-            seg = segment(r.gray)
-            r.guard_input = guard.prepare(r.gray, seg=seg)
+            seg = segment(_guard_view(r))
+            r.guard_input = guard.prepare(_guard_view(r), seg=seg)
+            if r.guard_gray is not None:
+                seg = None      # the model sees another rendering: its own segmentation
         if hasattr(classifier, "predict_prepared"):
             if lung_model and seg is None:
                 from lungct.lungs import segment
@@ -362,7 +380,7 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         out = list(batch)
         batch.clear()
         for r in out:
-            r.guard_input = r.model_input = None
+            r.guard_input = r.model_input = r.guard_gray = None
             if not keep_pixels:
                 r.gray = None
         return out

@@ -458,20 +458,17 @@ def case_verdict(results: list[SliceResult],
 # ------------------------------------------------------------------- case
 
 def weights_digest(folder, length: int = 12) -> str | None:
-    """First ``length`` hex digits of the weights file's SHA-256, None when absent."""
-    import hashlib
+    """First ``length`` hex digits of the weights file's SHA-256, None when absent
+    (hashed once per file version: every case names its model's version)."""
     from pathlib import Path
 
     from lungct.models.checkpoint import WEIGHTS_FILE
+    from lungct.onnx_runtime import file_sha256
 
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
+    return file_sha256(path)[:length]
 
 
 def model_version(folder, card: dict) -> str:

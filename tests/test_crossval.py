@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import lungct.evaluate  # noqa: F401  imported before load_model is patched (it binds it)
 from lungct import CLASSES
 from lungct.config import load_config
 from lungct.training import crossval

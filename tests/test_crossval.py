@@ -72,3 +72,6 @@ def test_run_cv_plumbing(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "reports" / "cv" / "student_lungs.json").read_text())
     assert saved["case_accuracy"] == 1.0
     assert np.isfinite(saved["calibration"]["ece_cross_fitted"])
+    same = crossval.compare_runs(cfg, "student_lungs", "student_lungs", k=3,
+                                 cache=tmp_path / "cache")
+    assert same["difference"] == 0.0 and same["only_a_right"] == same["only_b_right"] == 0

@@ -124,3 +124,16 @@ def test_cv_report_on_perfect_and_random_predictions():
     lo, hi = rep["accuracy_ci95"]
     assert lo <= rep["accuracy"] <= hi
     assert "grouped CV" in format_cv(rep)
+
+
+def test_paired_difference_counts_discordant_images():
+    from lungct.cv import paired_difference
+    y = np.array([0, 1, 2, 0, 1, 2])
+    a = np.array([0, 1, 2, 0, 0, 0])      # 4 right
+    b = np.array([0, 0, 0, 0, 1, 2])      # 4 right, others
+    groups = np.array(["p", "p", "q", "q", "r", "r"])
+    out = paired_difference(y, a, b, groups, n_boot=200)
+    assert out["difference"] == pytest.approx(0.0)
+    assert out["only_a_right"] == 2 and out["only_b_right"] == 2
+    lo, hi = out["difference_ci95"]
+    assert lo <= 0.0 <= hi

@@ -104,6 +104,36 @@ def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
     return report
 
 
+def load_oof(tag: str, k: int = 5, cache: str | Path = "data/cache/cv"):
+    """(paths, labels, logits) of a finished run, in fold order."""
+    work = resolve(cache) / tag
+    parts = [np.load(work / f"fold{f}.npz") for f in range(k)]
+    return (np.concatenate([d["paths"] for d in parts]),
+            np.concatenate([d["y"] for d in parts]),
+            np.concatenate([d["logits"] for d in parts]))
+
+
+def compare_runs(cfg: dict, tag_a: str, tag_b: str, k: int = 5,
+                 cache: str | Path = "data/cache/cv") -> dict:
+    """Paired out-of-fold comparison of two finished runs (same folds, same images)."""
+    from lungct.cv import paired_difference
+
+    groups = {r["path"]: r["group"] for r in read_manifest(resolve(cfg["data"]["manifest"]))}
+    paths_a, y, logits_a = load_oof(tag_a, k, cache)
+    paths_b, _, logits_b = load_oof(tag_b, k, cache)
+    order = {p: i for i, p in enumerate(paths_b)}
+    if set(order) != set(paths_a.tolist()):
+        raise ValueError(f"{tag_a} and {tag_b} did not predict the same images")
+    logits_b = logits_b[[order[p] for p in paths_a]]
+    out = paired_difference(y, logits_a.argmax(1), logits_b.argmax(1),
+                            [groups[str(p)] for p in paths_a])
+    print(f"{tag_a} - {tag_b}: accuracy {out['accuracy_a']:.1%} - {out['accuracy_b']:.1%} = "
+          f"{out['difference']:+.1%} (95% CI {out['difference_ci95'][0]:+.1%} to "
+          f"{out['difference_ci95'][1]:+.1%}, patient bootstrap); only A right "
+          f"{out['only_a_right']}, only B right {out['only_b_right']}")
+    return out
+
+
 def add_command(sub, common) -> None:
     p = sub.add_parser("cv", parents=[common],
                        help="k-fold grouped cross-validation of a shipped recipe")
@@ -113,11 +143,17 @@ def add_command(sub, common) -> None:
                    help="train the student recipe without distillation (half the time)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (say so in reports)")
     p.add_argument("--only", type=int, nargs="+", help="run only these folds (resume later)")
+    p.add_argument("--compare", metavar="RUN",
+                   help="instead: compare the finished run of --model with RUN (a folder name "
+                        "under data/cache/cv, e.g. student_lungs_no_teacher), image by image")
     p.set_defaults(func=cmd_cv)
 
 
 def cmd_cv(args) -> int:
     from lungct.config import config_from_args
-    report = run_cv(config_from_args(args), args.model, args.folds, not args.no_teacher,
-                    args.epochs, args.only)
+    cfg = config_from_args(args)
+    if args.compare:
+        compare_runs(cfg, args.model, args.compare, args.folds)
+        return 0
+    report = run_cv(cfg, args.model, args.folds, not args.no_teacher, args.epochs, args.only)
     return 0 if report is not None or args.only else 1

@@ -99,7 +99,7 @@ def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(format_cv(report, f"{tag}: recipe of models.{name}"
                     + (f", teacher {teacher_name} per fold" if teacher_name else
-                       ", without distillation")))
+                       ", without distillation" if recipe_teacher else "")))
     print(f"wrote {out}")
     return report
 

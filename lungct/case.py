@@ -310,20 +310,16 @@ def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
         return
     try:
         seg = None
-        lung_model = getattr(classifier, "view", "full") == "lungs"
         if guard is not None and hasattr(guard, "prepare") and not (
                 r.is_dicom and r.modality and r.modality != "CT"):
-            from lungct.lungs import segment
-            seg = segment(_guard_view(r))
-            r.guard_input = guard.prepare(_guard_view(r), seg=seg)
-            if r.guard_gray is not None:
-                seg = None      # the model sees another rendering: its own segmentation
+            r.guard_input = guard.prepare(_guard_view(r))
+            if r.guard_gray is None:    # the model sees the same rendering: share its masks
+                seg = getattr(r.guard_input, "seg", None)
         if hasattr(classifier, "predict_prepared"):
-            if lung_model and seg is None:
-                from lungct.lungs import segment
-                seg = segment(r.gray)
-            r.model_input = (classifier.prepare(r.gray, seg=seg) if lung_model
-                             else classifier.prepare(r.gray))
+            if getattr(classifier, "view", "full") == "lungs":
+                r.model_input = classifier.prepare(r.gray, seg=seg)
+            else:
+                r.model_input = classifier.prepare(r.gray)
     except Exception:
         r.guard_input = r.model_input = None
 

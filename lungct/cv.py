@@ -32,6 +32,7 @@ import numpy as np
 from lungct import CLASSES
 from lungct.case import CASE_RULE, case_label
 from lungct.metrics import expected_calibration_error, roc_auc_ovr
+from lungct.onnx_runtime import calibrated_softmax
 
 MALIGNANT, BENIGN = CLASSES.index("malignant"), CLASSES.index("benign")
 
@@ -96,26 +97,19 @@ def fold_manifest(rows: Sequence[dict], folds: dict[str, int], fold: int, k: int
 
 # ------------------------------------------------------------ calibration
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+softmax = calibrated_softmax
+"""softmax(logits / T), the runtime's own definition of a calibrated probability."""
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The T minimising the negative log-likelihood of softmax(logits / T) (1-D search on
-    log T, bounded to [0.05, 20] as ``lungct.evaluate.fit_temperature``)."""
-    from scipy.optimize import minimize_scalar
+    """The temperature minimising the NLL of softmax(logits / T): ``lungct.evaluate``'s fit
+    on numpy arrays."""
+    import torch
 
-    y = np.asarray(y, dtype=int)
+    from lungct.evaluate import fit_temperature as fit
 
-    def nll(log_t: float) -> float:
-        p = softmax(logits, float(np.exp(log_t)))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+    return fit(torch.as_tensor(np.asarray(logits), dtype=torch.float32),
+               torch.as_tensor(np.asarray(y), dtype=torch.long))
 
 
 def cross_fitted_probabilities(logits: np.ndarray, y: np.ndarray,

@@ -55,11 +55,25 @@ def _extractor(backbone: str):
     raise ValueError(f"unknown backbone {backbone!r}: use one of {BACKBONES}")
 
 
+def inputs_digest(grays: list[np.ndarray]) -> str:
+    """A short hash of the slices themselves: a feature cache is valid for these inputs only
+    (another guard or segmentation accepts other slices)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for g in grays:
+        h.update(np.ascontiguousarray(g, dtype=np.float32).tobytes())
+    return h.hexdigest()[:12]
+
+
 def features(backbone: str, grays: list[np.ndarray], cache: Path | None = None,
              batch_size: int = 16) -> np.ndarray:
-    """Frozen features of the lung views of ``grays`` (cached in ``cache`` when given)."""
-    if cache is not None and cache.exists():
-        return np.load(cache)["x"]
+    """Frozen features of the lung views of ``grays`` (cached in folder ``cache``, under
+    the backbone's name and a digest of the inputs)."""
+    if cache is not None:
+        cache = cache / f"{backbone}_{len(grays)}_{inputs_digest(grays)}.npz"
+        if cache.exists():
+            return np.load(cache)["x"]
     from lungct.lungs import lung_view
 
     run = _extractor(backbone)
@@ -154,13 +168,13 @@ def run_probe(cfg: dict, backbones=BACKBONES, k: int = 5, external: str | None =
            "head": f"standardised logistic regression, C from {list(C_GRID)} on each run's "
                    "val fold", "backbones": {}}
     for name in backbones:
-        x = features(name, grays, cache / f"{name}_iq.npz")
+        x = features(name, grays, cache)
         logits, fold_ids, chosen = cross_validate(x, y, groups, folds, k)
         entry = {"features": int(x.shape[1]), "c_per_fold": chosen,
                  "cv": cv_report(y, logits, groups, fold_ids)}
         print(format_cv(entry["cv"], f"{name} backbone, frozen, linear probe"))
         if len(ext_grays):
-            x_ext = features(name, ext_grays, cache / f"{name}_lpcd.npz")
+            x_ext = features(name, ext_grays, cache)
             model = _fit(x, y, float(np.median(chosen)))
             entry["external"] = external_check(model, x_ext, boxed)
             print(f"  Lung-PET-CT-Dx (probe on all IQ-OTH/NCCD): {entry['external']}")

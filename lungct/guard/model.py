@@ -71,10 +71,12 @@ DEFAULTS = {
 
 
 class Prepared(NamedTuple):
-    """A slice ready for the learned score: its lung view and lung fraction."""
+    """A slice ready for the learned score: its lung view and lung fraction, and the
+    segmentation they came from (a lung-view classifier reuses it)."""
 
     view: np.ndarray
     lung_fraction: float
+    seg: Segmentation | None = None
 
 
 class GuardLoadError(LungctError, RuntimeError):
@@ -186,7 +188,7 @@ class InputGuard:
         if seg.body_fraction < self.min_body:
             return Verdict(False, math.nan, self.threshold,
                            f"{REJECTED} (no body outline found)", NOT_CT, 0.0)
-        return Prepared(lung_view(g, self.size, seg), seg.lung_fraction)
+        return Prepared(lung_view(g, self.size, seg), seg.lung_fraction, seg)
 
     def check_prepared(self, items: Sequence[Verdict | Prepared],
                        batch_size: int = 32) -> list[Verdict]:

@@ -51,6 +51,9 @@ MIN_LUNG_FRACTION = 0.03
 """Lung area / body area from which a slice shows lung, unless a fitted limit says otherwise."""
 MIN_LUNG_PART = 0.01
 """A dark region inside the body counts as lung from this fraction of the body area."""
+MIN_CRESCENT_PART = 0.004
+"""The same in a window that shows outside air grey (a lung window), where level and
+enclosure tell gas and open air from lung: the thin crescents of the lung bases count."""
 MIN_THICKNESS = 0.04
 """A lung region's largest inscribed radius, as a share of sqrt(body area), at least."""
 MARGIN = 0.08
@@ -201,8 +204,8 @@ def segment(gray: np.ndarray) -> Segmentation:
         tissue_level = float(np.median(upper)) if upper.size else m0
     else:
         tissue_level = top
-    dark = ndi.binary_opening((small < (air + tissue_level) / 2) & ndi.binary_erosion(body, iterations=3),
-                              iterations=2)
+    mid = (air + tissue_level) / 2
+    dark = ndi.binary_opening((small < mid) & ndi.binary_erosion(body, iterations=3), iterations=2)
     labels, n = ndi.label(dark)
     lungs = np.zeros_like(body)
     if n:
@@ -212,20 +215,31 @@ def segment(gray: np.ndarray) -> Segmentation:
         sizes = ndi.sum(dark, labels, index=np.arange(1, n + 1))
         order = np.argsort(sizes)[::-1]
         body_area = max(float(body.sum()), 1.0)
-        big = [int(i) + 1 for i in order[:6]
-               if int(i) + 1 not in touching and sizes[i] >= MIN_LUNG_PART * body_area]
         # A window that shows outside air grey (every lung window: air at -1000 HU is
-        # above its floor) shows lung greyer still; dark regions at the level of air
-        # there are gaps (table, arms, bowel gas), not lung. A narrow window clips
-        # both to black, so nothing can be told apart by level.
-        if air > 0.08:
+        # above its floor) is told apart from a narrow one (both clipped to black).
+        airy = air > 0.08
+        # there gas and open air are told from lung by level and by enclosure (below), so
+        # smaller dark regions may count: the crescents of the lung bases
+        least = (MIN_CRESCENT_PART if airy else MIN_LUNG_PART) * body_area
+        big = [int(i) + 1 for i in order[:12]
+               if int(i) + 1 not in touching and sizes[i] >= least]
+        if airy:
+            # Lung shows greyer than air; dark regions at the level of air are gaps
+            # (table, arms, bowel gas), not lung.
             big = [k for k in big if np.percentile(small[labels == k], 10) > air + 0.04]
-        # A lung is a thick region; a thin ring along the body wall is subcutaneous fat
-        # in a soft-tissue window (its largest inscribed circle is small for the body).
-        # A window that shows air grey shows fat far brighter than lung, so no fat is
-        # dark there: thin dark regions are lung (the crescents of the lung bases
-        # behind liver and spleen) and are kept.
-        if air <= 0.08:
+            # A lung is walled in by tissue; a dark pocket joined to the outside air
+            # through dark pixels (the gap under a blanket, between arm and chest, which
+            # the body's convex hull takes in) is not. A narrow window shows the chest
+            # wall only as broken speckle, so this holds in an airy window only.
+            open_lab, _ = ndi.label(small < mid)
+            outside = np.unique(open_lab[edge & (open_lab > 0)])
+            open_air = np.isin(open_lab, outside)
+            big = [k for k in big if not open_air[labels == k].any()]
+        else:
+            # A lung is a thick region; a thin ring along the body wall is subcutaneous
+            # fat in a soft-tissue window (its largest inscribed circle is small for the
+            # body). An airy window shows fat far brighter than lung, so thin dark regions
+            # there are lung (the crescents of the lung bases) and are kept.
             thick = MIN_THICKNESS * np.sqrt(body_area)
             big = [k for k in big if _inscribed_radius(labels, k) >= thick]
         # A wide flat band across the midline behind the body's centre is the gap

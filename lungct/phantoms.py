@@ -2,7 +2,7 @@
 
 The input guard's test material (``python -m lungct.safety_report``, the test
 suite and ``tests/make_corpus.py``): procedural brain-CT, abdominal-CT and
-chest X-ray phantoms, rendered documents, scikit-image's sample photos, noise
+chest X-ray phantoms, two-tone chest segmentation masks, rendered documents, scikit-image's sample photos, noise
 and patterns (``non_ct_set``); lung CT slices re-windowed, cropped, resized,
 re-compressed or captured as screenshots (``other_source_variants``); and
 pydicom's real ``CT_small.dcm`` (``ct_small``). Deterministic for a seed.
@@ -120,6 +120,21 @@ def chest_xray_phantom(seed: int = 0, n: int = 512) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def chest_mask(seed: int = 0, n: int = 512, kind: str = "body") -> np.ndarray:
+    """A two-tone segmentation mask of an axial chest, as a mask PNG shows it: ``body``
+    (body white, lung fields black), ``lungs`` (lung fields white on black) or
+    ``inverted`` (the body mask's complement). Shaped like a chest, grey levels of
+    none: a mask, a drawing of the outline, is not a CT slice."""
+    rng = np.random.default_rng(seed)
+    x, y = _grid(n)
+    j = lambda v: v * float(rng.uniform(0.9, 1.1))  # noqa: E731
+    body = _ellipse(x, y, 0, 0.02, j(0.86), j(0.62))
+    lungs = (_ellipse(x, y, j(-0.36), -0.05, j(0.26), j(0.44), 0.1)
+             | _ellipse(x, y, j(0.36), -0.05, j(0.26), j(0.44), -0.1))
+    out = {"body": body & ~lungs, "lungs": lungs, "inverted": ~(body & ~lungs)}[kind]
+    return out.astype(np.float32)
+
+
 def document(seed: int = 0, w: int = 600, h: int = 800) -> np.ndarray:
     """A rendered text page (report, letter, table) in [0, 1]."""
     rng = np.random.default_rng(seed)
@@ -161,7 +176,8 @@ def _skimage_images() -> list[tuple[str, np.ndarray]]:
     out = []
     for name in names:
         try:
-            img = getattr(skd, name)()
+            # binary_blobs draws new blobs each call unless seeded
+            img = getattr(skd, name)(**({"rng": 0} if name == "binary_blobs" else {}))
         except Exception:  # a sample that needs a download: skip it offline
             continue
         img = np.asarray(img, dtype=np.float64)
@@ -209,6 +225,8 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
     out.append(("checkerboard", "stripes", ((np.mgrid[0:n, 0:n][1] // 16) % 2).astype(np.float32)))
     for i in range(8):
         out.append(("document", f"page_{i}", document(seed * 100 + i)))
+    for i, kind in enumerate(("body", "lungs", "inverted", "body", "lungs", "inverted")):
+        out.append(("chest_mask", f"mask_{i}_{kind}", chest_mask(seed * 100 + i, kind=kind)))
     for i in range(8):
         out.append(("chest_xray_phantom", f"cxr_{i}", chest_xray_phantom(seed * 100 + i)))
     for i, win in enumerate(("brain", "bone", "lung", "dataset_like", "brain", "mediastinal")):

@@ -482,3 +482,50 @@ def test_image_sets_keep_the_decoded_contract():
     assert tuple(k for k, _ in variants) == OTHER_SOURCE_KINDS
     assert all(g.ndim == 2 and 0 <= g.min() and g.max() <= 1 for _, g in variants)
     assert rss_mb() > 10
+
+
+def test_min_lung_keeps_every_found_lung_slice_of_validation():
+    """The limit is the lowest lung fraction among validation lung slices whose lung
+    fields are found (the bases: a quantile would turn them away), below the cap that keeps
+    99% of all-chest slices; slices with nothing found do not drag it to the floor."""
+    fractions = np.array([0.0, 0.0123, 0.2, 0.3, 0.25, 0.0, 0.002])
+    reference = np.array([True, True, True, True, True, False, False])
+    t, info = guard_fit.choose_min_lung(fractions, reference, np.full(50, 0.2))
+    assert t == pytest.approx(0.012)
+    assert info["val_lung_slices_found"] == pytest.approx(0.8)
+    assert info["val_lung_slices_accepted"] == pytest.approx(0.8)
+    assert info["val_other_slices_outside_lungs"] == pytest.approx(1.0)
+    # never above the all-chest cap, never below the floor
+    assert guard_fit.choose_min_lung(fractions, reference, np.full(50, 0.01))[0] == pytest.approx(0.01)
+    assert guard_fit.choose_min_lung(np.array([0.001]), np.array([True]),
+                                     np.full(5, 0.2))[0] == pytest.approx(0.005)
+    # a lower recall may drop the lowest found slice
+    assert guard_fit.choose_min_lung(fractions, reference, np.full(50, 0.2),
+                                     recall=0.7)[0] == pytest.approx(0.2)
+
+
+def test_two_tone_images_are_masks_not_ct():
+    """A chest segmentation mask (shaped like a chest, no tissue grey) is refused as not CT
+    before the learned score and the anatomical check see it; CT renderings never are."""
+    import io
+
+    from PIL import Image
+
+    from lungct.guard.verdict import two_tone
+    from lungct.phantoms import chest_mask
+    for kind in ("body", "lungs", "inverted"):
+        mask = chest_mask(1, 256, kind)
+        assert two_tone(mask)
+        buf = io.BytesIO()
+        Image.fromarray((mask * 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+        assert two_tone(np.asarray(Image.open(buf), np.float32) / 255)
+    for path in sorted((REPO_ROOT / "samples").glob("*.jpg")):  # narrow-window exports
+        assert not two_tone(load_image(path))
+    for window in ((1500, -600), (350, 40)):
+        assert not two_tone(hu_window(chest_hu(), *window))
+
+
+def test_the_guard_refuses_a_mask_with_its_reason(toy_guard):
+    from lungct.phantoms import chest_mask
+    verdict = toy_guard.check(chest_mask(2, 256, "body"))
+    assert verdict.status == NOT_CT and "two-tone" in verdict.reason

@@ -156,3 +156,43 @@ def test_thin_lung_bases_count_in_a_lung_window_and_fat_never_does():
     # a soft-tissue window: the fat ring is not lung (nor, there, are the thin crescents)
     assert segment(hu_window(lung_base_hu(), *RENDERINGS["narrow window"])).lung_fraction == 0
     assert not segment(hu_window(chest_hu(lungs=False), *RENDERINGS["lung window"])).has_lungs
+
+
+def small_crescents_hu(n: int = 256) -> np.ndarray:
+    """The lowest slice that still shows lung: each crescent well under 1% of the body."""
+    hu = lung_base_hu(n, fat_ring=False)
+    lung = (hu > -950) & (hu < -500)
+    hu[lung & (np.mgrid[:n, :n][0] < n * 0.725)] = 50  # keep the deepest part only
+    return hu
+
+
+def test_the_smallest_lung_base_crescents_count_in_a_lung_window():
+    """A lung window tells gas and open air from lung by level and enclosure, so crescents
+    below ``MIN_LUNG_PART`` of the body count there (they are lung: a finding behind the
+    diaphragm must not be turned away as "outside the lungs")."""
+    from lungct.lungs import MIN_CRESCENT_PART, MIN_LUNG_PART
+    seg = segment(hu_window(small_crescents_hu(), *RENDERINGS["lung window"]))
+    assert seg.n_lungs == 2
+    assert 2 * MIN_CRESCENT_PART < seg.lung_fraction < 2 * MIN_LUNG_PART
+
+
+def open_pocket_hu(n: int = 256, channel: bool = True) -> np.ndarray:
+    """A slice without lung that has a pocket of air a little greyer than the air around the
+    patient (-880 HU against -1000: under a blanket, between an arm and the chest) joined
+    to the outside by a narrow gap; the body's outline closes over the gap."""
+    rng = np.random.default_rng(5)
+    hu = np.full((n, n), -1000.0, np.float32)
+    hu[_ellipse(n, n * 0.55, n * 0.5, n * 0.28, n * 0.44)] = 50
+    hu[_ellipse(n, n * 0.4, n * 0.5, n * 0.08, n * 0.12)] = -880
+    if channel:
+        hu[int(n * 0.2):int(n * 0.4), int(n * 0.5) - 1:int(n * 0.5) + 2] = -880
+    hu[_ellipse(n, n * 0.74, n * 0.5, n * 0.05, n * 0.05)] = 700  # vertebra
+    hu[int(n * 0.02):int(n * 0.04), int(n * 0.02):int(n * 0.12)] = 300  # a label: no frame to trim
+    return hu + rng.normal(0, 15, hu.shape).astype(np.float32)
+
+
+def test_a_pocket_open_to_the_outside_air_is_not_lung():
+    assert segment(hu_window(open_pocket_hu(), *RENDERINGS["lung window"])).lung_fraction == 0
+    # walled in by tissue, the same pocket is a lung field
+    closed = segment(hu_window(open_pocket_hu(channel=False), *RENDERINGS["lung window"]))
+    assert closed.lung_fraction > 0.03

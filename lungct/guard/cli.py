@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--external", help="Lung-PET-CT-Dx folder (default: params data.external)")
     p.add_argument("--fit-patient", help="the Lung-PET-CT-Dx patient that joins the fit "
                                          "(the other is held out and reported)")
+    p.add_argument("--both-ways", action="store_true",
+                   help="also fit on the held-out patient (not saved) and record that fit's "
+                        "report in the card as report_other_way")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("check", parents=[common],
                        help="verdicts for image or DICOM files (JSON lines)")
@@ -40,7 +43,15 @@ def add_arguments(parser) -> None:
 
 def cmd_fit(args) -> int:
     from lungct.guard.fit import fit_guard
-    guard = fit_guard(config_from_args(args), args.external, args.fit_patient)
+    cfg = config_from_args(args)
+    guard = fit_guard(cfg, args.external, args.fit_patient)
+    others = guard.card["report"].get("held_out_patient", {}).get("patients", [])
+    if args.both_ways and others:
+        other = fit_guard(cfg, args.external, others[0])
+        guard.card["report_other_way"] = {
+            "command": f"python -m lungct guard fit --fit-patient {others[0]} (not shipped)",
+            "fit": other.card["fit"], "threshold": other.threshold,
+            "min_lung": other.min_lung, "report": other.card["report"]}
     folder = guard.save(args.out)
     print(json.dumps(guard.card["report"], indent=1))
     print(f"wrote {folder / WEIGHTS_FILE} and {folder / CARD_FILE}: threshold "

@@ -15,10 +15,11 @@ Sources:
   the anatomical check ("outside the lungs"), not refused as "not CT".
 
 Limits: the learned score's threshold is the ``val_percentile`` of the
-validation scores; ``min_lung`` is the lung-fraction limit with the best
-balanced accuracy on the validation DICOM series against a rendering-free
-reference (air below -400 HU inside the body, ``hu_shows_lung``), never
-above what keeps 99% of IQ-OTH/NCCD val slices (all chest) accepted.
+validation scores; ``min_lung`` is the highest lung-fraction limit that keeps
+every validation DICOM slice that shows lung by a rendering-free reference
+(air below -400 HU inside the body, ``hu_shows_lung``) and whose lung fields
+the segmentation finds (``choose_min_lung``), never above what keeps 99% of
+IQ-OTH/NCCD val slices (all chest) accepted.
 """
 
 from __future__ import annotations
@@ -71,15 +72,22 @@ def _views(grays, size: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def choose_min_lung(fractions: np.ndarray, reference: np.ndarray,
-                    chest_fractions: np.ndarray, recall: float = 0.98) -> tuple[float, dict]:
+                    chest_fractions: np.ndarray, recall: float = 1.0) -> tuple[float, dict]:
     """The lung-fraction limit: the highest that still accepts ``recall`` of the validation
-    slices that show lung (by the HU reference) and 99% of all-chest IQ-OTH/NCCD slices.
+    slices that show lung (by the HU reference) and in which the segmentation finds lung
+    fields at all, and 99% of all-chest IQ-OTH/NCCD slices.
 
     Missing a lung slice costs a radiologist a finding; a neck or abdomen slice let
-    through is still only classified, and is reported with its lung fraction.
+    through is still only classified, and is reported with its lung fraction. The
+    lowest fractions are never random: they are the lung bases and apices, so a
+    quantile below 100% turns those away by construction (0.98 did: 0.029, and 4 of
+    the held-out patient's 28 lung slices per series, all bases, were "outside the
+    lungs"). Slices where no lung field is found (a narrow window hides the thin basal
+    crescents) no limit can accept, so they do not pull the limit to zero.
     """
     cap = float(np.percentile(chest_fractions, 1)) if len(chest_fractions) else 1.0
-    lung = np.sort(fractions[reference]) if reference.any() else np.zeros(0)
+    found = reference & (fractions > 0)
+    lung = np.sort(fractions[found]) if found.any() else np.zeros(0)
     if len(lung):
         k = int(np.floor((1 - recall) * len(lung)))
         t = min(float(lung[k]), cap)
@@ -87,9 +95,11 @@ def choose_min_lung(fractions: np.ndarray, reference: np.ndarray,
         t = min(MIN_LUNG, cap)
     t = max(0.005, float(np.floor(t * 1000) / 1000))
     pred = fractions >= t
-    out = {"rule": f"highest limit keeping {recall:.0%} of val lung slices and 99% of "
-                   "IQ-OTH/NCCD val slices", "cap_iq_val_p1": round(cap, 4)}
+    out = {"rule": f"highest limit keeping {recall:.0%} of the val lung slices whose lung "
+                   "fields are found, and 99% of IQ-OTH/NCCD val slices",
+           "cap_iq_val_p1": round(cap, 4)}
     if reference.any():
+        out["val_lung_slices_found"] = round(float(found[reference].mean()), 4)
         out["val_lung_slices_accepted"] = round(float(pred[reference].mean()), 4)
     if (~reference).any():
         out["val_other_slices_outside_lungs"] = round(float((~pred[~reference]).mean()), 4)
@@ -181,7 +191,8 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
     val_scores = np.concatenate([iq_scores, v_scores])
     guard.threshold = float(np.percentile(val_scores, pct))
     plain_frac = iq_frac[:len(iq["val"])]
-    guard.min_lung, lung_sel = choose_min_lung(v_frac, v_ref, plain_frac) if len(v_frac) else (
+    guard.min_lung, lung_sel = choose_min_lung(
+        v_frac, v_ref, plain_frac, float(params["min_lung_recall"])) if len(v_frac) else (
         min(MIN_LUNG, float(np.percentile(plain_frac, 1))), {"source": "IQ-OTH/NCCD val only"})
     log(f"threshold {guard.threshold:.3f} ({pct}th percentile of {len(val_scores)} val scores); "
         f"min_lung {guard.min_lung:.4f} ({time.time() - t0:.0f} s)")

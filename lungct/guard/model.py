@@ -46,7 +46,7 @@ from lungct.guard.features import (EXTRACTOR_FILE, EXTRACTOR_SIZE, FeatureExtrac
                                    OnnxFeatureExtractor, export_extractor, shared_extractor)
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
                                   REJECTED, OutOfDistribution, Verdict, as_gray,
-                                  modality_verdict, spread)
+                                  modality_verdict, spread, two_tone)
 from lungct.lungs import Segmentation, lung_view, segment
 
 GUARD_NAME = "ood_guard"
@@ -67,6 +67,7 @@ DEFAULTS = {
     "min_std": 0.02,            # below: "blank or nearly uniform image"
     "seed": 0,
     "fit_patient": "A0001",     # Lung-PET-CT-Dx patient whose series join the fit set
+    "min_lung_recall": 1.0,     # share of val lung slices (lung fields found) min_lung keeps
 }
 
 
@@ -204,6 +205,9 @@ class InputGuard:
         if min(gray.shape) < 16 or spread(gray) < self.min_std:
             return Verdict(False, math.nan, self.threshold,
                            f"{REJECTED} (blank, nearly uniform or too small image)", NOT_IMAGE)
+        if two_tone(gray):
+            return Verdict(False, math.nan, self.threshold,
+                           f"{REJECTED} (a two-tone image: a mask or a drawing)", NOT_CT)
         if data is not None:
             from lungct.preprocess import dicom_modality, is_dicom
             if is_dicom(data):

@@ -103,6 +103,24 @@ def spread(gray: np.ndarray) -> float:
     return float(np.std(small))
 
 
+TWO_TONE_SHARE = 0.985
+"""Share of pixels in the two fullest of 16 grey bins from which an image is two-tone."""
+
+
+def two_tone(gray: np.ndarray) -> bool:
+    """Whether nearly every pixel takes one of two grey levels: a segmentation mask, a
+    drawing or a binary pattern, never a CT slice (every window shows some tissue grey).
+
+    IQ-OTH/NCCD's narrow-window exports, the darkest CT renderings there are (about 85%
+    of pixels black), reach 0.969 at most; a mask PNG is 1.0, and still 0.99 after JPEG
+    at quality 75. A body mask with black lungs passed the learned score and the
+    anatomical check before this rule.
+    """
+    sub = as_gray(gray)[::2, ::2]
+    counts = np.bincount(np.minimum((sub * 16).astype(np.int64), 15).ravel(), minlength=16)
+    return bool(np.sort(counts)[-2:].sum() >= TWO_TONE_SHARE * counts.sum())
+
+
 def modality_verdict(modality: str | None, threshold: float = 1.0) -> Verdict | None:
     """A rejection for DICOM modalities that are never a CT slice, else None.
 

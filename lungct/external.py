@@ -101,6 +101,8 @@ def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
     slices = read_all(root)
     out: dict = {"layout": "Lung-PET-CT-Dx", "series": {}}
     lung_acc, boxed_mal = [], []
+    probs: dict[str, list] = {"boxed": [], "other": []}  # classified slices, by tumour box
+    other_mal: list[bool] = []
     by_series: dict[str, list] = {}
     for s in slices:
         by_series.setdefault(s.series, []).append(s)
@@ -113,6 +115,12 @@ def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
         mal = [r is not None and r.status == "classified" and r.prediction.label == "malignant"
                for r in results]
         lung_acc += [a for a, sh in zip(accepted, shows) if sh]
+        for r, s in zip(results, items):
+            if r is not None and r.status == "classified":
+                probs["boxed" if s.boxes else "other"].append(
+                    [r.prediction.probabilities[c] for c in clf.classes])
+                if not s.boxes:
+                    other_mal.append(r.prediction.label == "malignant")
         boxed = [m for m, s in zip(mal, items) if s.boxes]
         boxed_mal += boxed
         verdict = case.verdict or {}
@@ -130,6 +138,13 @@ def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
                                             if boxed_mal else None)
     out["series_called_malignant"] = int(sum(v["case_verdict"] == "malignant"
                                              for v in out["series"].values()))
+    # what the model makes of this source: tumour slices against the rest (both patients
+    # have cancer, so "the rest" being malignant too says little; equal means says a lot)
+    out["mean_probabilities"] = {
+        k: {c: round(float(np.mean([p[i] for p in v])), 4) for i, c in enumerate(clf.classes)}
+        for k, v in probs.items() if v}
+    out["other_slices_called_malignant"] = (round(float(np.mean(other_mal)), 4)
+                                            if other_mal else None)
     out["pointing"] = {m: pointing_game(clf.torch_model, slices, method=m, window=window)
                        for m in methods}
     return out
@@ -166,7 +181,11 @@ def format_result(r: dict) -> str:
                          f"case verdict {s['case_verdict']}")
         lines.append(f"  lung slices accepted {r['lung_slices_accepted']}; boxed slices called "
                      f"malignant {r['boxed_slices_called_malignant']}; series called malignant "
-                     f"{r['series_called_malignant']}/{len(r['series'])}")
+                     f"{r['series_called_malignant']}/{len(r['series'])}; other classified "
+                     f"slices called malignant {r['other_slices_called_malignant']}")
+        for k, p in r["mean_probabilities"].items():
+            lines.append(f"  mean probabilities, {k} slices: "
+                         + ", ".join(f"{c} {v:.3f}" for c, v in p.items()))
         for m, p in r["pointing"].items():
             if p.get("n"):
                 lines.append(f"  pointing game {m}: {p['hits']}/{p['n']} = {p['pointing_game']:.1%}"

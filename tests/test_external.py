@@ -134,10 +134,16 @@ def test_external_on_lung_pet_ct_dx_and_the_command(tmp_path, capsys):
         assert s["slices"] == 4 and s["boxed_slices"] == 1
         assert s["case_verdict"] in ("normal", "benign", "malignant")
     assert r["pointing"]["Grad-CAM"]["n"] == 2
+    # every slice is classified without the guard: 2 boxed, 6 others; probabilities sum to 1
+    assert set(r["mean_probabilities"]) == {"boxed", "other"}
+    for p in r["mean_probabilities"].values():
+        assert sum(p.values()) == pytest.approx(1.0, abs=1e-3) and set(p) == set(clf.classes)
+    assert 0.0 <= r["other_slices_called_malignant"] <= 1.0
     rc = cli_main(["external", str(root), "--model", str(folder), "--no-guard",
                    "--write-card"])
     assert rc == 0
-    assert "pointing game Grad-CAM" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pointing game Grad-CAM" in out and "mean probabilities, boxed slices" in out
     from lungct.models.checkpoint import read_card
     assert read_card(folder)["external"]["lpcd"]["layout"] == "Lung-PET-CT-Dx"
     assert cli_main(["external", str(tmp_path / "missing"), "--model", str(folder)]) == 2

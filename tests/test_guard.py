@@ -533,3 +533,16 @@ def test_the_guard_refuses_a_mask_with_its_reason(toy_guard):
     from lungct.phantoms import chest_mask
     verdict = toy_guard.check(chest_mask(2, 256, "body"))
     assert verdict.status == NOT_CT and "two-tone" in verdict.reason
+
+
+def test_kernel_variant_blurs_sharpens_and_adds_noise():
+    from lungct.guard.variants import kernel
+    gray = hu_window(chest_hu(), 1500, -600)
+    edges = lambda g: float(np.abs(np.diff(g, axis=1)).mean())  # noqa: E731
+    soft, sharp = kernel(gray, -1.0), kernel(gray, 1.0)
+    assert soft.shape == sharp.shape == gray.shape and soft.dtype == np.float32
+    assert edges(soft) < edges(gray) < edges(sharp)
+    assert 0.0 <= sharp.min() and sharp.max() <= 1.0
+    noisy = kernel(gray, 0.0, 0.03, np.random.default_rng(1))
+    assert float(np.std(noisy - gray)) == pytest.approx(0.03, abs=0.01)
+    np.testing.assert_array_equal(kernel(gray, 0.0), gray)

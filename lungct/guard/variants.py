@@ -120,6 +120,22 @@ def jpeg(gray: np.ndarray, quality: int = 75) -> np.ndarray:
     return np.asarray(Image.open(buf).convert("L"), dtype=np.float32) / 255.0
 
 
+def kernel(gray: np.ndarray, sharpness: float, noise: float = 0.0,
+           rng: np.random.Generator | None = None) -> np.ndarray:
+    """Another reconstruction kernel and dose: ``sharpness`` < 0 blurs (a soft kernel,
+    Gaussian sigma ``-sharpness`` px), > 0 sharpens (an edge kernel: unsharp mask of that
+    amount), and ``noise`` adds Gaussian noise of that standard deviation."""
+    from scipy import ndimage as ndi
+    g = as_gray(gray)
+    if sharpness < 0:
+        g = ndi.gaussian_filter(g, -sharpness)
+    elif sharpness > 0:
+        g = g + sharpness * (g - ndi.gaussian_filter(g, 1.0))
+    if noise > 0:
+        g = g + (rng or np.random.default_rng(0)).normal(0.0, noise, g.shape)
+    return np.clip(g, 0.0, 1.0).astype(np.float32)
+
+
 def affine(gray: np.ndarray, angle: float = 0.0, scale: float = 1.0, dx: float = 0.0,
            dy: float = 0.0, hflip: bool = False) -> np.ndarray:
     """The training augmentation: rotation (degrees), zoom, shift (fraction of side), flip."""
@@ -145,7 +161,8 @@ def random_variant(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Always the training augmentation; then, each with some probability, a
     display change (gamma/contrast or a re-rendered lung/mediastinal window),
-    a crop, a resolution change, a screenshot border, a JPEG round trip.
+    another reconstruction kernel and dose (blur or sharpening, noise), a crop, a
+    resolution change, a screenshot border, a JPEG round trip.
     """
     g = affine(gray, angle=rng.uniform(-15, 15), scale=rng.uniform(0.9, 1.1),
                dx=rng.uniform(-0.1, 0.1), dy=rng.uniform(-0.1, 0.1), hflip=rng.random() < 0.5)
@@ -161,6 +178,9 @@ def random_variant(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = retissue(g, soft=rng.uniform(0.35, 0.65), lung=rng.uniform(0.0, 0.05),
                      detail=rng.uniform(0.2, 0.8), blur=rng.uniform(0.5, 1.5),
                      seed=int(rng.integers(1 << 31)))
+    if rng.random() < 0.4:
+        g = kernel(g, float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.5)),
+                   float(rng.uniform(0.0, 0.04)), rng)
     if rng.random() < 0.5:
         g = crop(g, rng.uniform(0.6, 0.97), rng.random(), rng.random())
     if rng.random() < 0.3:

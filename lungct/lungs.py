@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
 
 WORK_SIDE = 256
 """Segmentation runs at this longest side (about 2-4 ms on one core)."""
@@ -280,15 +279,48 @@ def segment(gray: np.ndarray) -> Segmentation:
 
 
 def _hull(mask: np.ndarray) -> np.ndarray:
-    """``convex_hull_image`` computed on the mask's bounding box only (the hull cannot
-    leave it; the same pixels, several times faster)."""
-    box = _bbox(mask)
-    if box is None:
+    """The convex hull of a mask, pixel for pixel ``skimage``'s ``convex_hull_image`` (hull
+    of the pixels' edge midpoints, borders included), about 3x faster: the hull of a
+    pixel set is that of each row's two end pixels, and a convex polygon crosses each row
+    in one run, so it is filled row by row instead of testing every pixel against it."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    rows = np.nonzero(mask.any(axis=1))[0]
+    if not len(rows):
         return mask
-    y0, x0, y1, x1 = box
+    run = mask[rows]
+    left = run.argmax(axis=1)
+    right = mask.shape[1] - 1 - run[:, ::-1].argmax(axis=1)
+    ends = np.concatenate([np.stack([rows, left], 1), np.stack([rows, right], 1)])
+    ends = ends.astype(np.float64)
+    try:
+        corners = ends[ConvexHull(ends).vertices]
+    except (QhullError, ValueError):  # pixels on one line: their edge midpoints have area
+        corners = ends
+    edges = np.unique((corners[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2), axis=0)
+    try:
+        v = edges[ConvexHull(edges).vertices]
+    except (QhullError, ValueError):
+        return np.zeros_like(mask)
+    y0, x0 = v[:, 0], v[:, 1]
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    eps = 1e-9
+    r0 = max(int(np.ceil(y0.min() - eps)), 0)
+    r1 = min(int(np.floor(y0.max() + eps)), mask.shape[0] - 1)
+    ys = np.arange(r0, r1 + 1, dtype=np.float64)[:, None]
+    crosses = (ys >= np.minimum(y0, y1) - eps) & (ys <= np.maximum(y0, y1) + eps)
+    flat = y1 == y0
+    x = x0 + (ys - y0) / np.where(flat, 1.0, y1 - y0) * (x1 - x0)
+    lo = np.where(crosses, np.where(flat, np.minimum(x0, x1), x), np.inf).min(axis=1)
+    hi = np.where(crosses, np.where(flat, np.maximum(x0, x1), x), -np.inf).max(axis=1)
+    cols = np.arange(mask.shape[1])
     out = np.zeros_like(mask)
-    out[y0:y1, x0:x1] = convex_hull_image(mask[y0:y1, x0:x1])
+    out[r0:r1 + 1] = ((cols >= np.ceil(lo - eps)[:, None]) & (cols <= np.floor(hi + eps)[:, None]))
     return out
+
+
+_EDGE_MIDPOINTS = np.array([[0.0, 0.5], [0.0, -0.5], [0.5, 0.0], [-0.5, 0.0]])
+"""Offsets from a pixel's centre to the midpoints of its edges (skimage's hull vertices)."""
 
 
 def _inscribed_radius(labels: np.ndarray, k: int) -> float:

@@ -196,3 +196,25 @@ def test_a_pocket_open_to_the_outside_air_is_not_lung():
     # walled in by tissue, the same pocket is a lung field
     closed = segment(hu_window(open_pocket_hu(channel=False), *RENDERINGS["lung window"]))
     assert closed.lung_fraction > 0.03
+
+
+def test_hull_is_skimage_convex_hull_pixel_for_pixel():
+    """The row-by-row hull fill is a speed-up only: the same pixels as skimage's
+    ``convex_hull_image`` on blobs, thin lines, single pixels and empty masks."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    from lungct.lungs import _hull
+    rng = np.random.default_rng(0)
+    masks = [ndi.gaussian_filter(rng.random((64, 80)), 3) > t for t in (0.5, 0.52, 0.55)]
+    masks += [rng.random((40, 40)) > 0.995, np.zeros((20, 30), bool), np.eye(16, dtype=bool)]
+    line = np.zeros((20, 20), bool)
+    line[5, 3:15] = True
+    one = np.zeros((9, 9), bool)
+    one[4, 4] = True
+    for m in masks + [line, one]:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skimage warns on a hull without area
+            expected = convex_hull_image(m) if m.any() else m
+        np.testing.assert_array_equal(_hull(m), expected)

@@ -115,7 +115,7 @@ for r in most_suspicious_first(results):
             mid.image(overlays[r.position], caption=caption(method, explained), width="stretch")
         right.metric("Label", pred.label,
                      help=f"model {entry.name}, computed with {pred.backend or 'torch'}")
-        if pred.unsure:
+        if pred.unsure and pred.confidence < clf.unsure_below:
             right.warning(f"Unsure: top probability {pred.confidence:.2f} is below "
                           f"{clf.unsure_below:.2f}. Review this slice carefully.")
         if r.warning:

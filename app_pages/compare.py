@@ -85,6 +85,16 @@ else:
                                 for c in ("lung slices accepted",
                                           "tumour-box slices called malignant")})
 
+rendering = comparison.rendering_table(all_entries)
+if not rendering.empty:
+    st.caption("The same test slices as other hospitals render them (guard off; "
+               "`python -m lungct robustness`): accuracy and the share of normal slices "
+               "called malignant, plain and per rendering. A model that keys on one "
+               "hospital's export calls normal lung-window slices malignant.")
+    st.dataframe(rendering, hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in rendering.columns if ":" in c})
+
 st.subheader("Run every available model on one image")
 runnable = catalog.runnable(all_entries)
 left, right = st.columns(2)

@@ -57,6 +57,8 @@ def result_row(path: Path, r) -> dict:
            else {"file": str(path), "error": r.error})
     if r.guard is not None:
         row["ood"] = r.guard
+    if r.ok and r.warning:
+        row["warning"] = r.warning
     if r.status in ("refused", "outside_lungs"):
         row["rejected"] = True
         if r.status == "outside_lungs":

@@ -73,6 +73,9 @@ class SliceResult:
     """The guard's per-slice work done ahead (``InputGuard.prepare``), by ``prepare_inputs``."""
     model_input: np.ndarray | None = field(default=None, repr=False)
     """The classifier's input made ahead (``Classifier.prepare``), by ``prepare_inputs``."""
+    lung_window: bool | None = None
+    """Whether the model sees a rendering whose lungs show grey (a lung window), when the
+    guard's segmentation told (``Segmentation.grey_lungs``); see ``rendering_caution``."""
 
     @property
     def ok(self) -> bool:
@@ -294,8 +297,35 @@ def classify(classifier, results: list[SliceResult]) -> None:
         for r in todo:   # find the one slice that breaks the batch
             classify(classifier, [r])
         return
+    caution = rendering_caution(classifier)
     for r, p in zip(todo, preds):
         r.prediction = p
+        if caution and r.lung_window:
+            p.unsure = True
+            r.warning = f"{r.warning}; {caution}" if r.warning else caution
+
+
+CAUTION_RATE = 0.25
+"""Share of normal test slices called malignant in the lung-window rendering (the model
+card's ``rendering_robustness``) from which a lung-window slice's answer is flagged."""
+
+
+def rendering_caution(classifier) -> str | None:
+    """The warning every lung-window slice's answer carries when the model's own card shows
+    it fails on that rendering (``python -m lungct robustness``), else None.
+
+    Most hospitals export chest CT in a lung window; a model that learned a narrow-window
+    export may call nearly every such slice malignant. Its answer is still shown, flagged
+    unsure, with the measured rate, so the reader weighs it accordingly.
+    """
+    card = getattr(classifier, "card", None) or {}
+    kinds = (card.get("rendering_robustness") or {}).get("kinds") or {}
+    rate = (kinds.get("lung_window_imitation") or {}).get("normal_called_malignant")
+    if rate is None or rate < CAUTION_RATE:
+        return None
+    return (f"lung-window image: this model learned narrow-window exports, and on its test "
+            f"slices rendered in a lung window it called {rate:.0%} of normal slices "
+            "malignant; review carefully")
 
 
 def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
@@ -315,6 +345,7 @@ def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
             r.guard_input = guard.prepare(_guard_view(r))
             if r.guard_gray is None:    # the model sees the same rendering: share its masks
                 seg = getattr(r.guard_input, "seg", None)
+                r.lung_window = seg.grey_lungs if seg is not None else None
         if hasattr(classifier, "predict_prepared"):
             if getattr(classifier, "view", "full") == "lungs":
                 r.model_input = classifier.prepare(r.gray, seg=seg)

@@ -12,7 +12,6 @@ models folder (``models_dir``) and the reports folder (``report_path``).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,13 +39,23 @@ def params_path() -> Path:
     return Path(os.environ.get("LUNGCT_PARAMS", REPO_ROOT / "params.yaml"))
 
 
+def _tree_copy(node: Any) -> Any:
+    """A private copy of parsed YAML (dicts, lists, immutable scalars): what
+    ``copy.deepcopy`` gives, about 3x faster (it is on every case's path)."""
+    if isinstance(node, dict):
+        return {k: _tree_copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_tree_copy(v) for v in node]
+    return node
+
+
 def _deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
+    out = _tree_copy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _tree_copy(value)
     return out
 
 
@@ -62,7 +71,7 @@ def _parse_scalar(text: str) -> Any:
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
-    cfg = copy.deepcopy(cfg)
+    cfg = _tree_copy(cfg)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form section.key=value")
@@ -92,7 +101,7 @@ def _read_params(path: Path) -> dict:
         with open(path, encoding="utf-8") as fh:
             _PARSED.clear()     # one file in use at a time: keep only the latest
             _PARSED[key] = yaml.safe_load(fh) or {}
-    return copy.deepcopy(_PARSED[key])
+    return _tree_copy(_PARSED[key])
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None,

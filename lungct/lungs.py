@@ -53,6 +53,12 @@ MIN_LUNG_PART = 0.01
 MIN_CRESCENT_PART = 0.004
 """The same in a window that shows outside air grey (a lung window), where level and
 enclosure tell gas and open air from lung: the thin crescents of the lung bases count."""
+AIRY_LEVEL = 0.08
+"""Outside air brighter than this: a window that shows air grey (a lung window)."""
+GREY_LUNGS = 0.25
+"""Median lung grey (smoothed) from which the lungs show grey: 0.33 or more in every
+Lung-PET-CT-Dx slice in the lung window, at most 0.13 in IQ-OTH/NCCD's narrow-window
+exports and 0.18 in a mediastinal window."""
 MIN_THICKNESS = 0.04
 """A lung region's largest inscribed radius, as a share of sqrt(body area), at least."""
 MARGIN = 0.08
@@ -85,6 +91,12 @@ class Segmentation:
     body_box: tuple[int, int, int, int] | None
     lung_level: float
     tissue_level: float
+
+    @property
+    def grey_lungs(self) -> bool:
+        """Whether lung fields were found and show grey: a lung (wide) window, the way most
+        hospitals export chest CT; a narrow window shows them black."""
+        return bool(self.lungs.any()) and self.lung_level >= GREY_LUNGS
 
     @property
     def body_fraction(self) -> float:
@@ -216,7 +228,7 @@ def segment(gray: np.ndarray) -> Segmentation:
         body_area = max(float(body.sum()), 1.0)
         # A window that shows outside air grey (every lung window: air at -1000 HU is
         # above its floor) is told apart from a narrow one (both clipped to black).
-        airy = air > 0.08
+        airy = air > AIRY_LEVEL
         # there gas and open air are told from lung by level and by enclosure (below), so
         # smaller dark regions may count: the crescents of the lung bases
         least = (MIN_CRESCENT_PART if airy else MIN_LUNG_PART) * body_area

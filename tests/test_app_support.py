@@ -398,3 +398,17 @@ def test_external_table_reads_external_and_pointing_from_cards(tmp_path):
     assert both["EigenCAM"] == "50% / 20%" and both["Grad-CAM"] == ""
     assert table.iloc[1]["dataset"] == "" and table.iloc[1]["view"] == "full"
     assert comparison.external_table([]).empty
+
+
+def test_rendering_table_reads_the_robustness_figures(tmp_path):
+    r = {"protocol": "grouped", "plain": {"accuracy": 0.8, "normal_called_malignant": 0.02},
+         "kinds": {"lung_window_imitation": {"accuracy": 0.57, "normal_called_malignant": 0.82}}}
+    entries = [catalog.ModelEntry("a", tmp_path, {"rendering_robustness": r}),
+               catalog.ModelEntry("b", tmp_path, {})]
+    table = comparison.rendering_table(entries)
+    assert list(table["model"]) == ["a"]
+    row = table.iloc[0]
+    assert row["lung window: normal called malignant"] == 0.82
+    assert row["plain: accuracy"] == 0.8 and row["view"] == "full"
+    assert row["screenshot: accuracy"] is None or np.isnan(row["screenshot: accuracy"])
+    assert comparison.rendering_table([]).empty

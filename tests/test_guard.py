@@ -546,3 +546,50 @@ def test_kernel_variant_blurs_sharpens_and_adds_noise():
     noisy = kernel(gray, 0.0, 0.03, np.random.default_rng(1))
     assert float(np.std(noisy - gray)) == pytest.approx(0.03, abs=0.01)
     np.testing.assert_array_equal(kernel(gray, 0.0), gray)
+
+
+class _CardClassifier:
+    """A stand-in model whose card records how it fares on lung-window renderings."""
+
+    name, view, classes = "stub", "full", ("normal", "benign", "malignant")
+
+    def __init__(self, normal_called_malignant):
+        self.card = {"rendering_robustness": {"kinds": {"lung_window_imitation": {
+            "normal_called_malignant": normal_called_malignant}}}}
+
+    def predict_gray(self, gray):
+        from lungct.inference import Prediction
+        return Prediction("malignant", {"normal": 0.05, "benign": 0.05, "malignant": 0.9},
+                          self.name, unsure=False)
+
+
+def _png(gray) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray((np.asarray(gray) * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_lung_window_answer_is_flagged_when_the_card_shows_the_model_fails_there(toy_guard):
+    """A model whose card says it calls most lung-window normal slices malignant (``python
+    -m lungct robustness``) still answers on a lung-window slice, flagged unsure with the
+    measured rate as the slice's warning; not on a narrow-window slice, nor when the card
+    shows no such failure."""
+    from lungct.case import CAUTION_RATE, run_case
+    from lungct.lungs import segment
+    lung = hu_window(chest_hu(96, seed=1), 1500, -600)
+    narrow = hu_window(chest_hu(96, seed=1), 350, 40)
+    assert segment(lung).grey_lungs and not segment(narrow).grey_lungs
+    case = run_case([("lung.png", _png(lung)), ("narrow.png", _png(narrow))],
+                    _CardClassifier(CAUTION_RATE + 0.5), guard=toy_guard)
+    first, second = case.slices
+    assert first.ok and second.ok
+    assert first.lung_window and first.prediction.unsure
+    assert "lung-window image" in first.warning and "75%" in first.warning
+    assert second.lung_window is False and not second.prediction.unsure and not second.warning
+    assert case.verdict["unsure"]
+    calm = run_case([("lung.png", _png(lung))], _CardClassifier(CAUTION_RATE - 0.1),
+                    guard=toy_guard)
+    assert not calm.slices[0].prediction.unsure and not calm.slices[0].warning

@@ -112,6 +112,32 @@ def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
     return table
 
 
+RENDERING_KINDS = ("lung_window_imitation", "mediastinal_window_imitation", "screenshot",
+                   "gamma")
+"""The other renderings the comparison page shows (all of them are in the cards)."""
+
+
+def rendering_table(entries: list[ModelEntry]) -> pd.DataFrame:
+    """Per model, its test slices plain and as other hospitals render them (``python -m
+    lungct robustness``): accuracy and the share of normal slices called malignant."""
+    rows = []
+    for e in entries:
+        r = e.card.get("rendering_robustness")
+        if not isinstance(r, dict) or not isinstance(r.get("plain"), dict):
+            continue
+        row = {"model": e.name, "view": e.card.get("view", "full"),
+               "protocol": r.get("protocol", ""),
+               "plain: accuracy": r["plain"].get("accuracy"),
+               "plain: normal called malignant": r["plain"].get("normal_called_malignant")}
+        for kind in RENDERING_KINDS:
+            k = (r.get("kinds") or {}).get(kind) or {}
+            label = kind.replace("_imitation", "").replace("_", " ")
+            row[f"{label}: accuracy"] = k.get("accuracy")
+            row[f"{label}: normal called malignant"] = k.get("normal_called_malignant")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def reference_rows(protocol: str, leakage: dict) -> list[dict]:
     """The paper's published figures and the pixel 1-NN leakage probe of ``protocol``."""
     rows = [{**r, "kind": "published (paper protocol)", "protocol": "paper",

@@ -111,8 +111,8 @@ def build_report(results: list[SliceResult], model_name: str, model_version: str
                          "</div>")
             continue
         pred = r.prediction
-        unsure = (f" <span class='unsure'>unsure (top probability below the threshold)"
-                  f"</span>") if pred.unsure else ""
+        why = "see the warning below" if r.warning else "top probability below the threshold"
+        unsure = f" <span class='unsure'>unsure ({why})</span>" if pred.unsure else ""
         parts.append(f"<p>Label: <strong>{e(pred.label)}</strong>{unsure}</p>")
         if r.warning:
             parts.append(f"<p class='err'>{e(r.warning)}</p>")

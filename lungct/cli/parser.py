@@ -26,6 +26,7 @@ COMMANDS = (
     ("pacs", "lungct.pacs.cli:add_command"),
     ("external", "lungct.external:add_command"),
     ("pointing", "lungct.pointing:add_command"),
+    ("robustness", "lungct.robustness:add_command"),
     ("cv", "lungct.training.crossval:add_command"),
     ("probe", "lungct.probe:add_command"),
     ("bench", "lungct.bench:add_command"),

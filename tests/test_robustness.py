@@ -1,0 +1,70 @@
+"""The rendering robustness check (python -m lungct robustness): figures and the command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungct.cli import main as cli_main
+from lungct.config import SAMPLES_DIR
+from lungct.phantoms import OTHER_SOURCE_KINDS
+from lungct.preprocess import load_image
+from lungct.robustness import rendering_figures, rendering_robustness
+
+
+def test_figures_count_what_they_say():
+    labels = ["normal", "normal", "benign", "malignant", "malignant"]
+    plain = ["normal", "benign", "benign", "malignant", "normal"]
+    lung = ["malignant", "malignant", "malignant", "malignant", "malignant"]
+    r = rendering_figures(labels, plain, {"lung_window_imitation": lung})
+    assert r["n"] == 5
+    assert r["plain"] == {"accuracy": 0.6, "malignant_recall": 0.5,
+                          "normal_called_malignant": 0.0}
+    k = r["kinds"]["lung_window_imitation"]
+    assert k["accuracy"] == 0.4 and k["malignant_recall"] == 1.0
+    assert k["normal_called_malignant"] == 1.0 and k["same_label_as_plain"] == 0.2
+
+
+class _Bright:
+    """A stand-in classifier: "malignant" when the slice is bright on average."""
+
+    def predict_gray(self, gray):
+        class P:
+            label = "malignant" if float(np.mean(gray)) > 0.3 else "normal"
+        return P()
+
+
+def test_every_rendering_kind_is_classified():
+    grays = [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    labels = [p.name.split("_")[0] for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    r = rendering_robustness(_Bright(), grays, labels)
+    assert set(r["kinds"]) == set(OTHER_SOURCE_KINDS) and r["n"] == len(grays)
+    # the lung-window imitation greys the black lungs: brighter slices, more "malignant"
+    assert r["kinds"]["lung_window_imitation"]["normal_called_malignant"] >= \
+        r["plain"]["normal_called_malignant"]
+    for k in r["kinds"].values():
+        assert 0 <= k["accuracy"] <= 1 and 0 <= k["same_label_as_plain"] <= 1
+
+
+def test_the_command_needs_the_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LUNGCT_DATA", str(tmp_path / "absent"))
+    assert cli_main(["robustness", "--model", "student_kd"]) == 2
+    assert "needs the dataset" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SAMPLES_DIR / "normal_1.jpg").exists(), reason="samples missing")
+def test_the_command_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
+    import shutil
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = ["path,label,md5,group,paper_split,grouped_split"]
+    for i, p in enumerate(sorted(SAMPLES_DIR.glob("*.jpg"))):
+        shutil.copy(p, root / p.name)
+        lines.append(f"{p.name},{p.name.split('_')[0]},x,g{i},test,test")
+    (tmp_path / "splits.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("LUNGCT_DATA", str(root))
+    rc = cli_main(["robustness", "--model", "student_kd", "--set",
+                   f"data.manifest={tmp_path / 'splits.csv'}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "student_kd (grouped test, 6 slices)" in out and "lung_window_imitation" in out

@@ -120,10 +120,44 @@ def render(card: dict) -> str:
                      f"{c.get('images')} {c.get('split')} images, {c.get('label_changes')} "
                      f"label changes, largest probability change {c.get('max_prob_diff')}; "
                      "computes in float32")
+    lines += _other_sources(card)
     lines += ["", "## Intended use", "",
               "Research decision support for lung CT slices; not a medical device. Every "
               "output needs a radiologist's review.", "", f"Data: {card.get('dataset')}", ""]
     return "\n".join(lines)
+
+
+def _other_sources(card: dict) -> list[str]:
+    """Another source's DICOM (``external``), where the heatmaps point (``pointing_game``)
+    and other renderings of the test slices (``rendering_robustness``)."""
+    lines: list[str] = []
+    for name, ext in (card.get("external") or {}).items():
+        if not isinstance(ext, dict) or ext.get("layout") != "Lung-PET-CT-Dx":
+            continue
+        n = len(ext.get("series") or {})
+        lines.append(f"- {name} (`python -m lungct external`, guard on): lung slices accepted "
+                     f"{_pct(ext.get('lung_slices_accepted'))}; tumour-box slices called "
+                     f"malignant {_pct(ext.get('boxed_slices_called_malignant'))}; other lung "
+                     f"slices called malignant {_pct(ext.get('other_slices_called_malignant'))}; "
+                     f"series with a malignant verdict {ext.get('series_called_malignant')}/{n}")
+    methods = (card.get("pointing_game") or {}).get("methods") or {}
+    if methods:
+        lines.append("- Pointing game on the tumour boxes (`python -m lungct pointing`; heatmap "
+                     "maximum within 15 px / energy inside the boxes): " + "; ".join(
+                         f"{m} {_pct(r.get('pointing_game'))} / {_pct(r.get('energy_in_box'))}"
+                         for m, r in methods.items() if isinstance(r, dict) and r.get("n")))
+    rob = card.get("rendering_robustness") or {}
+    kinds = rob.get("kinds") or {}
+    if kinds:
+        def fig(k: dict) -> str:
+            return (f"accuracy {_pct(k.get('accuracy'))}, normal called malignant "
+                    f"{_pct(k.get('normal_called_malignant'))}")
+        lines.append(f"- Test slices as other hospitals render them (`python -m lungct "
+                     f"robustness`): plain {fig(rob.get('plain') or {})}; " + "; ".join(
+                         f"{k.replace('_', ' ')} {fig(v)}" for k, v in kinds.items()
+                         if k in ("lung_window_imitation", "mediastinal_window_imitation",
+                                  "screenshot")))
+    return ["", "## Other sources", ""] + lines if lines else []
 
 
 def write_markdown(folder: str | Path) -> Path:

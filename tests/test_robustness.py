@@ -68,3 +68,26 @@ def test_the_command_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "student_kd (grouped test, 6 slices)" in out and "lung_window_imitation" in out
+
+
+def test_the_model_readme_lists_other_sources():
+    from lungct.model_card_md import render
+    card = {"name": "m", "arch": "a", "input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "classes": ["normal", "benign", "malignant"], "protocol": "grouped",
+            "external": {"lpcd": {"layout": "Lung-PET-CT-Dx", "lung_slices_accepted": 1.0,
+                                  "boxed_slices_called_malignant": 0.5,
+                                  "other_slices_called_malignant": 0.25,
+                                  "series_called_malignant": 1, "series": {"a": {}, "b": {}}}},
+            "pointing_game": {"methods": {"Grad-CAM": {"n": 38, "pointing_game": 0.1,
+                                                       "energy_in_box": 0.04}}},
+            "rendering_robustness": rendering_figures(
+                ["normal", "malignant"], ["normal", "malignant"],
+                {"lung_window_imitation": ["malignant", "malignant"]})}
+    text = render(card)
+    assert "## Other sources" in text
+    assert "tumour-box slices called malignant 50.0%" in text and "series with a malignant verdict 1/2" in text
+    assert "Grad-CAM 10.0% / 4.0%" in text
+    assert "lung window imitation accuracy 50.0%, normal called malignant 100.0%" in text
+    bare = {k: v for k, v in card.items()
+            if k not in ("external", "pointing_game", "rendering_robustness")}
+    assert "## Other sources" not in render(bare)

@@ -9,7 +9,7 @@ import streamlit as st
 from lungct import CLASSES
 from lungct.app_support import cache, catalog, sidebar, study
 from lungct.app_support.reference import DISCLAIMER
-from lungct.case import ACCEPTED_HELP
+from lungct.case import ACCEPTED_HELP, rendering_caution
 from lungct.case_report import case_pdf
 from lungct.config import load_config
 from lungct.explain import FAST_METHODS
@@ -51,6 +51,9 @@ verdict, counts = case.verdict, case.counts
 st.markdown(f"**Case verdict: {case.label}**"
             + (" (unsure: review carefully)" if verdict and verdict["unsure"] else "")
             + f"  \nRule: {verdict['rule'] if verdict else 'no slice could be classified'}")
+caution = rendering_caution(clf)
+if caution and any(s.lung_window and s.ok for s in case.slices):
+    st.warning(caution.capitalize())
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("classified", counts["classified"])
 c2.metric("outside the lungs", counts["outside_lungs"])
@@ -83,6 +86,8 @@ with right:
         st.write({c: round(r.prediction.probabilities[c], 3) for c in CLASSES})
         st.markdown(f"Label: **{r.prediction.label}**" + (" (unsure)" if r.prediction.unsure
                                                           else ""))
+        if r.warning:
+            st.warning(r.warning)
     else:
         st.warning(f"{r.status.replace('_', ' ')}: {r.error}")
 with left:

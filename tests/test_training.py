@@ -436,6 +436,16 @@ def test_end_to_end_smoke(real_root, tmp_path, capsys):
     assert s_card["arch"] == "efficientnet_lite0"
     assert s_card["teacher"]["name"] == "t" and s_card["teacher"]["arch"] == "hybrid_vit_lite0"
     assert s_card["training"]["config"]["alpha"] == load_config()["distill"]["alpha"]
+    # fine-tuning a saved model starts from its weights, and says so in the card
+    tuned = tmp_path / "s3"
+    assert main(["train", "--name", "s3", "--out", str(tuned), "--set",
+                 f"train.init_from={student}", *common]) == 0
+    assert json.loads((tuned / "card.json").read_text())["pretrained"] == \
+        f"fine-tuned from {student}"
+    with pytest.raises(ValueError, match="cannot start"):
+        train_from_config(load_config(preset="smoke", overrides=[
+            f"train.init_from={student}", "train.model=hybrid_vit_lite0"]),
+            "s4", tmp_path / "s4", limit=3, track=False)
     capsys.readouterr()
 
     cfg = load_config(preset="smoke", overrides=[

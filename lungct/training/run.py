@@ -115,6 +115,16 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
                          input_size=int(cfg["preprocess"]["image_size"]),
                          **tcfg.get("model_kwargs", {}))
     model.view = cfg["preprocess"].get("view", "full")
+    init_from = tcfg.get("init_from")
+    if init_from:   # fine-tune a shipped model: same architecture, view and input size
+        start_model = load_model(init_from)
+        if (start_model.card["arch"], getattr(start_model, "view", "full"),
+                int(start_model.input_size)) != (tcfg["model"], model.view, model.input_size):
+            raise ValueError(f"init_from {init_from}: {start_model.card['arch']} "
+                             f"{start_model.input_size} px ({start_model.view} view) cannot "
+                             f"start {tcfg['model']} {model.input_size} px ({model.view} view)")
+        model.load_state_dict(start_model.state_dict())
+        del start_model
     teacher_model, teacher_card = None, None
     if teacher:
         t = load_model(teacher)
@@ -145,7 +155,8 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
             "name": name, "description": description, "lungct_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "protocol": protocol, "teacher": teacher_card,
-            "pretrained": ("ImageNet (offline EfficientNet-Lite weights)"
+            "pretrained": (f"fine-tuned from {init_from}" if init_from else
+                           "ImageNet (offline EfficientNet-Lite weights)"
                            if tcfg.get("pretrained") else "none: trained from scratch"),
             "training": {"config": {**tcfg, "augment": cfg.get("augment", {})},
                          "data": data_info, "device": str(device),

@@ -57,8 +57,8 @@ AIRY_LEVEL = 0.08
 """Outside air brighter than this: a window that shows air grey (a lung window)."""
 GREY_LUNGS = 0.25
 """Median lung grey (smoothed) from which the lungs show grey: 0.33 or more in every
-Lung-PET-CT-Dx slice in the lung window, at most 0.13 in IQ-OTH/NCCD's narrow-window
-exports and 0.18 in a mediastinal window."""
+Lung-PET-CT-Dx slice with lung fields in the lung window, at most 0.13 in IQ-OTH/NCCD's
+narrow-window exports and 0.18 in a mediastinal window."""
 MIN_THICKNESS = 0.04
 """A lung region's largest inscribed radius, as a share of sqrt(body area), at least."""
 MARGIN = 0.08
@@ -238,6 +238,7 @@ def segment(gray: np.ndarray) -> Segmentation:
             # Lung shows greyer than air; dark regions at the level of air are gaps
             # (table, arms, bowel gas), not lung.
             big = [k for k in big if np.percentile(small[labels == k], 10) > air + 0.04]
+        if airy and big:
             # A lung is walled in by tissue; a dark pocket joined to the outside air
             # through dark pixels (the gap under a blanket, between arm and chest, which
             # the body's convex hull takes in) is not. A narrow window shows the chest
@@ -246,7 +247,7 @@ def segment(gray: np.ndarray) -> Segmentation:
             outside = np.unique(open_lab[edge & (open_lab > 0)])
             open_air = np.isin(open_lab, outside)
             big = [k for k in big if not open_air[labels == k].any()]
-        else:
+        if not airy:
             # A lung is a thick region; a thin ring along the body wall is subcutaneous
             # fat in a soft-tissue window (its largest inscribed circle is small for the
             # body). An airy window shows fat far brighter than lung, so thin dark regions

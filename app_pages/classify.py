@@ -82,6 +82,8 @@ if len(results) > 1:
                        "lungct_case.csv", "text/csv", on_click="ignore")
 
 report_slot = st.empty()
+if note := heatmaps.what_it_shows(clf.card, method):
+    st.caption(note)
 for r in most_suspicious_first(results):
     with st.container(border=True):
         st.markdown(f"#### {r.title}")

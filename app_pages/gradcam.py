@@ -48,6 +48,8 @@ slow = c4.checkbox("Also the slow methods", help="; ".join(
 st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
             f"({', '.join(f'{c} {p:.3f}' for c, p in pred.probabilities.items())})"
             + (" — *unsure*" if pred.unsure else ""))
+if note := heatmaps.what_it_shows(clf.card, "Grad-CAM"):
+    st.caption(note)
 
 
 def show(column, method: str, cls: str, caption: str, key: str) -> None:

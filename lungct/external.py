@@ -145,6 +145,12 @@ def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
         for k, v in probs.items() if v}
     out["other_slices_called_malignant"] = (round(float(np.mean(other_mal)), 4)
                                             if other_mal else None)
+    # does P(malignant) find the tumour within a patient? 0.5: it does not look at it
+    mal = clf.classes.index("malignant")
+    if probs["boxed"] and probs["other"]:
+        score = np.array([p[mal] for p in probs["boxed"] + probs["other"]])
+        out["auc_boxed_vs_other"] = _auc(np.r_[np.ones(len(probs["boxed"])),
+                                               np.zeros(len(probs["other"]))], score)
     out["pointing"] = {m: pointing_game(clf.torch_model, slices, method=m, window=window)
                        for m in methods}
     return out
@@ -183,6 +189,9 @@ def format_result(r: dict) -> str:
                      f"malignant {r['boxed_slices_called_malignant']}; series called malignant "
                      f"{r['series_called_malignant']}/{len(r['series'])}; other classified "
                      f"slices called malignant {r['other_slices_called_malignant']}")
+        if r.get("auc_boxed_vs_other") is not None:
+            lines.append(f"  AUC of P(malignant), tumour-box slices against the other classified "
+                         f"slices: {r['auc_boxed_vs_other']:.3f} (0.5: the tumour plays no part)")
         for k, p in r["mean_probabilities"].items():
             lines.append(f"  mean probabilities, {k} slices: "
                          + ", ".join(f"{c} {v:.3f}" for c, v in p.items()))

@@ -139,7 +139,10 @@ def _other_sources(card: dict) -> list[str]:
                      f"{_pct(ext.get('lung_slices_accepted'))}; tumour-box slices called "
                      f"malignant {_pct(ext.get('boxed_slices_called_malignant'))}; other lung "
                      f"slices called malignant {_pct(ext.get('other_slices_called_malignant'))}; "
-                     f"series with a malignant verdict {ext.get('series_called_malignant')}/{n}")
+                     f"series with a malignant verdict {ext.get('series_called_malignant')}/{n}"
+                     + (f"; AUC of P(malignant), tumour-box slices against the others "
+                        f"{ext['auc_boxed_vs_other']:.3f}" if ext.get("auc_boxed_vs_other")
+                        is not None else ""))
     methods = (card.get("pointing_game") or {}).get("methods") or {}
     if methods:
         lines.append("- Pointing game on the tumour boxes (`python -m lungct pointing`; heatmap "

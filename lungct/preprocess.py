@@ -505,6 +505,18 @@ def model_view(gray: np.ndarray, size: int, view: str = "full", seg=None) -> np.
     raise ValueError(f"unknown model view {view!r}: use one of {VIEWS}")
 
 
+def view_mask(seg, size: int, view: str = "full", which: str = "lungs") -> np.ndarray:
+    """``seg.mask(which)`` (a ``lungct.lungs.Segmentation``) in the coordinates of
+    :func:`model_view`'s image: (size, size) bool. Training paints lesions into it."""
+    mask = seg.mask(which).astype(np.float32)
+    if view == "full":
+        return resize_gray(mask, size) > 0.5
+    if view == "lungs":
+        from lungct.lungs import crop_box
+        return crop_box(mask, seg.box, size) > 0.5
+    raise ValueError(f"unknown model view {view!r}: use one of {VIEWS}")
+
+
 def to_tensor(gray: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
               view: str = "full") -> "torch.Tensor":
     """Model input: resize, replicate gray to 3 channels, normalise; (3, size, size) float32.

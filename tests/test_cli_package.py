@@ -17,7 +17,7 @@ from lungct.cli.parser import COMMANDS
 from lungct.config import REPO_ROOT
 
 EVERY_COMMAND = {"split", "leakage", "train", "evaluate", "predict", "export", "cards", "half",
-                 "case", "pacs", "external", "pointing", "robustness", "cv", "probe", "bench", "bench-app", "bench-study",
+                 "case", "pacs", "external", "pointing", "robustness", "lesion-check", "cv", "probe", "bench", "bench-app", "bench-study",
                  "safety-report", "results-table", "guard", "tracking"}
 
 NEW_COMMANDS = [["bench"], ["bench-app"], ["bench-app", "cam"], ["bench-app", "fidelity"],

@@ -98,6 +98,8 @@ def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
                 "dataset": ext.get("dataset", ""),
                 "lung slices accepted": ext.get("lung_slices_accepted"),
                 "tumour-box slices called malignant": ext.get("boxed_slices_called_malignant"),
+                "other lung slices called malignant": ext.get("other_slices_called_malignant"),
+                "AUC tumour-box vs other slices": ext.get("auc_boxed_vs_other"),
                 "series called malignant": (f"{ext.get('series_called_malignant')}/{n_series}"
                                             if n_series else "")})
         for method in POINTING_METHODS:

@@ -116,3 +116,25 @@ def progress_bar(container, method: str, model_name: str) -> Callable[[float], N
             slot.progress(share, text=text)
 
     return report
+
+
+def what_it_shows(card: dict, method: str) -> str | None:
+    """One line from the model card on how far this model's heatmaps can be trusted to
+    point at a lesion: the pointing game on Lung-PET-CT-Dx's tumour boxes (``python -m
+    lungct pointing``) and whether a painted mass moves its score (``python -m lungct
+    lesion-check``). None when the card holds neither figure."""
+    parts = []
+    point = ((card.get("pointing_game") or {}).get("methods") or {}).get(method)
+    if isinstance(point, dict) and point.get("n"):
+        parts.append(f"its {method} maximum fell on the tumour in {point['hits']} of "
+                     f"{point['n']} tumour slices of another hospital (Lung-PET-CT-Dx)")
+    lesion = card.get("lesion_sensitivity") or {}
+    if lesion.get("n"):
+        called = lesion["called_malignant"]
+        parts.append(f"a 3-7 cm mass painted into {lesion['n']} normal test slices raised the "
+                     f"share called malignant from {called['plain']:.0%} to "
+                     f"{called['painted']:.0%}")
+    if not parts:
+        return None
+    return ("What this model's heatmaps are worth, measured: " + "; ".join(parts)
+            + ". The map shows what drove the score, which need not be the lesion.")

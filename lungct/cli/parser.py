@@ -27,6 +27,7 @@ COMMANDS = (
     ("external", "lungct.external:add_command"),
     ("pointing", "lungct.pointing:add_command"),
     ("robustness", "lungct.robustness:add_command"),
+    ("lesion-check", "lungct.lesion_check:add_command"),
     ("cv", "lungct.training.crossval:add_command"),
     ("probe", "lungct.probe:add_command"),
     ("bench", "lungct.bench:add_command"),

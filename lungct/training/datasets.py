@@ -33,6 +33,19 @@ def preload(root: str | Path, rows: list[dict], size: int,
     return torch.from_numpy(images), labels
 
 
+def preload_lung_masks(root: str | Path, rows: list[dict], size: int,
+                       view: str = "full") -> np.ndarray:
+    """Every row's lung fields in the model's view, (N, size, size) bool, from the same
+    segmentation the view is made with (where ``LesionPainter`` paints)."""
+    from lungct.lungs import segment
+    from lungct.preprocess import view_mask
+
+    masks = np.zeros((len(rows), size, size), dtype=bool)
+    for i, row in enumerate(rows):
+        masks[i] = view_mask(segment(load_image(Path(root) / row["path"])), size, view)
+    return masks
+
+
 class RenderJitter(torch.nn.Module):
     """What differs between hospitals' renderings of the same anatomy, drawn at random.
 
@@ -133,9 +146,11 @@ class LungWindowRerender:
     def __init__(self, raws: list[np.ndarray], size: int, p: float = 0.5):
         self.raws, self.size, self.p = raws, int(size), float(p)
 
-    def __call__(self, i: int) -> torch.Tensor | None:
+    def __call__(self, i: int) -> tuple[torch.Tensor, np.ndarray] | None:
+        """None, or the re-rendered view and its lung fields (for ``LesionPainter``)."""
         from lungct.guard.variants import retissue
-        from lungct.lungs import lung_view
+        from lungct.lungs import lung_view, segment
+        from lungct.preprocess import view_mask
 
         if np.random.random() >= self.p:
             return None
@@ -143,17 +158,19 @@ class LungWindowRerender:
         g = retissue(self.raws[i].astype(np.float32) / 255, soft=rng.uniform(0.7, 0.95),
                      lung=rng.uniform(0.12, 0.4), detail=rng.uniform(0.2, 0.8),
                      blur=rng.uniform(0.5, 1.5), seed=int(rng.integers(1 << 31)))
-        view = lung_view(g, self.size)
-        return torch.from_numpy(np.clip(np.round(view * 255), 0, 255).astype(np.uint8))
+        seg = segment(g)
+        view = lung_view(g, self.size, seg)
+        return (torch.from_numpy(np.clip(np.round(view * 255), 0, 255).astype(np.uint8)),
+                view_mask(seg, self.size, "lungs"))
 
 
 class SliceDataset(Dataset):
     """Preloaded uint8 slices -> normalised 3-channel float tensors (+ label, index)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std,
-                 transform=None, rerender: LungWindowRerender | None = None):
+                 transform=None, rerender: LungWindowRerender | None = None, lesions=None):
         self.images, self.labels, self.transform = images, labels, transform
-        self.rerender = rerender
+        self.rerender, self.lesions = rerender, lesions
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -162,11 +179,17 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int):
         other = self.rerender(i) if self.rerender is not None else None
-        x = (self.images[i] if other is None else other).unsqueeze(0)
+        x, label = (self.images[i] if other is None else other[0]), self.labels[i]
+        if self.lesions is not None:   # training only: a painted mass, relabelled
+            plain = x.numpy()
+            painted, new = self.lesions(plain, i, int(label), None if other is None else other[1])
+            if painted is not plain:
+                x, label = torch.from_numpy(painted), torch.tensor(new, dtype=torch.long)
+        x = x.unsqueeze(0)
         if self.transform is not None:
             x = self.transform(x)
         x = x.float().div_(255).expand(3, -1, -1)
-        return (x - self.mean) / self.std, self.labels[i], i
+        return (x - self.mean) / self.std, label, i
 
 
 def balanced_sampler(labels: torch.Tensor, num_samples: int | None = None,

@@ -194,7 +194,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
         pct_start=min(0.3, 1.0 / max(epochs, 1)), anneal_strategy="cos")
     scaler = (torch.amp.GradScaler("cuda")
               if device.type == "cuda" and cfg.get("amp", True) else None)
-    monitor = cfg.get("monitor", "val_loss")
+    monitor = cfg.get("monitor", "val_loss")   # or a val metric to maximise, or "last"
     sign = 1.0 if monitor.endswith("loss") else -1.0
     best, best_state, best_epoch, history = math.inf, None, -1, []
     patience = int(cfg.get("early_stopping_patience", 3))
@@ -211,7 +211,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
         stats.update(epoch=epoch + 1, seconds=round(time.time() - start, 1),
                      lr=optimizer.param_groups[0]["lr"])
         history.append(stats)
-        score = sign * stats[monitor]
+        score = -float(epoch) if monitor == "last" else sign * stats[monitor]
         if score < best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(eval_model.state_dict())

@@ -23,7 +23,9 @@ from lungct.data.splits import read_manifest, select
 from lungct.metrics import classification_report
 from lungct.models import create_model, load_model, save_model
 from lungct.training.datasets import (LungWindowRerender, SliceDataset, balanced_sampler,
-                                     preload, preload_raw, train_transform)
+                                     preload, preload_lung_masks, preload_raw,
+                                     train_transform)
+from lungct.training.lesions import LesionPainter
 from lungct.training.loop import (fit, is_distributed, pick_device, predict_logits,
                                   seed_everything, setup_distributed, _RankShard)
 from lungct.training.tracking import mlflow_run
@@ -81,8 +83,16 @@ def loaders(cfg: dict, model: nn.Module, protocol: str, limit: int | None = None
     lung_window_p = float(cfg.get("augment", {}).get("lung_window_p") or 0)
     rerender = (LungWindowRerender(preload_raw(root, parts["train"]), model.input_size,
                                    lung_window_p) if view == "lungs" and lung_window_p else None)
+    lesion = cfg.get("augment", {}).get("lesion")
+    painter = (LesionPainter(preload_lung_masks(root, parts["train"], model.input_size, view),
+                             sources=[CLASSES.index(c) for c in lesion.get("sources",
+                                                                           ["normal", "benign"])],
+                             target=CLASSES.index("malignant"), p=float(lesion.get("p", 0.25)),
+                             diameter=lesion.get("diameter", (0.06, 0.25)),
+                             spicule_p=float(lesion.get("spicule_p", 0.5)))
+               if lesion else None)
     train_ds = SliceDataset(images, labels, model.mean, model.std,
-                            train_transform(cfg.get("augment", {})), rerender)
+                            train_transform(cfg.get("augment", {})), rerender, painter)
     sampler = (balanced_sampler(labels, seed=cfg["data"]["seed"])
                if cfg.get("augment", {}).get("oversample", True) else None)
     rank, world = setup_distributed()

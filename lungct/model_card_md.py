@@ -149,6 +149,13 @@ def _other_sources(card: dict) -> list[str]:
                      "maximum within 15 px / energy inside the boxes): " + "; ".join(
                          f"{m} {_pct(r.get('pointing_game'))} / {_pct(r.get('energy_in_box'))}"
                          for m, r in methods.items() if isinstance(r, dict) and r.get("n")))
+    lesion = card.get("lesion_sensitivity") or {}
+    if lesion.get("n"):
+        called = lesion["called_malignant"]
+        lines.append(f"- A 3-7 cm mass painted into {lesion['n']} {lesion.get('data', 'normal test slices')} "
+                     f"(`python -m lungct lesion-check`): called malignant "
+                     f"{_pct(called['plain'])} plain, {_pct(called['painted'])} with the mass; "
+                     f"AUC of P(malignant) painted vs plain {lesion['auc_painted_vs_plain']:.3f}")
     rob = card.get("rendering_robustness") or {}
     kinds = rob.get("kinds") or {}
     if kinds:

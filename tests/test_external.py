@@ -105,6 +105,8 @@ def test_pointing_game_runs_on_boxes(tmp_path):
     assert r["n"] == 2 and 0 <= r["hits"] <= 2
     assert 0 <= r["energy_in_box"] <= 1 and 0 < r["chance_energy"] < 0.1
     assert len(r["pointing_game_ci95"]) == 2
+    per = [tuple(map(int, v.split("/"))) for v in r["hits_by_series"].values()]
+    assert sum(h for h, _ in per) == r["hits"] and sum(n for _, n in per) == r["n"]
 
 
 def test_external_on_class_folders(tmp_path):
@@ -139,6 +141,7 @@ def test_external_on_lung_pet_ct_dx_and_the_command(tmp_path, capsys):
     for p in r["mean_probabilities"].values():
         assert sum(p.values()) == pytest.approx(1.0, abs=1e-3) and set(p) == set(clf.classes)
     assert 0.0 <= r["other_slices_called_malignant"] <= 1.0
+    assert 0.0 <= r["auc_boxed_vs_other"] <= 1.0   # both kinds of slice were classified
     rc = cli_main(["external", str(root), "--model", str(folder), "--no-guard",
                    "--write-card"])
     assert rc == 0

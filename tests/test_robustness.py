@@ -77,7 +77,11 @@ def test_the_model_readme_lists_other_sources():
             "external": {"lpcd": {"layout": "Lung-PET-CT-Dx", "lung_slices_accepted": 1.0,
                                   "boxed_slices_called_malignant": 0.5,
                                   "other_slices_called_malignant": 0.25,
-                                  "series_called_malignant": 1, "series": {"a": {}, "b": {}}}},
+                                  "series_called_malignant": 1, "series": {"a": {}, "b": {}},
+                                  "auc_boxed_vs_other": 0.475}},
+            "lesion_sensitivity": {"n": 84, "data": "normal slices of the grouped test part",
+                                   "auc_painted_vs_plain": 0.654,
+                                   "called_malignant": {"plain": 0.024, "painted": 0.036}},
             "pointing_game": {"methods": {"Grad-CAM": {"n": 38, "pointing_game": 0.1,
                                                        "energy_in_box": 0.04}}},
             "rendering_robustness": rendering_figures(
@@ -87,7 +91,10 @@ def test_the_model_readme_lists_other_sources():
     assert "## Other sources" in text
     assert "tumour-box slices called malignant 50.0%" in text and "series with a malignant verdict 1/2" in text
     assert "Grad-CAM 10.0% / 4.0%" in text
+    assert "tumour-box slices against the others 0.475" in text
+    assert "called malignant 2.4% plain, 3.6% with the mass" in text
     assert "lung window imitation accuracy 50.0%, normal called malignant 100.0%" in text
     bare = {k: v for k, v in card.items()
-            if k not in ("external", "pointing_game", "rendering_robustness")}
+            if k not in ("external", "pointing_game", "rendering_robustness",
+                         "lesion_sensitivity")}
     assert "## Other sources" not in render(bare)

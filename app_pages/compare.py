@@ -78,12 +78,18 @@ else:
                "on: share of lung slices accepted, of tumour-box slices called malignant, and "
                "series verdicts. Heatmap columns: pointing game (maximum within 15 px of a "
                "tumour box) / share of the heatmap's energy inside the boxes (chance about 2%), "
-               "for the class malignant. From `python -m lungct external` and "
-               "`python -m lungct pointing`.")
+               "for the class malignant. Painted mass: the model's normal test slices called "
+               "malignant, plain and with a 3-7 cm mass painted into a lung field, and the AUC "
+               "of P(malignant) between the two (0.5: the mass plays no part). From `python -m "
+               "lungct external`, `python -m lungct pointing` and `python -m lungct "
+               "lesion-check`.")
     st.dataframe(external, hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="percent")
                                 for c in ("lung slices accepted",
-                                          "tumour-box slices called malignant")})
+                                          "tumour-box slices called malignant",
+                                          "other lung slices called malignant",
+                                          "normal slices called malignant",
+                                          "the same with a painted mass")})
 
 rendering = comparison.rendering_table(all_entries)
 if not rendering.empty:

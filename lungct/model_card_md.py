@@ -75,7 +75,7 @@ def render(card: dict) -> str:
                   f"- Malignant recall {_pct(m['malignant_recall'])}"
                   f"{_ci(m.get('malignant_recall_ci95'))}; malignant false negatives "
                   f"{m.get('malignant_false_negatives')}",
-                  f"- ROC AUC (one vs rest): " + ", ".join(
+                  "- ROC AUC (one vs rest): " + ", ".join(
                       f"{c} {m['roc_auc'].get(c):.3f}" if m['roc_auc'].get(c) is not None
                       else f"{c} n/a" for c in CLASSES),
                   "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]

@@ -56,11 +56,12 @@ def rendering_robustness(clf, grays: list[np.ndarray], labels: list[str],
     """``rendering_figures`` of one classifier on decoded slices and their true labels."""
     from lungct.phantoms import OTHER_SOURCE_KINDS, other_source_variants
 
-    plain = [p.label for p in map(clf.predict_gray, grays)]
+    plain = [p.label for p in clf.predict_many(grays)]
     per_kind: dict[str, list[str]] = {k: [] for k in OTHER_SOURCE_KINDS}
-    for g in grays:
-        for kind, variant in other_source_variants(g, seed=seed):
-            per_kind[kind].append(clf.predict_gray(variant).label)
+    for g in grays:   # one slice's renderings at a time, classified in one batch
+        kinds, variants = zip(*other_source_variants(g, seed=seed))
+        for kind, p in zip(kinds, clf.predict_many(list(variants))):
+            per_kind[kind].append(p.label)
     return rendering_figures(labels, plain, per_kind)
 
 

@@ -389,9 +389,16 @@ def test_external_table_reads_external_and_pointing_from_cards(tmp_path):
     entries = [catalog.ModelEntry("both", tmp_path, {"view": "lungs", "external": external,
                                                      "pointing_game": pointing}),
                catalog.ModelEntry("pointing_only", tmp_path, {"pointing_game": pointing}),
+               catalog.ModelEntry("lesion_only", tmp_path, {"lesion_sensitivity": {
+                   "n": 84, "auc_painted_vs_plain": 0.65,
+                   "called_malignant": {"plain": 0.024, "painted": 0.036}}}),
                catalog.ModelEntry("neither", tmp_path, {})]
     table = comparison.external_table(entries)
-    assert list(table["model"]) == ["both", "pointing_only"]
+    assert list(table["model"]) == ["both", "pointing_only", "lesion_only"]
+    lesion = table.iloc[2]
+    assert lesion["normal slices called malignant"] == pytest.approx(0.024)
+    assert lesion["the same with a painted mass"] == pytest.approx(0.036)
+    assert lesion["AUC painted vs plain"] == pytest.approx(0.65)
     both = table.iloc[0]
     assert both["view"] == "lungs" and both["series called malignant"] == "1/2"
     assert both["tumour-box slices called malignant"] == 0.25

@@ -33,6 +33,9 @@ class _Bright:
             label = "malignant" if float(np.mean(gray)) > 0.3 else "normal"
         return P()
 
+    def predict_many(self, grays, batch_size=32):
+        return [self.predict_gray(g) for g in grays]
+
 
 def test_every_rendering_kind_is_classified():
     grays = [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]

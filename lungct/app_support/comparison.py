@@ -83,15 +83,22 @@ POINTING_METHODS = ("Grad-CAM", "Grad-CAM++", "EigenCAM", "LayerCAM")
 
 def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
     """Per model, what its card says about another source's chest CT (``python -m lungct
-    external``) and the pointing game on its tumour boxes (``python -m lungct pointing``):
-    hit rate / share of heatmap energy inside the boxes, per heatmap method."""
+    external``), the pointing game on its tumour boxes (``python -m lungct pointing``):
+    hit rate / share of heatmap energy inside the boxes, per heatmap method, and whether
+    a mass painted into its normal test slices moves it (``python -m lungct lesion-check``)."""
     rows = []
     for e in entries:
         ext = next(iter((e.card.get("external") or {}).values()), None)
         pointing = _get(e.card, "pointing_game", "methods") or {}
-        if not ext and not pointing:
+        lesion = e.card.get("lesion_sensitivity") or {}
+        if not ext and not pointing and not lesion.get("n"):
             continue
         row = {"model": e.name, "view": e.card.get("view", "full")}
+        if lesion.get("n"):   # python -m lungct lesion-check: does a painted mass move it?
+            row.update({
+                "normal slices called malignant": _get(lesion, "called_malignant", "plain"),
+                "the same with a painted mass": _get(lesion, "called_malignant", "painted"),
+                "AUC painted vs plain": lesion.get("auc_painted_vs_plain")})
         if isinstance(ext, dict):
             n_series = len(ext.get("series") or {})
             row.update({

@@ -146,8 +146,12 @@ def _other_sources(card: dict) -> list[str]:
     methods = (card.get("pointing_game") or {}).get("methods") or {}
     if methods:
         lines.append("- Pointing game on the tumour boxes (`python -m lungct pointing`; heatmap "
-                     "maximum within 15 px / energy inside the boxes): " + "; ".join(
+                     "maximum within 15 px / energy inside the boxes; hits per series): "
+                     + "; ".join(
                          f"{m} {_pct(r.get('pointing_game'))} / {_pct(r.get('energy_in_box'))}"
+                         + (" (" + ", ".join(f"{k} {v}" for k, v in r["hits_by_series"].items())
+                            + ")"
+                            if r.get("hits_by_series") else "")
                          for m, r in methods.items() if isinstance(r, dict) and r.get("n")))
     lesion = card.get("lesion_sensitivity") or {}
     if lesion.get("n"):

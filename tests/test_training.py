@@ -427,7 +427,9 @@ def test_end_to_end_smoke(real_root, tmp_path, capsys):
     t_card = json.loads((teacher / "card.json").read_text())
     assert t_card["arch"] == "hybrid_vit_lite0" and t_card["protocol"] == "grouped"
     assert t_card["input_size"] == 64
-    assert (reports / "history" / "t.csv").exists()
+    # saved outside the models folder: its learning curve stays beside it, and the
+    # reports folder's curves (the shipped models', DVC plots) are left alone
+    assert (teacher / "history.csv").exists() and not (reports / "history" / "t.csv").exists()
 
     student = tmp_path / "s"
     assert main(["train", "--name", "s", "--out", str(student), "--teacher", str(teacher),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lungct import CLASSES, __version__
-from lungct.config import resolve
+from lungct.config import models_dir, reports_dir, resolve
 from lungct.data.splits import read_manifest, select
 from lungct.metrics import classification_report
 from lungct.models import create_model, load_model, save_model
@@ -149,7 +149,13 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
         teacher_model = TeacherAdapter(t, model)
         tcfg.update(alpha=cfg["distill"]["alpha"], temperature=cfg["distill"]["temperature"])
     train_loader, val_loader, data_info = loaders(cfg, model, protocol, limit)
-    out_dir = Path(out_dir) if out_dir else resolve("models") / name
+    home = models_dir(cfg) / name
+    out_dir = Path(out_dir) if out_dir else home
+    # the learning curves of a shipped model live in the reports folder (DVC plots); a
+    # run saved anywhere else (a sweep, a cross-validation fold, a trial) keeps its own
+    # beside its weights and never rewrites the shipped model's
+    history_path = (reports_dir(cfg) / "history" / f"{name}.csv"
+                    if out_dir.resolve() == home.resolve() else out_dir / "history.csv")
     print(f"{name}: {tcfg['model']} on {device}, protocol {protocol}, "
           f"{data_info['n_train']} train / {data_info['n_val']} val images", flush=True)
     start = time.time()
@@ -176,8 +182,7 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
             "intended_use": "research decision support; not a medical device",
         }
         save_model(model.cpu(), out_dir, card)
-        write_history(history, resolve(cfg.get("reports", {}).get("dir", "reports"))
-                      / "history" / f"{name}.csv")
+        write_history(history, history_path)
         run.log_final({f"val_{k}": v for k, v in val_report.items()
                        if isinstance(v, (int, float))})
         run.log_confusion(val_report["confusion_matrix"], f"{name} (val)")

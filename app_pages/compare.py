@@ -79,7 +79,7 @@ else:
                "series verdicts. Heatmap columns: pointing game (maximum within 15 px of a "
                "tumour box) / share of the heatmap's energy inside the boxes (chance about 2%), "
                "for the class malignant. Painted mass: the model's normal test slices called "
-               "malignant, plain and with a 3-7 cm mass painted into a lung field, and the AUC "
+               "malignant, plain and with a mass of up to 3-7 cm painted into a lung field, and the AUC "
                "of P(malignant) between the two (0.5: the mass plays no part). From `python -m "
                "lungct external`, `python -m lungct pointing` and `python -m lungct "
                "lesion-check`.")

@@ -7,8 +7,8 @@ care. This check asks every model that question on the normal slices of its
 own test part (patients it never saw): each slice is classified as users run
 it (``Classifier.predict_gray``, guard off), once plain and once with one mass
 painted into its lung fields by ``lungct.training.lesions.paint_mass`` (the
-slice's own soft-tissue grey and texture, round to spiculated, 3-7 cm on a
-512-px chest slice), seeded so every model meets the same masses. Reported:
+slice's own soft-tissue grey and texture, round to spiculated, up to 3-7 cm on a
+512-px chest slice, within the lung field), seeded so every model meets the same masses. Reported:
 the AUC of P(malignant) painted against plain (0.5: the mass plays no part,
 1.0: every painted slice scores above every plain one), mean P(malignant) and
 the share of slices called malignant, both ways.
@@ -27,6 +27,9 @@ from lungct.config import resolve
 SEED = 0
 DIAMETER = (0.08, 0.2)
 """Mass diameter as a share of the image side (IQ-OTH/NCCD: about 3-7 cm)."""
+DEPTH = 0.9
+"""The mass's centre lies this many radii inside a lung field: it sits in the lung, where a
+reader sees it at once, not merged into the mediastinum (smaller where a field is narrow)."""
 
 
 def paint_slices(grays: list[np.ndarray], seed: int = SEED) -> list[tuple[int, np.ndarray]]:
@@ -38,7 +41,9 @@ def paint_slices(grays: list[np.ndarray], seed: int = SEED) -> list[tuple[int, n
     out = []
     for i, g in enumerate(grays):
         u8 = np.clip(np.round(np.asarray(g, np.float32) * 255), 0, 255).astype(np.uint8)
-        painted = paint_mass(u8, segment(g).mask("lungs"), rng, DIAMETER, spicule_p=0.5)
+        seg = segment(g)
+        painted = paint_mass(u8, seg.mask("lungs"), rng, DIAMETER, spicule_p=0.5,
+                             depth=DEPTH, body=seg.mask("body"))
         if painted is not None:
             out.append((i, painted.astype(np.float32) / 255))
     return out
@@ -56,6 +61,7 @@ def lesion_sensitivity(clf, grays: list[np.ndarray], seed: int = SEED) -> dict:
     p0 = np.array([p.probabilities["malignant"] for p in plain])
     p1 = np.array([p.probabilities["malignant"] for p in painted])
     return {"n": len(pairs), "seed": seed, "diameter_share_of_side": list(DIAMETER),
+            "depth_in_radii": DEPTH,
             "auc_painted_vs_plain": round(float(roc_auc_score(
                 np.r_[np.zeros(len(p0)), np.ones(len(p1))], np.r_[p0, p1])), 4),
             "mean_p_malignant": {"plain": round(float(p0.mean()), 4),

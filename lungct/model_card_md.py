@@ -156,7 +156,8 @@ def _other_sources(card: dict) -> list[str]:
     lesion = card.get("lesion_sensitivity") or {}
     if lesion.get("n"):
         called = lesion["called_malignant"]
-        lines.append(f"- A 3-7 cm mass painted into {lesion['n']} {lesion.get('data', 'normal test slices')} "
+        lines.append(f"- A mass (up to 3-7 cm, within a lung field) painted into {lesion['n']} "
+                     f"{lesion.get('data', 'normal test slices')} "
                      f"(`python -m lungct lesion-check`): called malignant "
                      f"{_pct(called['plain'])} plain, {_pct(called['painted'])} with the mass; "
                      f"AUC of P(malignant) painted vs plain {lesion['auc_painted_vs_plain']:.3f}")

@@ -51,7 +51,8 @@ def test_no_lung_field_no_paint():
     painter = LesionPainter(np.zeros_like(lungs)[None], sources=(NORMAL,), target=MAL, p=1.0)
     out, label = painter(img, 0, NORMAL)
     assert label == NORMAL and (out == img).all()
-    assert paint_mass(np.zeros_like(img), lungs, np.random.default_rng(0)) is None
+    assert paint_mass(img, np.zeros_like(lungs), np.random.default_rng(0)) is None
+    assert paint_mass(img, lungs, np.random.default_rng(0), body=~lungs) is None
 
 
 def test_bad_diameter_is_a_clear_error():

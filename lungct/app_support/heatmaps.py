@@ -131,7 +131,8 @@ def what_it_shows(card: dict, method: str) -> str | None:
     lesion = card.get("lesion_sensitivity") or {}
     if lesion.get("n"):
         called = lesion["called_malignant"]
-        parts.append(f"a 3-7 cm mass painted into {lesion['n']} normal test slices raised the "
+        parts.append(f"a mass of up to 3-7 cm painted into a lung of {lesion['n']} normal "
+                     f"test slices raised the "
                      f"share called malignant from {called['plain']:.0%} to "
                      f"{called['painted']:.0%}")
     if not parts:

@@ -71,17 +71,25 @@ def _tissue_grey(g: np.ndarray, lung: np.ndarray) -> tuple[float, float]:
 
 
 def paint_mass(img: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
-               diameter=(0.06, 0.25), spicule_p: float = 0.5) -> np.ndarray | None:
+               diameter=(0.06, 0.25), spicule_p: float = 0.5,
+               depth: float = 0.35, body: np.ndarray | None = None) -> np.ndarray | None:
     """``img`` (uint8, S x S) with one solid mass centred in ``lung`` (bool, S x S), or
-    None when no lung field lies inside the body's outline (nowhere to paint)."""
+    None when there is no lung field (inside ``body``, when given) to paint into.
+
+    ``depth``: the centre lies at least this many radii inside the lung field (0.35: the
+    mass may reach into pleura and mediastinum; about 1: it lies within the lung, the
+    radius shrunk to fit where the field is narrow)."""
     side = img.shape[0]
     g = img.astype(np.float32) / 255
-    lung = lung & ndi.binary_fill_holes(g > 0.02)   # inside the body, never the air around it
+    if body is not None:   # never the air around the patient
+        lung = lung & body
     if lung.sum() < 20:
         return None
     radius = rng.uniform(*diameter) * side / 2
-    depth = ndi.distance_transform_edt(lung)
-    ok = depth >= min(0.35 * radius, 0.6 * depth.max())
+    inside = ndi.distance_transform_edt(lung)
+    if depth >= 0.8:   # the mass must fit in the lung field
+        radius = min(radius, inside.max() / depth)
+    ok = inside >= min(depth * radius, 0.6 * inside.max())
     ys, xs = np.nonzero(ok)
     k = rng.integers(len(ys))
     level, texture = _tissue_grey(g, lung)

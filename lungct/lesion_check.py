@@ -8,7 +8,8 @@ own test part (patients it never saw): each slice is classified as users run
 it (``Classifier.predict_gray``, guard off), once plain and once with one mass
 painted into its lung fields by ``lungct.training.lesions.paint_mass`` (the
 slice's own soft-tissue grey and texture, round to spiculated, up to 3-7 cm on a
-512-px chest slice, within the lung field), seeded so every model meets the same masses. Reported:
+512-px chest slice, within the lung field), seeded so every model meets the same masses.
+Reported:
 the AUC of P(malignant) painted against plain (0.5: the mass plays no part,
 1.0: every painted slice scores above every plain one), mean P(malignant) and
 the share of slices called malignant, both ways.
@@ -18,11 +19,7 @@ the share of slices called malignant, both ways.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
-
-from lungct.config import resolve
 
 SEED = 0
 DIAMETER = (0.08, 0.2)
@@ -83,26 +80,11 @@ def add_command(sub, common) -> None:
 
 def cmd_lesion_check(args) -> int:
     from lungct.config import config_from_args
-    from lungct.data.splits import read_manifest
-    from lungct.inference import Classifier
-    from lungct.models import list_shipped
-    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, read_card, write_card
-    from lungct.preprocess import load_image
+    from lungct.robustness import each_model_test_part, store_in_card
 
     cfg = config_from_args(args)
-    root = resolve(cfg["data"]["root"])
-    manifest = resolve(cfg["data"]["manifest"])
-    if not manifest.exists() or not root.is_dir():
-        print(f"error: needs the dataset ({root}) and its manifest ({manifest}); set "
-              "LUNGCT_DATA and run `python -m lungct split`", file=sys.stderr)
-        return 2
-    rows = read_manifest(manifest)
-    names = args.model or [n for n in list_shipped() if (MODELS_DIR / n / WEIGHTS_FILE).exists()]
-    for name in names:
-        clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
-        protocol = clf.card.get("protocol", "grouped")
-        test = [r for r in rows if r[f"{protocol}_split"] == "test" and r["label"] == "normal"]
-        r = lesion_sensitivity(clf, [load_image(root / t["path"]) for t in test])
+    for clf, protocol, _, grays in each_model_test_part(args, cfg, label="normal"):
+        r = lesion_sensitivity(clf, grays)
         if not r["n"]:
             print(f"{clf.name}: no normal test slice with lung fields found", flush=True)
             continue
@@ -113,8 +95,5 @@ def cmd_lesion_check(args) -> int:
               f"called malignant {r['called_malignant']['plain']:.1%} -> "
               f"{r['called_malignant']['painted']:.1%}", flush=True)
         if args.write_cards:
-            folder = MODELS_DIR / name
-            card = read_card(folder)
-            card["lesion_sensitivity"] = r
-            write_card(folder, card)
+            store_in_card(clf, "lesion_sensitivity", r)
     return 0

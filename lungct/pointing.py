@@ -91,8 +91,8 @@ def cmd_pointing(args) -> int:
     from lungct.config import config_from_args
     from lungct.config import resolve
     from lungct.data.lung_pet_ct_dx import read_all
-    from lungct.models import list_shipped, load_model
-    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, read_card, write_card
+    from lungct.models import load_model
+    from lungct.models.checkpoint import list_with_weights, read_card, resolve_model_dir, write_card
 
     cfg = config_from_args(args)
     root = resolve(args.data or cfg["data"].get("external", "data/raw/lung-pet-ct-dx-sample"))
@@ -102,7 +102,7 @@ def cmd_pointing(args) -> int:
               "--data)", file=sys.stderr)
         return 2
     window = cfg.get("preprocess", {}).get("dicom_window", "lung")
-    names = args.model or [n for n in list_shipped() if (MODELS_DIR / n / WEIGHTS_FILE).exists()]
+    names = args.model or list_with_weights()
     print(f"{len(slices)} boxed slices from {root.name}; hit = heatmap maximum within "
           f"{TOLERANCE} px of a box")
     for name in names:
@@ -116,9 +116,9 @@ def cmd_pointing(args) -> int:
                   f"(chance {r['chance_energy']:.1%}); by series "
                   + ", ".join(f"{k} {v}" for k, v in r["hits_by_series"].items()), flush=True)
         if args.write_cards:
-            card = read_card(MODELS_DIR / name)
+            card = read_card(resolve_model_dir(name))
             card["pointing_game"] = {"data": f"{root.name} ({len(slices)} boxed slices)",
                                      "view": getattr(model, "view", "full"),
                                      "methods": results}
-            write_card(MODELS_DIR / name, card)
+            write_card(resolve_model_dir(name), card)
     return 0

@@ -21,8 +21,6 @@ the failure is measured here, per model, and written into its card
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from lungct.config import resolve
@@ -77,42 +75,57 @@ def add_command(sub, common) -> None:
     p.set_defaults(func=cmd_robustness)
 
 
-def cmd_robustness(args) -> int:
-    from lungct.config import config_from_args
+def each_model_test_part(args, cfg: dict, label: str | None = None, every: int = 1):
+    """For every model of ``args.model`` (default: every shipped model with weights), the
+    classifier, its protocol, and the rows and decoded slices of that protocol's test part
+    (``label``: that class only; ``every``: every N-th slice), one model at a time: patients
+    the model never saw, read as users run it. The commands that probe each model on its own
+    test slices (``robustness``, ``lesion-check``) share it."""
     from lungct.data.splits import read_manifest
     from lungct.inference import Classifier
-    from lungct.models import list_shipped
-    from lungct.models.checkpoint import MODELS_DIR, WEIGHTS_FILE, read_card, write_card
+    from lungct.models.checkpoint import list_with_weights
     from lungct.preprocess import load_image
 
-    cfg = config_from_args(args)
     root = resolve(cfg["data"]["root"])
     manifest = resolve(cfg["data"]["manifest"])
     if not manifest.exists() or not root.is_dir():
-        print(f"error: needs the dataset ({root}) and its manifest ({manifest}); set "
-              "LUNGCT_DATA and run `python -m lungct split`", file=sys.stderr)
-        return 2
+        raise ValueError(f"needs the dataset ({root}) and its manifest ({manifest}); set "
+                         "LUNGCT_DATA and run `python -m lungct split`")
     rows = read_manifest(manifest)
-    names = args.model or [n for n in list_shipped() if (MODELS_DIR / n / WEIGHTS_FILE).exists()]
-    every = max(1, args.every)
-    for name in names:
+    for name in args.model or list_with_weights():
         clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
         protocol = clf.card.get("protocol", "grouped")
-        test = [r for r in rows if r[f"{protocol}_split"] == "test"][::every]
-        r = rendering_robustness(clf, [load_image(root / t["path"]) for t in test],
-                                 [t["label"] for t in test])
+        test = [r for r in rows if r[f"{protocol}_split"] == "test"
+                and (label is None or r["label"] == label)][::max(1, every)]
+        yield clf, protocol, test, [load_image(root / t["path"]) for t in test]
+
+
+def store_in_card(clf, key: str, value: dict) -> None:
+    """``value`` under ``key`` in the card of ``clf``'s model folder."""
+    from lungct.models.checkpoint import read_card, write_card
+
+    card = read_card(clf.folder)
+    card[key] = value
+    write_card(clf.folder, card)
+
+
+def cmd_robustness(args) -> int:
+    from lungct.config import config_from_args
+
+    cfg = config_from_args(args)
+    every = max(1, args.every)
+    for clf, protocol, test, grays in each_model_test_part(args, cfg, every=every):
+        r = rendering_robustness(clf, grays, [t["label"] for t in test])
         r.update(protocol=protocol, data=f"{protocol} test slices"
                  + (f" (every {every})" if every > 1 else ""), seed=SEED)
-        print(f"{name} ({protocol} test, {r['n']} slices): plain accuracy "
+        print(f"{clf.name} ({protocol} test, {r['n']} slices): plain accuracy "
               f"{r['plain']['accuracy']:.1%}, normal called malignant "
               f"{r['plain']['normal_called_malignant']:.1%}", flush=True)
         for kind, k in r["kinds"].items():
             print(f"  {kind:<30} accuracy {k['accuracy']:6.1%}  malignant recall "
                   f"{k['malignant_recall']:6.1%}  normal called malignant "
-                  f"{k['normal_called_malignant']:6.1%}  same label {k['same_label_as_plain']:6.1%}",
-                  flush=True)
+                  f"{k['normal_called_malignant']:6.1%}  same label "
+                  f"{k['same_label_as_plain']:6.1%}", flush=True)
         if args.write_cards:
-            card = read_card(MODELS_DIR / name)
-            card["rendering_robustness"] = r
-            write_card(MODELS_DIR / name, card)
+            store_in_card(clf, "rendering_robustness", r)
     return 0

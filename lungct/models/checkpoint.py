@@ -128,3 +128,9 @@ def list_shipped(folder: str | Path | None = None) -> list[str]:
     (weights may be a DVC output)."""
     folder = Path(folder) if folder is not None else models_dir()
     return sorted(d.name for d in folder.glob("*") if (d / CARD_FILE).exists())
+
+
+def list_with_weights(folder: str | Path | None = None) -> list[str]:
+    """``list_shipped`` names whose weights are present (not only a DVC pointer's card)."""
+    folder = Path(folder) if folder is not None else models_dir()
+    return [n for n in list_shipped(folder) if (folder / n / WEIGHTS_FILE).exists()]

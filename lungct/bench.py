@@ -84,8 +84,8 @@ def onnx_classifier(model, name: str, folder: Path | None, card: dict, tmp: Path
     if folder is not None and (folder / ONNX_FILE).exists():
         try:
             onnx = load_onnx(folder, card, settings.threads, settings.max_batch,
-                             settings.parity_max_diff)
-            return Classifier(None, onnx=onnx, card=card, folder=folder), ONNX_FILE
+                             settings.parity_max_diff, settings.precision)
+            return Classifier(None, onnx=onnx, card=card, folder=folder), onnx.path.name
         except OnnxUnavailable as err:
             print(f"note: {name}: {err}; benchmarking a temporary export instead")
     from lungct.onnx_export import export_onnx
@@ -126,6 +126,7 @@ def bench_model(model, name: str, samples: list[bytes], repeats: int, batch: int
                "throughput_ips": round(throughput_ips(clf, grays, batch, rounds), 1)}
         if backend == "onnx":
             row["onnx_mb"] = round(clf.onnx_model.path.stat().st_size / 2**20, 2)
+            row["precision"] = clf.onnx_model.precision
         rows.append(row)
     return rows
 
@@ -172,10 +173,19 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     errors = sum("error" in r for r in results)
-    return {"model": name, "backend": clf.backend, "images": len(paths), "errors": errors,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "images": len(paths), "errors": errors,
             "seconds": round(seconds, 2), "throughput_ips": round(len(paths) / seconds, 1),
             "rounds": rounds, "batch_size": batch, "workers": workers, "folder": where,
             "guard": with_guard}
+
+
+def _precision(clf: Classifier) -> str | None:
+    return clf.onnx_model.precision if clf.onnx_model is not None else None
+
+
+def _on(r: dict) -> str:
+    """"onnx int8", "onnx" or "torch": what ran, for the printed report."""
+    return r["backend"] + (" int8" if r.get("precision") == "int8" else "")
 
 
 def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> dict:
@@ -191,7 +201,7 @@ def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> 
         result = run_case([("slice.jpg", data)], clf, guard).slices[0]
         if i >= 3:
             times.append((time.perf_counter() - start) * 1000)
-    return {"model": name, "backend": clf.backend, "guard_backend": guard.backend,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "guard_backend": guard.backend,
             "status": result.status, "median_ms": round(statistics.median(times), 1),
             "repeats": repeats, "stages_ms": stage_ms(clf, guard, data, repeats)}
 
@@ -243,7 +253,7 @@ def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
         heatmap(clf, result, "Grad-CAM").overlay(result.gray)
         if i:
             times.append((time.perf_counter() - start) * 1000)
-    return {"model": name, "backend": clf.backend, "guard": guard is not None,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "guard": guard is not None,
             "median_ms": round(statistics.median(times), 1), "repeats": repeats}
 
 
@@ -393,29 +403,30 @@ def store_in_cards(report: dict) -> None:
 
 
 def format_report(report: dict) -> str:
-    head = (f"{'model':<28}{'backend':>8}{'params':>10}{'GFLOPs':>8}{'MB':>7}{'ms/img':>8}"
+    head = (f"{'model':<28}{'backend':>10}{'params':>8}{'GFLOPs':>8}{'MB':>7}{'ms/img':>8}"
             f"{'cpu ms':>8}{'img/s':>8}{'x VGG16':>9}{'x torch':>9}")
     lines = [head]
     for r in report["rows"]:
-        lines.append(f"{r['model']:<28}{r['backend']:>8}{r['params'] / 1e6:>9.2f}M"
+        backend = _on(r)
+        lines.append(f"{r['model']:<28}{backend:>10}{r['params'] / 1e6:>7.2f}M"
                      f"{r['flops'] / 1e9:>8.2f}{r.get('weights_mb') or 0:>7.1f}"
                      f"{r['latency_ms']:>8.1f}{r['latency_cpu_ms']:>8.1f}"
                      f"{r['throughput_ips']:>8.1f}"
                      f"{r['speedup_vs_vgg16']:>9.1f}"
                      f"{r['speedup_vs_torch'] if 'speedup_vs_torch' in r else '':>9}")
     for c in report["cli_folder"]:
-        lines.append(f"CLI predict, {c['model']} on {c['backend']}, guard "
+        lines.append(f"CLI predict, {c['model']} on {_on(c)}, guard "
                      f"{'on' if c.get('guard') else 'off'}: {c['throughput_ips']} img/s "
                      f"({c['images']} images in {c['seconds']} s, batch {c['batch_size']}, "
                      f"{c['errors']} errors; {c['folder']})")
     app = report.get("app_classify_with_heatmap")
     if app:
         lines.append(f"app, warm: decode + guard + classify + Grad-CAM overlay with {app['model']} "
-                     f"({app['backend']}): {app['median_ms']} ms median (goal < 2000)")
+                     f"({_on(app)}): {app['median_ms']} ms median (goal < 2000)")
     single = report.get("single_image_with_guard")
     if single:
         lines.append(f"one image end to end with the guard (decode + guard + classify, "
-                     f"{single['model']} on {single['backend']}, guard features on "
+                     f"{single['model']} on {_on(single)}, guard features on "
                      f"{single['guard_backend']}): {single['median_ms']} ms median")
         if single.get("stages_ms"):
             lines.append("  its stages one at a time (ms, median): " + ", ".join(

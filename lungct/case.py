@@ -299,10 +299,14 @@ def classify(classifier, results: list[SliceResult]) -> None:
         return
     caution = rendering_caution(classifier)
     for r, p in zip(todo, preds):
-        r.prediction = p
-        if caution and r.lung_window:
-            p.unsure = True
-            r.warning = f"{r.warning}; {caution}" if r.warning else caution
+        _attach(r, p, caution)
+
+
+def _attach(r: SliceResult, p, caution: str | None) -> None:
+    r.prediction = p
+    if caution and r.lung_window:
+        p.unsure = True
+        r.warning = f"{r.warning}; {caution}" if r.warning else caution
 
 
 CAUTION_RATE = 0.25
@@ -355,6 +359,48 @@ def prepare_inputs(r: SliceResult, classifier, guard=None) -> None:
         r.guard_input = r.model_input = None
 
 
+_SIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lungct-guard")
+"""Runs a lone slice's guard beside its forward pass (``analyse_one``); shared by sessions."""
+
+
+def analyse_one(r: SliceResult, classifier, guard=None) -> None:
+    """Guard and classify one decoded slice, for latency: what a batch does, with the two
+    halves side by side.
+
+    A full-view model needs no segmentation, so its forward pass runs here
+    while the guard's segmentation, lung view and score run in a second
+    thread (ONNX Runtime, OpenCV and most of numpy release the GIL): one slice
+    costs the longer half instead of both. A slice the guard refuses loses its
+    prediction before anything returns. A lung-view model needs the guard's
+    segmentation first, so it runs the halves in turn, as a batch does.
+    """
+    side_by_side = (guard is not None and hasattr(guard, "prepare")
+                    and hasattr(classifier, "predict_prepared")
+                    and getattr(classifier, "view", "full") != "lungs"
+                    and r.gray is not None and r.error is None)
+    if not side_by_side:
+        prepare_inputs(r, classifier, guard)
+        screen(guard, [r])
+        classify(classifier, [r])
+        return
+
+    def check() -> None:
+        prepare_inputs(r, None, guard)
+        screen(guard, [r])
+
+    checked = _SIDE.submit(check)
+    try:
+        with model_guarded(classifier):
+            prediction = classifier.predict_prepared([classifier.prepare(r.gray)])[0]
+    except Exception:
+        prediction = None
+    checked.result()
+    if prediction is None:  # classify redoes it and reports the failure
+        classify(classifier, [r])
+    elif r.gray is not None and r.error is None:
+        _attach(r, prediction, rendering_caution(classifier))
+
+
 def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
     """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance.
 
@@ -387,7 +433,7 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
     (so files are read in the worker threads). ``keep_pixels=False`` drops
     each slice's pixels once classified (folder runs of thousands of files).
     """
-    def load(item) -> SliceResult:
+    def read(item) -> SliceResult:
         index, source = item
         try:
             sf = source() if callable(source) else source
@@ -396,8 +442,26 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         example = os.path.basename(sf.name) if examples else None
         r = decode(sf, index, total, window, max_pixels, example)
         sf.dataset = sf.data = None
+        return r
+
+    def load(item) -> SliceResult:
+        r = read(item)
         prepare_inputs(r, classifier, guard)
         return r
+
+    def done(out: list[SliceResult]) -> list[SliceResult]:
+        for r in out:
+            r.guard_input = r.model_input = r.guard_gray = None
+            if not keep_pixels:
+                r.gray = None
+        return out
+
+    if total == 1:  # one slice (an upload, one file): latency, not throughput
+        for item in enumerate(sources, start=1):
+            r = read(item)
+            analyse_one(r, classifier, guard)
+            yield from done([r])
+        return
 
     batch: list[SliceResult] = []
 
@@ -406,11 +470,7 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         classify(classifier, batch)
         out = list(batch)
         batch.clear()
-        for r in out:
-            r.guard_input = r.model_input = r.guard_gray = None
-            if not keep_pixels:
-                r.gray = None
-        return out
+        return done(out)
 
     for r in prefetch(enumerate(sources, start=1), load, workers, ahead=2 * batch_size):
         batch.append(r)

@@ -29,6 +29,7 @@ ENV_OVERRIDES = {
     "LUNGCT_EXTERNAL": ("data", "external"),
     "LUNGCT_MODELS": ("paths", "models"),
     "LUNGCT_BACKEND": ("runtime", "backend"),
+    "LUNGCT_PRECISION": ("runtime", "precision"),
     "MLFLOW_TRACKING_URI": ("tracking", "mlflow_uri"),
 }
 """Environment variable -> the config entry it replaces (applied by ``load_config``)."""

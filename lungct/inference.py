@@ -106,7 +106,7 @@ class Classifier:
     @classmethod
     def from_name(cls, name_or_path: str | Path, unsure_below: float = 0.6, *,
                   backend: str | None = None, threads: int | None = None,
-                  cfg: dict | None = None) -> "Classifier":
+                  cfg: dict | None = None, precision: str | None = None) -> "Classifier":
         """A classifier for a shipped model name or a model folder.
 
         ``backend`` (default: ``LUNGCT_BACKEND``, else ``runtime.backend`` of
@@ -114,20 +114,22 @@ class Classifier:
         can and PyTorch otherwise (a warning when a model.onnx exists but is
         unusable: corrupt, stale, mismatched); "onnx" raises OnnxUnavailable
         instead of falling back; "torch" never touches ONNX. Raises
-        ModelLoadError for a missing model or unusable weights.
+        ModelLoadError for a missing model or unusable weights. ``precision``
+        (default ``runtime.precision``): "int8" runs ONNX Runtime on the checked
+        ``model.int8.onnx`` when built (``lungct.quantize``), else float32.
         """
         from lungct.models import load_model
         from lungct.models.checkpoint import read_card, resolve_model_dir
 
         folder = resolve_model_dir(name_or_path)
         card = read_card(folder)
-        settings = runtime_settings(cfg, backend, threads)
+        settings = runtime_settings(cfg, backend, threads, precision)
         chosen = settings.backend
         reason = None
         if chosen != "torch":
             try:
                 onnx = load_onnx(folder, card, settings.threads, settings.max_batch,
-                                 settings.parity_max_diff)
+                                 settings.parity_max_diff, settings.precision)
             except OnnxUnavailable as err:
                 if chosen == "onnx":
                     raise
@@ -176,7 +178,8 @@ class Classifier:
         out = {"model": self.name, "backend": self.backend,
                "torch_loaded": self.torch_loaded, "temperature": self.temperature}
         if self._onnx is not None:
-            out.update(onnx_file=str(self._onnx.path), threads=self._onnx.threads)
+            out.update(onnx_file=str(self._onnx.path), threads=self._onnx.threads,
+                       precision=self._onnx.precision)
         if self.fallback_reason:
             out["fallback_reason"] = self.fallback_reason
         return out

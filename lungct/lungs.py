@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
@@ -139,9 +140,40 @@ class Segmentation:
 
 def _as_gray(gray) -> np.ndarray:
     arr = np.asarray(gray, dtype=np.float32)
-    if arr.ndim != 2 or min(arr.shape, default=0) < 8 or not np.isfinite(arr).all():
+    if arr.ndim != 2 or min(arr.shape, default=0) < 8:
+        raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
+    lo, hi = float(arr.min()), float(arr.max())  # NaN makes both NaN, inf lands here too
+    if 0.0 <= lo and hi <= 1.0:  # a decoded slice: already in range, nothing to copy
+        return arr
+    if not np.isfinite(arr).all():
         raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
     return np.clip(arr, 0.0, 1.0)
+
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+"""scipy.ndimage's default 2-D structure (4-connectivity), for OpenCV's morphology."""
+
+
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndi.binary_erosion(mask, iterations=n)`` pixel for pixel (outside the image counts
+    as background), on OpenCV: several times faster on a 256-px grid."""
+    out = cv2.erode(mask.astype(np.uint8), _CROSS, iterations=iterations,
+                    borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.astype(bool)
+
+
+def _open(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndi.binary_opening(mask, iterations=n)`` pixel for pixel, on OpenCV."""
+    out = cv2.erode(mask.astype(np.uint8), _CROSS, iterations=iterations,
+                    borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    out = cv2.dilate(out, _CROSS, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0)
+    return out.astype(bool)
+
+
+def _sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per label 1..n as float64 (what ``ndi.sum(mask, labels, 1..n)`` gives)."""
+    return np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
 
 
 def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]:
@@ -154,10 +186,17 @@ def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]
     h, w = gray.shape
 
     def flat(rows: np.ndarray) -> np.ndarray:
-        # uniform, or a lit frame (not black air) uniform but for a title bar or a few marks
-        med = np.median(rows, axis=1, keepdims=True)
-        mostly = (np.abs(rows - med) <= 2 * tol).mean(axis=1) >= 0.9
-        return (rows.std(axis=1) < tol) | (mostly & (med[:, 0] > 0.05))
+        # uniform, or a lit frame (not black air) uniform but for a title bar or a few marks;
+        # a row whose whole range is below tol has a spread below tol: only the others
+        # need the median and spread
+        out = (rows.max(axis=1) - rows.min(axis=1)) < tol
+        if out.all():
+            return out
+        rest = rows[~out]
+        med = np.median(rest, axis=1, keepdims=True)
+        mostly = (np.abs(rest - med) <= 2 * tol).mean(axis=1) >= 0.9
+        out[~out] = (rest.std(axis=1) < tol) | (mostly & (med[:, 0] > 0.05))
+        return out
 
     def run(lines: np.ndarray) -> int:
         # frame lines lie at the edges: test them a chunk at a time from the edge
@@ -186,7 +225,7 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask)
     if not n:
         return mask
-    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+    sizes = _sizes(labels, n)
     return labels == int(np.argmax(sizes)) + 1
 
 
@@ -206,7 +245,7 @@ def segment(gray: np.ndarray) -> Segmentation:
     bright = small > air + max(0.03, 0.08 * (top - air))
     # a strong opening detaches the scanner table and drops text; the convex hull
     # closes a chest wall that a narrow window shows only as broken speckle
-    core = _largest(ndi.binary_opening(bright, iterations=3))
+    core = _largest(_open(bright, 3))
     body = _hull(core)
     if body.any():
         inside = small[body]
@@ -216,14 +255,14 @@ def segment(gray: np.ndarray) -> Segmentation:
     else:
         tissue_level = top
     mid = (air + tissue_level) / 2
-    dark = ndi.binary_opening((small < mid) & ndi.binary_erosion(body, iterations=3), iterations=2)
+    dark = _open((small < mid) & _erode(body, 3), 2)
     labels, n = ndi.label(dark)
     lungs = np.zeros_like(body)
     if n:
         edge = np.zeros_like(body)
         edge[[0, -1], :] = edge[:, [0, -1]] = True
         touching = set(np.unique(labels[edge & (labels > 0)]).tolist())
-        sizes = ndi.sum(dark, labels, index=np.arange(1, n + 1))
+        sizes = _sizes(labels, n)
         order = np.argsort(sizes)[::-1]
         body_area = max(float(body.sum()), 1.0)
         # A window that shows outside air grey (every lung window: air at -1000 HU is
@@ -354,10 +393,11 @@ def _is_band(region: np.ndarray, body_box: tuple[int, int, int, int]) -> bool:
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
         return None
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def standardise(gray: np.ndarray, lung_level: float, tissue_level: float) -> np.ndarray:

@@ -181,6 +181,12 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
     if parity["passed"]:
         # the runtime's own checks accept it
         load_onnx(folder, fresh, settings.threads, parity_max_diff=settings.parity_max_diff)
+        from lungct.quantize import CALIBRATION_FILE, QuantizeError, build_int8
+        if (folder / CALIBRATION_FILE).exists():
+            try:
+                return {**section, "int8": build_int8(folder, onnx_clf, paths, source)}
+            except QuantizeError as err:  # float32 serves; the message says how to fix it
+                return {**section, "int8_error": str(err)}
     return section
 
 
@@ -191,10 +197,20 @@ def format_section(name: str, section: dict) -> str:
     if "torch_noise_floor" in p:
         strict += (f"; PyTorch's own float32 noise on these images: "
                    f"{p['torch_noise_floor']:.2g}")
-    return (f"{name}: {section['file']} ({section['size_mb']} MB, opset {section['opset']}); "
+    line = (f"{name}: {section['file']} ({section['size_mb']} MB, opset {section['opset']}); "
             f"parity {verdict} on {p['images']}: labels identical {p['labels_identical']}, "
             f"max |dp| {p['max_abs_diff']:.2g} ({strict}; allowed {p['max_diff_allowed']:g}), "
             f"max |dlogit| {p['max_abs_logit_diff']:.2g}")
+    if "int8_error" in section:
+        line += f"\n{name}: no int8 model (float32 serves): {section['int8_error']}"
+    if "int8" in section:
+        q = section["int8"]
+        c = q["check"]
+        line += (f"\n{name}: {q['file']} ({q['size_mb']} MB) "
+                 f"{'kept' if c['passed'] else 'REMOVED (float32 serves)'}: against model.onnx "
+                 f"on the same images {c['labels_changed']} of {c['n']} labels changed, mean "
+                 f"|dp| {c['mean_abs_diff']}, max {c['max_abs_diff']}")
+    return line
 
 
 def cmd_export(args) -> int:

@@ -32,6 +32,10 @@ ONNX_FILE = "model.onnx"
 BUILD_RECORD = "onnx.json"
 """Written beside model.onnx by every export: both are build outputs (git-ignored), so
 building them on a fresh clone never rewrites the tracked model card."""
+INT8_FILE = "model.int8.onnx"
+INT8_RECORD = "int8.json"
+"""The int8 twin of model.onnx and its local build check (build outputs; lungct.quantize)."""
+PRECISIONS = ("int8", "float32")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
@@ -65,10 +69,11 @@ class RuntimeSettings(NamedTuple):
     threads: int            # ONNX Runtime intra-op threads; 0 = its default (one per core)
     max_batch: int          # ONNX Runtime runs bigger batches in chunks of this size; 0 = any
     parity_max_diff: float  # refuse an export whose parity check found a larger |dp|
+    precision: str = "float32"  # int8: model.int8.onnx when built and checked here
 
 
 def runtime_settings(cfg: dict | None = None, backend: str | None = None,
-                     threads: int | None = None) -> RuntimeSettings:
+                     threads: int | None = None, precision: str | None = None) -> RuntimeSettings:
     """The ``runtime`` section: explicit arguments > ``cfg`` (``load_config()`` when None, where
     ``LUNGCT_BACKEND`` wins over params.yaml) > defaults."""
     if cfg is None:
@@ -87,8 +92,12 @@ def runtime_settings(cfg: dict | None = None, backend: str | None = None,
         raise ValueError(f"unknown inference backend {chosen!r} in {source}; "
                          f"use one of {list(BACKENDS)}")
     n = section.get("threads", 0) if threads is None else threads
+    precision = str(precision or section.get("precision") or "float32").strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} in runtime.precision or "
+                         f"LUNGCT_PRECISION; use one of {list(PRECISIONS)}")
     return RuntimeSettings(chosen, int(n or 0), int(section.get("max_batch", 0) or 0),
-                           float(section.get("parity_max_diff", PARITY_MAX_DIFF)))
+                           float(section.get("parity_max_diff", PARITY_MAX_DIFF)), precision)
 
 
 def import_onnxruntime():
@@ -200,6 +209,7 @@ class OnnxModel:
         self.max_batch = max_batch
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
+        self.precision = "float32"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -211,13 +221,24 @@ class OnnxModel:
                                for i in range(0, len(x), step)])
 
 
+def default_threads() -> int:
+    """Intra-op threads of a session when ``runtime.threads`` is 0: half the CPUs (at least 1).
+
+    The pipeline keeps two things busy at once: the forward pass, and beside it
+    the next slices' decoding and segmentation (a folder) or this slice's guard
+    (one upload). A session that takes every core fights them for it: on 2 cores,
+    one guarded slice took 13-18 ms with two threads per session and 12.7-13.4 ms
+    with one (``python -m lungct bench``).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def session_options(ort, threads: int = 0):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
-    if threads > 0:
-        so.intra_op_num_threads = int(threads)
+    so.intra_op_num_threads = int(threads) if threads > 0 else default_threads()
     so.log_severity_level = 3  # errors only: no optimiser chatter on stderr
     # No busy-waiting between ops: on a small shared CPU, spinning workers starve
     # the decode thread and other processes (measured: 2 threads, busy 2-core
@@ -270,9 +291,30 @@ def export_record(folder: str | Path, card: dict) -> dict:
     return {}
 
 
+def int8_build(folder: str | Path) -> Path | None:
+    """``model.int8.onnx`` when it was built here from the ``model.onnx`` now on disk and
+    passed its check against it (``int8.json``); None otherwise."""
+    folder = Path(folder)
+    path, record = folder / INT8_FILE, folder / INT8_RECORD
+    if not (path.exists() and record.exists()):
+        return None
+    try:
+        section = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not (section.get("check") or {}).get("passed")
+            or section.get("onnx_sha256") != file_sha256(path)
+            or section.get("float32_sha256") != file_sha256(folder / ONNX_FILE)):
+        return None
+    return path
+
+
 def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int = 0,
-              parity_max_diff: float = PARITY_MAX_DIFF) -> OnnxModel:
+              parity_max_diff: float = PARITY_MAX_DIFF, precision: str = "float32") -> OnnxModel:
     """The checked ONNX model of a model folder.
+
+    ``precision="int8"`` opens ``model.int8.onnx`` instead when :func:`int8_build`
+    vouches for it (same contract and weights checks); float32 otherwise.
 
     Raises OnnxUnavailable when onnxruntime is missing, the file is missing,
     unreadable or corrupt, its contract differs from the card, it was
@@ -314,6 +356,11 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
         raise OnnxUnavailable(f"{path} failed its parity check against PyTorch at export "
                               f"(labels identical: {parity.get('labels_identical')}, max |dp| "
                               f"{parity.get('max_abs_diff')}, allowed {parity_max_diff:g})")
+    if precision == "int8":
+        quantized = int8_build(folder)
+        if quantized is not None:
+            model = open_session(quantized, threads, max_batch)
+            model.precision = "int8"
     shape = model.session.get_inputs()[0].shape
     size = want["input_size"]
     if len(shape) != 4 or list(shape[1:]) != [3, size, size]:

@@ -16,7 +16,7 @@ from lungct.cli import build_parser, main
 from lungct.cli.parser import COMMANDS
 from lungct.config import REPO_ROOT
 
-EVERY_COMMAND = {"split", "leakage", "train", "evaluate", "predict", "export", "cards", "half",
+EVERY_COMMAND = {"split", "leakage", "train", "evaluate", "predict", "export", "quantize", "cards", "half",
                  "case", "pacs", "external", "pointing", "robustness", "lesion-check", "cv", "probe", "bench", "bench-app", "bench-study",
                  "safety-report", "results-table", "guard", "tracking"}
 

@@ -120,6 +120,41 @@ def test_case_pipeline_equals_slice_by_slice(real_guard, sample_bytes):
             assert r.prediction.probabilities == pytest.approx(want, abs=1e-5)
 
 
+@pytest.mark.parametrize("model", ["student_kd", "student_lungs"])
+def test_a_lone_slice_equals_the_batch_path(real_guard, sample_bytes, model):
+    """One slice runs the guard beside the forward pass (``analyse_one``); a batch runs them
+    in turn. Same verdicts, same answers; a refused slice carries no prediction."""
+    import io
+
+    from PIL import Image
+
+    from lungct.case import run_case
+    from lungct.inference import Classifier
+
+    clf = Classifier.from_name(model, backend="torch")
+    noise = io.BytesIO()
+    Image.fromarray((np.random.default_rng(3).random((96, 96)) * 255).astype(np.uint8)).save(
+        noise, format="PNG")
+    inputs = [*sample_bytes.items(), ("noise.png", noise.getvalue())]
+    together = {r.name: r for r in run_case(inputs, clf, real_guard).slices}
+    assert len(together) == len(inputs)
+    for name, data in inputs:
+        batch = together[name]
+        alone = run_case([(name, data)], clf, real_guard).slices[0]
+        assert alone.status == batch.status and alone.guard["status"] == batch.guard["status"]
+        if batch.guard["score"] is None:  # refused before any score (blank, noise)
+            assert alone.guard["score"] is None
+        else:
+            assert alone.guard["score"] == pytest.approx(batch.guard["score"], rel=1e-5)
+        if batch.ok:
+            assert alone.prediction.probabilities == pytest.approx(
+                batch.prediction.probabilities, abs=1e-5)
+            assert alone.warning == batch.warning
+        else:
+            assert alone.prediction is None and alone.error
+    assert together["noise.png"].status == "refused"
+
+
 def test_onnx_extractor_is_kept_only_when_it_matches(real_guard, slices, tmp_path):
     folder = tmp_path / "guard"
     shutil.copytree(guard_dir(), folder, ignore=shutil.ignore_patterns(EXTRACTOR_FILE))

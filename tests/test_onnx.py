@@ -262,7 +262,7 @@ def test_backend_switch(exported, monkeypatch):
         Classifier.from_name(folder)
     monkeypatch.delenv("LUNGCT_BACKEND")
     cfg = {"runtime": {"backend": "torch", "threads": 1, "max_batch": 2}}
-    assert runtime_settings(cfg) == ("torch", 1, 2, 1e-3)
+    assert runtime_settings(cfg) == ("torch", 1, 2, 1e-3, "float32")
     assert Classifier.from_name(folder, cfg=cfg).backend == "torch"
     assert runtime_settings({}).backend == "auto"
 

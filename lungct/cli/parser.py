@@ -22,6 +22,7 @@ COMMANDS = (
     ("predict", "lungct.cli.predict:add_command"),
     ("evaluate", "lungct.cli.models:add_evaluate"),
     ("export", "lungct.onnx_export:add_command"),
+    ("quantize", "lungct.quantize:add_command"),
     ("case", "lungct.cli.case:add_command"),
     ("pacs", "lungct.pacs.cli:add_command"),
     ("external", "lungct.external:add_command"),

@@ -19,10 +19,12 @@ install: $(VENV)/.installed
 # ONNX files are build outputs (not in git; model.onnx + onnx.json, the card is
 # never rewritten): exported once for fast CPU inference; without them the app
 # runs the same models on PyTorch. The tests check them against PyTorch. The
-# guard's feature extractor too (models/ood_guard/extractor.onnx, kept only if
-# its scores match PyTorch's).
+# default student's int8 twin (model.int8.onnx + int8.json) is built by the same
+# export from the tracked int8_calibration.json, kept only if it agrees with
+# model.onnx on this machine. The guard's feature extractor too
+# (models/ood_guard/extractor.onnx, kept only if its scores match PyTorch's).
 onnx: install
-	test -f models/student_kd/onnx.json || $(PY) -m lungct export --model student_kd teacher_hybrid_vit
+	test -f models/student_kd/int8.json || $(PY) -m lungct export --model student_kd teacher_hybrid_vit
 	test -f models/ood_guard/extractor.onnx || $(PY) -m lungct guard export
 
 app: onnx

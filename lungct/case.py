@@ -389,9 +389,10 @@ def analyse_one(r: SliceResult, classifier, guard=None) -> None:
         screen(guard, [r])
 
     checked = _SIDE.submit(check)
+    forward = getattr(classifier, "predict_beside", classifier.predict_prepared)
     try:
         with model_guarded(classifier):
-            prediction = classifier.predict_prepared([classifier.prepare(r.gray)])[0]
+            prediction = forward([classifier.prepare(r.gray)])[0]
     except Exception:
         prediction = None
     checked.result()

@@ -224,6 +224,15 @@ class Classifier:
         batch = np.stack(arrays) if not isinstance(arrays, np.ndarray) else arrays
         return [self._prediction(p) for p in self.probabilities(batch)]
 
+    def predict_beside(self, arrays: list[np.ndarray] | np.ndarray) -> list[Prediction]:
+        """``predict_prepared`` on one thread (ONNX Runtime), for running beside other work;
+        the same numbers."""
+        if self._onnx is None or len(arrays) == 0:
+            return self.predict_prepared(arrays)
+        batch = np.stack(arrays) if not isinstance(arrays, np.ndarray) else arrays
+        logits = self._onnx.beside()(batch)
+        return [self._prediction(p) for p in calibrated_softmax(logits, self.temperature)]
+
     def predict_gray(self, gray: np.ndarray) -> Prediction:
         return self.predict_prepared([self.prepare(gray)])[0]
 

@@ -210,6 +210,19 @@ class OnnxModel:
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.precision = "float32"
+        self._beside: OnnxModel | None = None
+
+    def beside(self) -> "OnnxModel":
+        """The same network on a one-thread session, opened on first use: for a forward pass
+        that runs beside other work (a lone slice's guard, ``lungct.case.analyse_one``).
+        On 2 cores a guarded slice took 13.1-15.0 ms so, 12.3-17.4 ms with both
+        threads fighting the guard for the cores (ad-hoc ``run_case`` timing, six samples)."""
+        if self.threads == 1:
+            return self
+        if self._beside is None:
+            self._beside = open_session(self.path, 1)
+            self._beside.precision = self.precision
+        return self._beside
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -221,14 +234,12 @@ class OnnxModel:
                                for i in range(0, len(x), step)])
 
 
-def default_threads() -> int:
-    """Intra-op threads of a session when ``runtime.threads`` is 0: half the CPUs (at least 1).
+def side_threads() -> int:
+    """Intra-op threads of the guard's network when ``runtime.threads`` is 0: half the CPUs.
 
-    The pipeline keeps two things busy at once: the forward pass, and beside it
-    the next slices' decoding and segmentation (a folder) or this slice's guard
-    (one upload). A session that takes every core fights them for it: on 2 cores,
-    one guarded slice took 13-18 ms with two threads per session and 12.7-13.4 ms
-    with one (``python -m lungct bench``).
+    A lone slice runs the guard beside the classifier's forward pass
+    (``lungct.case.analyse_one``); a guard session that takes every core fights
+    the classifier for them.
     """
     return max(1, (os.cpu_count() or 2) // 2)
 
@@ -238,7 +249,8 @@ def session_options(ort, threads: int = 0):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
-    so.intra_op_num_threads = int(threads) if threads > 0 else default_threads()
+    if threads > 0:
+        so.intra_op_num_threads = int(threads)
     so.log_severity_level = 3  # errors only: no optimiser chatter on stderr
     # No busy-waiting between ops: on a small shared CPU, spinning workers starve
     # the decode thread and other processes (measured: 2 threads, busy 2-core

@@ -308,3 +308,17 @@ def test_parity_check_flags_a_real_deviation(exported):
     assert result["passed"] is False
     ok = parity_check(torch_clf, Classifier.from_name(folder, backend="onnx"), SAMPLES)
     assert ok["passed"] and ok["within_tolerance"] and "torch_noise_floor" not in ok
+
+
+def test_the_one_thread_session_gives_the_same_answers(exported):
+    """``predict_beside`` (a lone slice's forward pass next to its guard) runs the same
+    network on a one-thread session: the same probabilities."""
+    from lungct.preprocess import load_image
+
+    clf = Classifier.from_name(exported["efficientnet_lite0"], backend="onnx", threads=2)
+    x = np.stack([clf.prepare(load_image(p)) for p in SAMPLES])
+    a, b = clf.predict_prepared(x), clf.predict_beside(x)
+    assert clf.onnx_model.beside().threads == 1 and clf.onnx_model.beside() is not clf.onnx_model
+    assert [p.label for p in a] == [p.label for p in b]
+    for p, q in zip(a, b):
+        assert q.probabilities == pytest.approx(p.probabilities, abs=1e-5)

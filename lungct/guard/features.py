@@ -160,7 +160,7 @@ def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE,
     these layers at this size (and the runtime backend is not forced to
     ``torch``); PyTorch otherwise.
     """
-    from lungct.onnx_runtime import OnnxUnavailable, runtime_settings
+    from lungct.onnx_runtime import OnnxUnavailable, runtime_settings, side_threads
 
     settings = runtime_settings()
     use_onnx = (onnx_path is not None and Path(onnx_path).is_file()
@@ -171,7 +171,8 @@ def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE,
             extractor = None
             if use_onnx:
                 try:
-                    extractor = OnnxFeatureExtractor(onnx_path, layers, size, settings.threads)
+                    extractor = OnnxFeatureExtractor(onnx_path, layers, size,
+                                                     settings.threads or side_threads())
                 except OnnxUnavailable:
                     extractor = None   # a stale or foreign file: the PyTorch path is exact
             _EXTRACTORS[key] = extractor or FeatureExtractor(layers, size)

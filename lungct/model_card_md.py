@@ -120,6 +120,19 @@ def render(card: dict) -> str:
                      f"{c.get('images')} {c.get('split')} images, {c.get('label_changes')} "
                      f"label changes, largest probability change {c.get('max_prob_diff')}; "
                      "computes in float32")
+    q = card.get("int8")
+    if q:
+        parts = []
+        for part, label in (("test", "test"), ("val_other_renderings",
+                                                "validation slices in other renderings")):
+            c = q.get(part) or {}
+            if c:
+                parts.append(f"{label} {c['labels_changed']} of {c['n']} labels changed, "
+                             f"accuracy {_pct(c['float32']['accuracy'])} -> "
+                             f"{_pct(c['int8']['accuracy'])}")
+        lines.append(f"- ONNX Runtime runs it in int8 by default (`python -m lungct quantize`, "
+                     f"`runtime.precision`; {q.get('format')}): against float32, "
+                     + "; ".join(parts))
     lines += _other_sources(card)
     lines += ["", "## Intended use", "",
               "Research decision support for lung CT slices; not a medical device. Every "

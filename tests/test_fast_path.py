@@ -34,6 +34,35 @@ def _masks(seed: int, n: int = 6):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_opencv_morphology_equals_scipy(seed):
+    """The segmentation's OpenCV erosion and opening are scipy's, pixel for pixel, also
+    where the mask touches the image edge (outside counts as background in both)."""
+    rng = np.random.default_rng(seed)
+    for n in (1, 2, 3):
+        m = rng.random((70, 90)) < 0.6
+        m[:, :5] = True
+        assert np.array_equal(lungs._erode(m, n), ndi.binary_erosion(m, iterations=n))
+        assert np.array_equal(lungs._open(m, n), ndi.binary_opening(m, iterations=n))
+        labels, k = ndi.label(m)
+        assert np.array_equal(lungs._sizes(labels, k),
+                              ndi.sum(m, labels, index=np.arange(1, k + 1)))
+    empty = np.zeros((12, 12), bool)
+    assert lungs._bbox(empty) is None
+    box = empty.copy()
+    box[3:7, 2:9] = True
+    assert lungs._bbox(box) == (3, 2, 7, 9)
+
+
+def test_an_in_range_slice_is_used_as_is_and_a_bad_one_refused():
+    g = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    assert lungs._as_gray(g) is g
+    assert lungs._as_gray(g * 2).max() == 1.0
+    for bad in (np.full((20, 20), np.nan, np.float32), np.full((20, 20), np.inf)):
+        with pytest.raises(ValueError, match="finite 2-D grey slice"):
+            lungs._as_gray(bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hull_on_the_bounding_box_equals_the_whole_image(seed):
     for m in _masks(seed):
         assert np.array_equal(lungs._hull(m), convex_hull_image(m) if m.any() else m)

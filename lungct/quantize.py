@@ -12,7 +12,7 @@ user's clone does not have. So the work is split:
    ships) runs the float32 ONNX model over slices of the model's own
    training part, records every activation's minimum and maximum in
    ``models/NAME/int8_calibration.json`` (ONNX Runtime's calibration cache, about
-   20 KB, tracked), builds the int8 model and measures it against the float32
+   20 KB, tracked), builds the int8 model as the export does and measures it against the float32
    one on the model's own validation and test parts and on other renderings of
    the validation slices: labels changed, |dp|, accuracy, malignant recall and
    AUC of both (the card's ``int8`` section). The training slices are taken
@@ -128,6 +128,9 @@ def _calibrate(pre: Path, inputs: np.ndarray, calibration: Path) -> None:
                                    calibrate_method=CalibrationMethod.MinMax)
     calibrator.collect_data(Reader())
     save_tensors_data(calibrator.compute_data(), calibration)
+    # ONNX Runtime writes the tensors in set order: sorted, the same ranges give the same file
+    calibration.write_text(json.dumps(json.loads(calibration.read_text()), sort_keys=True),
+                           encoding="utf-8")
 
 
 def compare(float_clf, int8_session, grays: list[np.ndarray], labels=None,
@@ -225,9 +228,14 @@ def calibrate_model(name_or_path: str | Path, cfg: dict, n_images: int = CALIBRA
     pre = _prepared(folder)
     try:
         _calibrate(pre, inputs, folder / CALIBRATION_FILE)
-        _quantize(pre, folder / CALIBRATION_FILE, folder / INT8_FILE)
     finally:
         shutil.rmtree(pre.parent, ignore_errors=True)
+    test = [root / r["path"] for r in select(rows, protocol, "test")]
+    # as the export builds and checks it (its parity images: this same test part)
+    build = build_int8(folder, clf, test, f"{len(test)} test images of the {protocol} protocol")
+    if not build["check"]["passed"]:
+        raise QuantizeError(f"the int8 model disagrees with model.onnx on "
+                            f"{build['check']['images']}: {build['check']}")
     session = open_session(folder / INT8_FILE, clf.onnx_model.threads)
     checks = {}
     for part in ("val", "test"):

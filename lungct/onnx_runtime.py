@@ -18,8 +18,9 @@ raises ``OnnxUnavailable`` instead of falling back.
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -211,6 +212,7 @@ class OnnxModel:
         self.output_name = session.get_outputs()[0].name
         self.precision = "float32"
         self._beside: OnnxModel | None = None
+        self._lock = threading.Lock()
 
     def beside(self) -> "OnnxModel":
         """The same network on a one-thread session, opened on first use: for a forward pass
@@ -219,9 +221,11 @@ class OnnxModel:
         threads fighting the guard for the cores (ad-hoc ``run_case`` timing, six samples)."""
         if self.threads == 1:
             return self
-        if self._beside is None:
-            self._beside = open_session(self.path, 1)
-            self._beside.precision = self.precision
+        with self._lock:  # app sessions share one classifier: open it once
+            if self._beside is None:
+                beside = open_session(self.path, 1)
+                beside.precision = self.precision
+                self._beside = beside
         return self._beside
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

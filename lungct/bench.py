@@ -173,7 +173,8 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     errors = sum("error" in r for r in results)
-    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "images": len(paths), "errors": errors,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf),
+            "images": len(paths), "errors": errors,
             "seconds": round(seconds, 2), "throughput_ips": round(len(paths) / seconds, 1),
             "rounds": rounds, "batch_size": batch, "workers": workers, "folder": where,
             "guard": with_guard}
@@ -201,7 +202,8 @@ def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> 
         result = run_case([("slice.jpg", data)], clf, guard).slices[0]
         if i >= 3:
             times.append((time.perf_counter() - start) * 1000)
-    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "guard_backend": guard.backend,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf),
+            "guard_backend": guard.backend,
             "status": result.status, "median_ms": round(statistics.median(times), 1),
             "repeats": repeats, "stages_ms": stage_ms(clf, guard, data, repeats)}
 
@@ -253,7 +255,8 @@ def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
         heatmap(clf, result, "Grad-CAM").overlay(result.gray)
         if i:
             times.append((time.perf_counter() - start) * 1000)
-    return {"model": name, "backend": clf.backend, "precision": _precision(clf), "guard": guard is not None,
+    return {"model": name, "backend": clf.backend, "precision": _precision(clf),
+            "guard": guard is not None,
             "median_ms": round(statistics.median(times), 1), "repeats": repeats}
 
 

@@ -140,14 +140,13 @@ class Segmentation:
 
 def _as_gray(gray) -> np.ndarray:
     arr = np.asarray(gray, dtype=np.float32)
-    if arr.ndim != 2 or min(arr.shape, default=0) < 8:
-        raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
-    lo, hi = float(arr.min()), float(arr.max())  # NaN makes both NaN, inf lands here too
-    if 0.0 <= lo and hi <= 1.0:  # a decoded slice: already in range, nothing to copy
-        return arr
-    if not np.isfinite(arr).all():
-        raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
-    return np.clip(arr, 0.0, 1.0)
+    if arr.ndim == 2 and min(arr.shape) >= 8:
+        lo, hi = float(arr.min()), float(arr.max())  # NaN makes both NaN: not in range
+        if 0.0 <= lo and hi <= 1.0:  # a decoded slice: already in range, nothing to copy
+            return arr
+        if np.isfinite(arr).all():
+            return np.clip(arr, 0.0, 1.0)
+    raise ValueError(f"expected a finite 2-D grey slice of at least 8x8, got shape {arr.shape}")
 
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -164,10 +163,8 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 def _open(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``ndi.binary_opening(mask, iterations=n)`` pixel for pixel, on OpenCV."""
-    out = cv2.erode(mask.astype(np.uint8), _CROSS, iterations=iterations,
-                    borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    out = cv2.dilate(out, _CROSS, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
-                     borderValue=0)
+    out = cv2.dilate(_erode(mask, iterations).view(np.uint8), _CROSS, iterations=iterations,
+                     borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return out.astype(bool)
 
 

@@ -217,7 +217,7 @@ class OnnxModel:
     def beside(self) -> "OnnxModel":
         """The same network on a one-thread session, opened on first use: for a forward pass
         that runs beside other work (a lone slice's guard, ``lungct.case.analyse_one``).
-        On 2 cores a guarded slice took 13.1-15.0 ms so, 12.3-17.4 ms with both
+        On 2 cores a guarded slice took 13.1-15.0 ms this way and 12.3-17.4 ms with two
         threads fighting the guard for the cores (ad-hoc ``run_case`` timing, six samples)."""
         if self.threads == 1:
             return self
@@ -345,7 +345,11 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
     if not path.exists():
         raise OnnxUnavailable(f"{path} not found (`python -m lungct export --model "
                               f"{folder.name}` writes it)", "no_file")
-    model = open_session(path, threads, max_batch)
+    # the int8 twin carries model.onnx's metadata, so the checks below read either
+    quantized = int8_build(folder) if precision == "int8" else None
+    model = open_session(quantized or path, threads, max_batch)
+    if quantized is not None:
+        model.precision = "int8"
     meta = model.session.get_modelmeta().custom_metadata_map or {}
     try:
         exported = json.loads(meta[METADATA_KEY])
@@ -372,11 +376,6 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
         raise OnnxUnavailable(f"{path} failed its parity check against PyTorch at export "
                               f"(labels identical: {parity.get('labels_identical')}, max |dp| "
                               f"{parity.get('max_abs_diff')}, allowed {parity_max_diff:g})")
-    if precision == "int8":
-        quantized = int8_build(folder)
-        if quantized is not None:
-            model = open_session(quantized, threads, max_batch)
-            model.precision = "int8"
     shape = model.session.get_inputs()[0].shape
     size = want["input_size"]
     if len(shape) != 4 or list(shape[1:]) != [3, size, size]:

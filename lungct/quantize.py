@@ -58,6 +58,10 @@ MAX_MEAN_DIFF = 0.03
 """...and the mean |p_int8 - p_float32| over them is at most this."""
 
 
+FORMAT = ("QDQ, per-channel int8 weights, uint8 activations (MinMax ranges); first two "
+          "convolutions, last convolution and classifier in float32")
+
+
 class QuantizeError(LungctError, ValueError):
     """The int8 model cannot be made (no float32 export, no ranges, ranges for another export)."""
 
@@ -77,9 +81,9 @@ def _prepared(folder: Path) -> Path:
 
 def float_nodes(model) -> list[str]:
     """The nodes kept in float32: the first two convolutions (the grey levels come in
-    there), the last one and the classifier (the logits go out). On the 188 Lung-PET-CT-Dx
-    slices this halved the int8 model's distance from float32 (mean |dp| 0.025 -> 0.012,
-    max 0.34 -> 0.11) for a few per cent of its time."""
+    there), the last one and the classifier (the logits go out). In an ad-hoc comparison on
+    the 188 Lung-PET-CT-Dx slices this halved the int8 model's distance from float32 (mean
+    |dp| 0.025 -> 0.012, max 0.34 -> 0.11)."""
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     heads = [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
     return convs[:2] + convs[-1:] + heads
@@ -165,11 +169,12 @@ def compare(float_clf, int8_session, grays: list[np.ndarray], labels=None,
     return out
 
 
-def build_int8(folder: str | Path, float_clf, paths: list[Path], source: str) -> dict:
+def build_int8(folder: str | Path, float_clf, paths: list[Path], source: str,
+               labels=None) -> dict:
     """Build ``model.int8.onnx`` from ``model.onnx`` and the committed ranges and check it on
-    ``paths`` (the parity images) on this machine. Returns the build record (also written to
-    ``int8.json``, a build output); a failed check removes the file. QuantizeError when the
-    folder has no ranges."""
+    ``paths`` (the parity images; with their ``labels``, accuracy too) on this machine.
+    Returns the build record (also written to ``int8.json``, a build output); a failed check
+    removes the file. QuantizeError when the folder has no ranges."""
     from lungct.preprocess import load_image
 
     folder = Path(folder)
@@ -184,14 +189,13 @@ def build_int8(folder: str | Path, float_clf, paths: list[Path], source: str) ->
         shutil.rmtree(pre.parent, ignore_errors=True)
     session = open_session(folder / INT8_FILE, float_clf.onnx_model.threads
                            if float_clf.onnx_model else 0)
-    check = {**compare(float_clf, session, [load_image(p) for p in paths]), "images": source}
+    check = {**compare(float_clf, session, [load_image(p) for p in paths], labels),
+             "images": source}
     record = {"file": INT8_FILE, "from": ONNX_FILE, "onnx_sha256": file_sha256(folder / INT8_FILE),
               "float32_sha256": file_sha256(folder / ONNX_FILE),
               "calibration_sha256": file_sha256(calibration),
               "size_mb": round((folder / INT8_FILE).stat().st_size / 2**20, 2),
-              "format": ("QDQ, per-channel int8 weights, uint8 activations (MinMax ranges); first "
-                         "two convolutions, last convolution and classifier in float32"),
-              "check": check}
+              "format": FORMAT, "check": check}
     if not check["passed"]:
         (folder / INT8_FILE).unlink(missing_ok=True)
     (folder / INT8_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -230,20 +234,20 @@ def calibrate_model(name_or_path: str | Path, cfg: dict, n_images: int = CALIBRA
         _calibrate(pre, inputs, folder / CALIBRATION_FILE)
     finally:
         shutil.rmtree(pre.parent, ignore_errors=True)
-    test = [root / r["path"] for r in select(rows, protocol, "test")]
+    test = select(rows, protocol, "test")
     # as the export builds and checks it (its parity images: this same test part)
-    build = build_int8(folder, clf, test, f"{len(test)} test images of the {protocol} protocol")
+    build = build_int8(folder, clf, [root / r["path"] for r in test],
+                       f"{len(test)} test images of the {protocol} protocol",
+                       [CLASSES.index(r["label"]) for r in test])
     if not build["check"]["passed"]:
         raise QuantizeError(f"the int8 model disagrees with model.onnx on "
                             f"{build['check']['images']}: {build['check']}")
     session = open_session(folder / INT8_FILE, clf.onnx_model.threads)
-    checks = {}
-    for part in ("val", "test"):
-        part_rows = select(rows, protocol, part)
-        checks[part] = compare(clf, session, [load_image(root / r["path"]) for r in part_rows],
-                               [CLASSES.index(r["label"]) for r in part_rows])
-    other = np.random.default_rng(seed + 1)
     val = select(rows, protocol, "val")
+    checks = {"val": compare(clf, session, [load_image(root / r["path"]) for r in val],
+                             [CLASSES.index(r["label"]) for r in val]),
+              "test": {k: v for k, v in build["check"].items() if k != "images"}}
+    other = np.random.default_rng(seed + 1)
     checks["val_other_renderings"] = compare(
         clf, session, [random_variant(load_image(root / r["path"]), other) for r in val],
         [CLASSES.index(r["label"]) for r in val])
@@ -252,8 +256,7 @@ def calibrate_model(name_or_path: str | Path, cfg: dict, n_images: int = CALIBRA
                    "images": (f"{len(chosen)} slices of the {protocol} training part (seed "
                               f"{seed}), each also in one random other rendering "
                               "(lungct.guard.variants.random_variant)")},
-               "format": ("QDQ, per-channel int8 weights, uint8 activations; first two "
-                          "convolutions, last convolution and classifier in float32"),
+               "format": FORMAT,
                "used_when": (f"runtime.precision int8 and the local build agrees with "
                              f"model.onnx (labels changed <= {MAX_CHANGED:.0%}, mean |dp| <= "
                              f"{MAX_MEAN_DIFF})"),

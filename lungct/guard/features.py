@@ -27,7 +27,7 @@ from lungct.guard.verdict import as_gray
 EXTRACTOR = "efficientnet_lite0"
 EXTRACTOR_SIZE = 128
 """The guard's view side. 128 px has a third of 224 px's pixels (the benchmark's stage timing:
-the guard's network 3.4-3.7 ms against 5.7), and the refit at 128 px refused and accepted as
+the guard's network 3.4-4.8 ms against 5.7), and the refit at 128 px refused and accepted as
 well or better (guard.json's report, reports/safety.json; the README's guard section)."""
 LAYERS = ("blocks.3", "blocks.5", "head")
 """Pooled feature depths: block 3 (80 ch at 1/16), block 5 (192 ch at 1/32), head (1280 ch)."""

@@ -140,7 +140,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     figure is only a reference). ``with_guard``: the input guard screens every
     slice first, as ``predict`` does by default.
     """
-    from lungct.batch import expand_inputs, predict_paths
+    from lungct.batch import expand_inputs, forked_processes, parallel_processes, predict_paths
 
     root = resolve(cfg["data"]["root"])
     paths = expand_inputs([str(root)]) if root.is_dir() else []
@@ -158,6 +158,9 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
             shutil.copy(src, folder / f"{i:04d}_{src.name}")
         paths = sorted(folder.iterdir())
         where = f"{n} copies of samples/*.jpg in a temporary folder (dataset absent)"
+    processes = parallel_processes(len(paths)) if backend != "torch" else 1
+    if processes > 1:   # as `predict` runs it: one thread per worker process
+        cfg = {**cfg, "runtime": {**cfg["runtime"], "threads": 1}}
     clf = Classifier.from_name(name, backend=backend, cfg=cfg)
     guard = None
     if with_guard:
@@ -169,7 +172,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     for _ in range(rounds):
         start = time.perf_counter()
         results = list(predict_paths(clf, paths, batch_size=batch, workers=workers,
-                                     progress=False, guard=guard))
+                                     progress=False, guard=guard, processes=processes))
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     errors = sum("error" in r for r in results)
@@ -177,6 +180,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
             "images": len(paths), "errors": errors,
             "seconds": round(seconds, 2), "throughput_ips": round(len(paths) / seconds, 1),
             "rounds": rounds, "batch_size": batch, "workers": workers, "folder": where,
+            "processes": forked_processes(clf, guard, processes),
             "guard": with_guard}
 
 

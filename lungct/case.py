@@ -408,11 +408,14 @@ def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -
     Work runs in a thread pool of ``workers`` threads (Pillow, pydicom's numpy
     and numpy release the GIL, so decoding overlaps the model's forward pass);
     at most ``ahead`` results wait in memory. Exceptions are re-raised at the
-    item's turn.
+    item's turn. ``workers`` 0: in this thread, one item at a time (a worker
+    process of ``lungct.batch`` has one core and nothing to overlap).
     """
+    if workers < 1:
+        yield from map(fn, items)
+        return
     items = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers),
-                            thread_name_prefix="lungct-decode") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lungct-decode") as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,3 +150,44 @@ def test_prefetch_keeps_order_bounds_lookahead_and_overlaps():
     assert got == [1, 4, 9, 16]
     with pytest.raises(ValueError, match="five"):
         next(it)
+
+
+def test_worker_processes_give_the_rows_of_one_process(model_dir, tmp_path, capsys):
+    """A folder of many files in forked worker processes (``--processes 2``): the same rows,
+    in the same order, as in this process, a bad file included; the guard runs in them."""
+    from lungct.batch import MIN_PARALLEL_FILES, forked_processes, parallel_processes
+    from lungct.case import load_guard
+    from lungct.inference import Classifier
+
+    cfg = load_config()
+    cfg["runtime"]["threads"] = 1
+    guard = load_guard(cfg)
+    if guard.backend != "onnx":
+        pytest.skip("the guard's extractor.onnx is not built (`make onnx` builds it)")
+    assert forked_processes(Classifier.from_name(str(model_dir), cfg=cfg), guard, 2) == 2
+    d = tmp_path / "many"
+    d.mkdir()
+    n = MIN_PARALLEL_FILES + 5
+    for i in range(n):
+        shutil.copy(SAMPLES[i % len(SAMPLES)], d / f"{i:03d}_{SAMPLES[i % len(SAMPLES)].name}")
+    (d / "040_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    assert parallel_processes(n + 1, 2) == (2 if sys.platform == "linux" else 1)
+    assert parallel_processes(MIN_PARALLEL_FILES - 1) == 1
+    rows = {}
+    for procs in ("1", "2"):
+        rc, out, _ = run_cli(capsys, d, "--model", model_dir, "--json", "--processes", procs)
+        assert rc == 0
+        rows[procs] = [json.loads(line) for line in out.splitlines()]
+    one, two = rows["1"], rows["2"]
+    assert len(one) == n + 1 and [r["file"] for r in two] == [r["file"] for r in one]
+    assert [r.get("label") for r in two] == [r.get("label") for r in one]
+    assert sum("error" in r for r in two) == sum("error" in r for r in one) >= 1
+    for a, b in zip(one, two):
+        assert ("ood" in a) == ("ood" in b)
+        if "ood" in a:
+            assert abs(a["ood"]["score"] - b["ood"]["score"]) <= 1e-4
+        if "label" in a:
+            assert max(abs(a["probabilities"][k] - b["probabilities"][k])
+                       for k in a["probabilities"]) <= 1e-5
+    rc, _, err = run_cli(capsys, d, "--model", model_dir, "--processes", "0")
+    assert rc == 2 and "--processes" in err

@@ -15,7 +15,7 @@ import json
 import sys
 
 from lungct import CLASSES
-from lungct.batch import error_reason, expand_inputs, predict_paths
+from lungct.batch import error_reason, expand_inputs, parallel_processes, predict_paths
 from lungct.config import config_from_args
 from lungct.model_options import add_model_options, load_model_and_guard
 
@@ -48,12 +48,19 @@ def _print_result(out: dict, as_json: bool) -> None:
 
 def cmd_predict(args) -> int:
     cfg = config_from_args(args)
-    if args.batch_size < 1 or args.workers < 1:
-        print("error: --batch-size and --workers must be at least 1", file=sys.stderr)
+    if args.batch_size < 1 or args.workers < 1 or (args.processes or 1) < 1:
+        print("error: --batch-size, --workers and --processes must be at least 1",
+              file=sys.stderr)
         return 2
+    paths = expand_inputs(args.files)
+    # an explicit --threads alone asks for one process with that many threads
+    processes = (1 if args.threads is not None and args.processes is None
+                 else parallel_processes(len(paths), args.processes))
+    if processes > 1:   # one thread per process: see lungct.batch.predict_paths
+        args.threads = 1
+        cfg["runtime"]["threads"] = 1
     clf, guard = load_model_and_guard(args, cfg)
     window = args.window or cfg["preprocess"]["dicom_window"]
-    paths = expand_inputs(args.files)
     if not paths:
         print("note: no image files found in the given folders", file=sys.stderr)
     writer = fh = None
@@ -68,7 +75,7 @@ def cmd_predict(args) -> int:
     n = failed = 0
     try:
         for out in predict_paths(clf, paths, window, args.batch_size, args.workers,
-                                 args.progress, guard=guard):
+                                 args.progress, guard=guard, processes=processes):
             n += 1
             failed += "error" in out
             _print_result(out, args.json)
@@ -96,6 +103,9 @@ def add_command(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=int, default=1,
                    help="threads reading and decoding files ahead of the model (default 1)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="worker processes for a folder of many files, each on one thread "
+                        "(default: one per CPU from 64 files on Linux; 1: this process only)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_predict)

@@ -153,26 +153,28 @@ _EXTRACTORS_LOCK = threading.Lock()
 
 
 def shared_extractor(layers: Sequence[str] = LAYERS, size: int = EXTRACTOR_SIZE,
-                     onnx_path: str | Path | None = None):
-    """One extractor per (layers, size, file) per process (read-only: threads may share it).
+                     onnx_path: str | Path | None = None, threads: int | None = None):
+    """One extractor per (layers, size, file, threads) per process (read-only: threads may
+    share it).
 
     ONNX Runtime from ``onnx_path`` when that file exists, opens and computes
     these layers at this size (and the runtime backend is not forced to
-    ``torch``); PyTorch otherwise.
+    ``torch``); PyTorch otherwise. ``threads``: its intra-op threads (None:
+    ``runtime.threads``; 0: half the CPUs, ``side_threads``).
     """
     from lungct.onnx_runtime import OnnxUnavailable, runtime_settings, side_threads
 
     settings = runtime_settings()
     use_onnx = (onnx_path is not None and Path(onnx_path).is_file()
                 and settings.backend != "torch")
-    key = (tuple(layers), int(size), str(onnx_path) if use_onnx else None)
+    threads = (settings.threads if threads is None else int(threads)) or side_threads()
+    key = (tuple(layers), int(size), str(onnx_path) if use_onnx else None, threads)
     with _EXTRACTORS_LOCK:
         if key not in _EXTRACTORS:
             extractor = None
             if use_onnx:
                 try:
-                    extractor = OnnxFeatureExtractor(onnx_path, layers, size,
-                                                     settings.threads or side_threads())
+                    extractor = OnnxFeatureExtractor(onnx_path, layers, size, threads)
                 except OnnxUnavailable:
                     extractor = None   # a stale or foreign file: the PyTorch path is exact
             _EXTRACTORS[key] = extractor or FeatureExtractor(layers, size)

@@ -103,7 +103,7 @@ class InputGuard:
     def __init__(self, gaussians: dict[str, PPCAGaussian], threshold: float, card: dict,
                  min_std: float = DEFAULTS["min_std"], min_lung: float = MIN_LUNG,
                  min_body: float = MIN_BODY, extractor: FeatureExtractor | None = None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, threads: int = 0):
         self.gaussians = dict(gaussians)
         self.layers = tuple(self.gaussians)
         self.threshold = float(threshold)
@@ -115,13 +115,15 @@ class InputGuard:
         self._extractor = extractor
         self.folder = Path(folder) if folder is not None else None
         """Where the guard was loaded from: its ``extractor.onnx`` (if built) lies there."""
+        self.threads = int(threads)
+        """ONNX Runtime threads of the extractor (``runtime.threads``; 0: half the CPUs)."""
 
     @property
     def extractor(self) -> FeatureExtractor | OnnxFeatureExtractor:
         """The feature extractor: ONNX Runtime when ``extractor.onnx`` is built, else PyTorch."""
         if self._extractor is None:
             onnx_path = self.folder / EXTRACTOR_FILE if self.folder is not None else None
-            self._extractor = shared_extractor(self.layers, self.size, onnx_path)
+            self._extractor = shared_extractor(self.layers, self.size, onnx_path, self.threads)
         return self._extractor
 
     @property
@@ -269,6 +271,8 @@ class InputGuard:
             raise GuardLoadError(f"{card_path} is not an input guard card of this version "
                                  f"(kind {card.get('kind')!r}); refit with "
                                  "`python -m lungct.guard fit`")
+        from lungct.onnx_runtime import runtime_settings
+
         params = guard_config(cfg)
 
         def pick(key, default):
@@ -278,7 +282,7 @@ class InputGuard:
         return cls(gaussians, pick("threshold", math.inf), card,
                    min_std=pick("min_std", DEFAULTS["min_std"]),
                    min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY),
-                   folder=folder)
+                   folder=folder, threads=runtime_settings(cfg).threads)
 
     def export_extractor(self, views: Sequence[np.ndarray], max_score_diff: float = 1e-3) -> dict:
         """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``

@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 # (models/ood_guard/extractor.onnx, kept only if its scores match PyTorch's).
 onnx: install
 	test -f models/student_kd/int8.json || $(PY) -m lungct export --model student_kd teacher_hybrid_vit
-	test -f models/ood_guard/extractor.onnx || $(PY) -m lungct guard export
+	test -f models/ood_guard/extractor.json || $(PY) -m lungct guard export
 
 app: onnx
 	$(VENV)/bin/streamlit run app.py

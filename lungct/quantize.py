@@ -35,9 +35,7 @@ file; int8 falls back to float32 when no checked int8 build is there.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +43,9 @@ import numpy as np
 from lungct import CLASSES
 from lungct.config import resolve
 from lungct.errors import LungctError
-from lungct.onnx_runtime import (INT8_FILE, INT8_RECORD, ONNX_FILE, calibrated_softmax,
-                                 file_sha256, open_session)
+from lungct.onnx_runtime import (INT8_FILE, INT8_RECORD, ONNX_FILE, OnnxUnavailable,
+                                 calibrated_softmax, file_sha256, open_session,
+                                 prepared_for_int8, quantize_with_ranges, record_ranges)
 
 CALIBRATION_FILE = "int8_calibration.json"
 """ONNX Runtime's calibration cache (MinMax activation ranges), tracked beside the card."""
@@ -68,15 +67,11 @@ class QuantizeError(LungctError, ValueError):
 
 def _prepared(folder: Path) -> Path:
     """``model.onnx`` after ONNX Runtime's quantisation pre-processing, in a temporary folder."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     src = folder / ONNX_FILE
     if not src.exists():
         raise QuantizeError(f"{src} not found: `python -m lungct export --model {folder.name}` "
                             "writes it")
-    out = Path(tempfile.mkdtemp(prefix="lungct-int8-")) / "pre.onnx"
-    quant_pre_process(str(src), str(out))
-    return out
+    return prepared_for_int8(src)
 
 
 def float_nodes(model) -> list[str]:
@@ -90,51 +85,14 @@ def float_nodes(model) -> list[str]:
 
 
 def _quantize(pre: Path, calibration: Path, out: Path) -> None:
-    """``pre`` -> int8 ``out`` with the recorded ranges (never recalibrates, never writes
-    ``calibration``: ONNX Runtime may rewrite a cache it reads, so it reads a copy)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    cache = pre.with_name("ranges.json")
-    shutil.copyfile(calibration, cache)
-    names = set(json.loads(cache.read_text())["data"])
-    model = onnx.load(str(pre))
-    known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    if not names <= known:
-        raise QuantizeError(f"{calibration} records ranges of {len(names - known)} tensors this "
-                            "export does not have (another exporter version): run "
-                            "`python -m lungct quantize` again")
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        quantize_static(str(pre), str(tmp), None, calibration_cache_path=str(cache),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=float_nodes(model))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        quantize_with_ranges(pre, calibration, out, float_nodes)
+    except OnnxUnavailable as err:
+        raise QuantizeError(f"{err}: run `python -m lungct quantize` again") from None
 
 
 def _calibrate(pre: Path, inputs: np.ndarray, calibration: Path) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter({"input": x[None]} for x in inputs)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    calibrator = create_calibrator(str(pre), None,
-                                   augmented_model_path=str(pre.with_name("augmented.onnx")),
-                                   calibrate_method=CalibrationMethod.MinMax)
-    calibrator.collect_data(Reader())
-    save_tensors_data(calibrator.compute_data(), calibration)
-    # ONNX Runtime writes the tensors in set order: sorted, the same ranges give the same file
-    calibration.write_text(json.dumps(json.loads(calibration.read_text()), sort_keys=True),
-                           encoding="utf-8")
+    record_ranges(pre, inputs, calibration)
 
 
 def compare(float_clf, int8_session, grays: list[np.ndarray], labels=None,

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from lungct.config import config_from_args, config_options
 from lungct.entry_points import entry_points
 from lungct.guard.model import CARD_FILE, WEIGHTS_FILE, InputGuard
+
+EXPORT_RECORD = "extractor.json"
+"""What ``guard export`` built and checked on this machine (a build output; ``make onnx``
+runs the export once, when it is missing)."""
 
 
 def add_arguments(parser) -> None:
@@ -44,10 +49,11 @@ def add_arguments(parser) -> None:
 def cmd_fit(args) -> int:
     from lungct.guard.fit import fit_guard
     cfg = config_from_args(args)
-    guard = fit_guard(cfg, args.external, args.fit_patient)
+    guard = fit_guard(cfg, args.external, args.fit_patient, folder=args.out)
     others = guard.card["report"].get("held_out_patient", {}).get("patients", [])
     if args.both_ways and others:
-        other = fit_guard(cfg, args.external, others[0])
+        with tempfile.TemporaryDirectory() as tmp:   # its int8 ranges are not shipped
+            other = fit_guard(cfg, args.external, others[0], folder=tmp)
         guard.card["report_other_way"] = {
             "command": f"python -m lungct guard fit --fit-patient {others[0]} (not shipped)",
             "fit": other.card["fit"], "threshold": other.threshold,
@@ -78,25 +84,29 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Parity on the shipped samples and three random other renderings of each."""
-    import numpy as np
-
-    from lungct.config import SAMPLES_DIR
-    from lungct.guard.variants import random_variant
-    from lungct.lungs import lung_view
-    from lungct.preprocess import load_image
+    """Parity on the shipped samples and three random other renderings of each
+    (``parity_views``): float32 against PyTorch, int8 against the fit machine's build."""
+    from lungct.guard.model import parity_views
 
     guard = InputGuard.load(args.guard, config_from_args(args))
-    rng = np.random.default_rng(0)
-    grays = [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
-    grays += [random_variant(g, rng) for g in grays for _ in range(3)]
-    record = guard.export_extractor([lung_view(g, guard.size) for g in grays])
+    views = parity_views(guard.size)
+    record = guard.export_extractor(views)
     print(json.dumps(record))
     if not record["passed"]:
         print("error: the ONNX extractor disagrees with PyTorch; the guard keeps PyTorch",
               file=sys.stderr)
         return 1
     print(f"wrote {guard.folder / record['file']}")
+    int8 = guard.export_int8(views)
+    print(json.dumps(int8))
+    (guard.folder / EXPORT_RECORD).write_text(
+        json.dumps({"float32": record, "int8": int8}, indent=2) + "\n", encoding="utf-8")
+    if int8["passed"]:
+        print(f"wrote {guard.folder / int8['file']}")
+    else:
+        why = int8.get("reason") or "its scores differ from the fit machine's build"
+        print(f"note: no int8 extractor on this machine ({why}): the guard runs in float32 "
+              "with its float32 threshold", file=sys.stderr)
     return 0
 
 

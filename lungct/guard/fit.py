@@ -33,8 +33,11 @@ import numpy as np
 
 from lungct.guard.anatomy import MIN_LUNG, hu_shows_lung
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.features import EXTRACTOR, EXTRACTOR_SIZE, LAYERS, shared_extractor
-from lungct.guard.model import GUARD_NAME, InputGuard, guard_config
+from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR, EXTRACTOR_FILE, EXTRACTOR_SIZE,
+                                   INT8_FILE, LAYERS, OnnxFeatureExtractor, build_int8,
+                                   export_extractor, shared_extractor)
+from lungct.guard.model import (GUARD_NAME, InputGuard, guard_config, guard_dir,
+                                parity_views)
 from lungct.guard.variants import hu_window, random_variant
 from lungct.lungs import lung_view, segment
 from lungct.preprocess import WINDOWS, load_image, resize_gray
@@ -125,10 +128,36 @@ def verdict_summary(guard: InputGuard, scores: np.ndarray, fractions: np.ndarray
     return out
 
 
+CALIBRATION_VIEWS = 256
+"""Fit views (seeded draw: IQ-OTH/NCCD train slices, their variants, DICOM renders) whose
+activation ranges the int8 extractor is built from."""
+
+
+def int8_extractors(views: list[np.ndarray], folder: Path, rng: np.random.Generator):
+    """(float32, int8) ONNX extractors in ``folder``: ``extractor.onnx`` exported if missing,
+    the ranges of :data:`CALIBRATION_VIEWS` of ``views`` recorded to ``int8_calibration.json``
+    and ``extractor.int8.onnx`` built from them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    float_onnx = folder / EXTRACTOR_FILE
+    if not float_onnx.exists():
+        export_extractor(float_onnx)
+    pick = rng.choice(len(views), min(CALIBRATION_VIEWS, len(views)), replace=False)
+    build_int8(float_onnx, folder / CALIBRATION_FILE, folder / INT8_FILE,
+               [views[i] for i in sorted(pick)])
+    return OnnxFeatureExtractor(float_onnx), OnnxFeatureExtractor(folder / INT8_FILE)
+
+
 def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
               fit_patient: str | None = None,
-              log: Callable[[str], None] = print) -> InputGuard:
-    """Fit on IQ-OTH/NCCD train (+ one Lung-PET-CT-Dx patient, if present); limits on val."""
+              log: Callable[[str], None] = print, folder: str | Path | None = None) -> InputGuard:
+    """Fit on IQ-OTH/NCCD train (+ one Lung-PET-CT-Dx patient, if present); limits on val.
+
+    With ``runtime.precision`` int8 (the default) on ONNX Runtime, the guard is fitted on
+    the features of its int8 extractor, the one a folder run uses; its ranges go to
+    ``folder`` (default ``models/ood_guard``), and a float32 threshold is chosen by the
+    same rule for machines where the int8 build is not kept.
+    """
+    from lungct.onnx_runtime import runtime_settings
     from lungct.config import load_config, resolve
     from lungct.data.lung_pet_ct_dx import read_all, series_folders
 
@@ -171,7 +200,16 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
     fit_images = expand(iq["train"], k_fit) + expand([r["gray"] for r in fit_r], 1)
     size = EXTRACTOR_SIZE
     views, _ = _views(fit_images, size)
-    extractor = shared_extractor(LAYERS, size)
+    settings = runtime_settings(cfg)
+    float_extractor = None
+    if settings.precision == "int8" and settings.backend != "torch":
+        float_extractor, extractor = int8_extractors(
+            views, Path(folder) if folder else guard_dir(),
+            np.random.default_rng(int(params["seed"]) + 1))   # the fit's own draws unchanged
+        log(f"int8 extractor built from the ranges of {CALIBRATION_VIEWS} fit views "
+            f"({time.time() - t0:.0f} s)")
+    else:
+        extractor = shared_extractor(LAYERS, size)
     feats = extractor(views)
     log(f"features of {len(views)} fit images ({time.time() - t0:.0f} s)")
     k = int(params["components"])
@@ -190,6 +228,18 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
     # all, and the anatomical check, not the score, sets the ones without lung aside
     val_scores = np.concatenate([iq_scores, v_scores])
     guard.threshold = float(np.percentile(val_scores, pct))
+    int8_card = None
+    if float_extractor is not None:
+        float_val = guard.scores(float_extractor(iq_views + v_views))
+        guard.thresholds = {"int8": guard.threshold,
+                            "float32": float(np.percentile(float_val, pct))}
+        int8_card = {"file": INT8_FILE, "ranges": CALIBRATION_FILE,
+                     "calibration_views": min(CALIBRATION_VIEWS, len(views)),
+                     "format": "QDQ, every layer; per-channel int8 weights, uint8 "
+                               "activations (MinMax ranges)",
+                     "parity_scores": [float(v) for v in guard.score_views(parity_views(size))],
+                     "float32_threshold": guard.thresholds["float32"]}
+        log(f"float32 fallback threshold {guard.thresholds['float32']:.3f}")
     plain_frac = iq_frac[:len(iq["val"])]
     guard.min_lung, lung_sel = choose_min_lung(
         v_frac, v_ref, plain_frac, float(params["min_lung_recall"])) if len(v_frac) else (
@@ -237,6 +287,8 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
         "report": report,
         "fitted_seconds": round(time.time() - t0, 1),
     }
+    if int8_card is not None:
+        guard.card["int8"] = int8_card
     if dicom:
         guard.card["external_data"] = {
             "source": "Lung-PET-CT-Dx (TCIA, doi 10.7937/TCIA.2020.NNC2-0461, CC BY 4.0)",

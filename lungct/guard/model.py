@@ -42,8 +42,9 @@ import numpy as np
 from lungct.errors import LungctError
 from lungct.guard.anatomy import MIN_BODY, MIN_LUNG
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.features import (EXTRACTOR_FILE, EXTRACTOR_SIZE, FeatureExtractor,
-                                   OnnxFeatureExtractor, export_extractor, shared_extractor)
+from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR_FILE, EXTRACTOR_SIZE, INT8_FILE,
+                                   FeatureExtractor, OnnxFeatureExtractor, build_int8,
+                                   export_extractor, shared_extractor)
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
                                   REJECTED, OutOfDistribution, Verdict, as_gray,
                                   modality_verdict, spread, two_tone)
@@ -69,6 +70,26 @@ DEFAULTS = {
     "fit_patient": "A0001",     # Lung-PET-CT-Dx patient whose series join the fit set
     "min_lung_recall": 1.0,     # share of val lung slices (lung fields found) min_lung keeps
 }
+
+
+INT8_MAX_SCORE_DIFF = 0.05
+"""How far a machine's int8 build may score the parity views from the fit machine's
+(``guard.json``'s ``int8.parity_scores``; the limit is about 3). Integer kernels differ
+between CPUs; a build beyond this is not kept and the guard runs in float32."""
+
+
+def parity_views(size: int = EXTRACTOR_SIZE) -> list[np.ndarray]:
+    """The shipped samples and three seeded other renderings of each, in the guard's view:
+    what the ONNX builds are checked on (``guard export``) and the fit records int8
+    scores of. Every clone has them."""
+    from lungct.config import SAMPLES_DIR
+    from lungct.guard.variants import random_variant
+    from lungct.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    grays = [load_image(p) for p in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    grays += [random_variant(g, rng) for g in grays for _ in range(3)]
+    return [lung_view(g, size) for g in grays]
 
 
 class Prepared(NamedTuple):
@@ -103,10 +124,15 @@ class InputGuard:
     def __init__(self, gaussians: dict[str, PPCAGaussian], threshold: float, card: dict,
                  min_std: float = DEFAULTS["min_std"], min_lung: float = MIN_LUNG,
                  min_body: float = MIN_BODY, extractor: FeatureExtractor | None = None,
-                 folder: Path | None = None, threads: int = 0):
+                 folder: Path | None = None, threads: int = 0,
+                 thresholds: dict[str, float] | None = None):
         self.gaussians = dict(gaussians)
         self.layers = tuple(self.gaussians)
-        self.threshold = float(threshold)
+        self._threshold = float(threshold)
+        self.thresholds = {k: float(v) for k, v in (thresholds or {}).items()}
+        """The learned score's limit per extractor precision ("int8", "float32"), each chosen
+        by the same rule on that precision's validation scores (``lungct.guard.fit``);
+        a precision not listed uses ``threshold``."""
         self.card = dict(card)
         self.min_std = float(min_std)
         self.min_lung = float(min_lung)
@@ -129,6 +155,25 @@ class InputGuard:
     @property
     def backend(self) -> str:
         return "onnx" if isinstance(self.extractor, OnnxFeatureExtractor) else "torch"
+
+    @property
+    def precision(self) -> str:
+        """"int8" when the extractor is the int8 build, else "float32"."""
+        return getattr(self.extractor, "precision", "float32")
+
+    @property
+    def threshold(self) -> float:
+        """The learned score's limit for the extractor that runs (``thresholds``)."""
+        if not self.thresholds:
+            return self._threshold
+        return self.thresholds.get(self.precision, self._threshold)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if self.thresholds:
+            self.thresholds[self.precision] = float(value)
+        else:
+            self._threshold = float(value)
 
     # ------------------------------------------------------------- scores
     def scores(self, feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -237,6 +282,7 @@ class InputGuard:
         for k, g in self.gaussians.items():
             tensors.update(g.tensors(k))
         card = {**self.card, "kind": KIND, "threshold": self.threshold,
+                **({"thresholds": self.thresholds} if self.thresholds else {}),
                 "min_std": self.min_std, "min_lung": self.min_lung, "min_body": self.min_body,
                 "layers": list(self.layers)}
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
@@ -279,10 +325,12 @@ class InputGuard:
             value = params.get(key)
             return float(card.get(key, default) if value is None else value)
 
+        # params.yaml's ood.threshold stands for every precision
+        thresholds = card.get("thresholds") if params.get("threshold") is None else None
         return cls(gaussians, pick("threshold", math.inf), card,
                    min_std=pick("min_std", DEFAULTS["min_std"]),
                    min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY),
-                   folder=folder, threads=runtime_settings(cfg).threads)
+                   folder=folder, threads=runtime_settings(cfg).threads, thresholds=thresholds)
 
     def export_extractor(self, views: Sequence[np.ndarray], max_score_diff: float = 1e-3) -> dict:
         """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``
@@ -298,12 +346,45 @@ class InputGuard:
             want = self.scores(FeatureExtractor(self.layers, self.size)(views))
             got = self.scores(OnnxFeatureExtractor(tmp, self.layers, self.size)(views))
             diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
-            same = bool(np.array_equal(want > self.threshold, got > self.threshold))
+            thr = self.thresholds.get("float32", self._threshold)
+            same = bool(np.array_equal(want > thr, got > thr))
             record = {"file": EXTRACTOR_FILE, "images": len(views), "max_abs_score_diff": diff,
                       "max_score_diff_allowed": max_score_diff, "verdicts_identical": same,
                       "passed": same and diff <= max_score_diff}
             if record["passed"]:
                 os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return record
+
+    def export_int8(self, views: Sequence[np.ndarray],
+                    max_score_diff: float = INT8_MAX_SCORE_DIFF) -> dict:
+        """Build ``extractor.int8.onnx`` beside the guard from ``extractor.onnx`` and the
+        tracked ranges, kept only if it scores ``views`` (``parity_views``) as the fit
+        machine's build did (``card["int8"]["parity_scores"]``); returns the record."""
+        import os
+
+        ranges, int8 = self.folder / CALIBRATION_FILE, self.card.get("int8") or {}
+        record = {"file": INT8_FILE, "images": len(views), "passed": False}
+        if not ranges.exists() or "parity_scores" not in int8:
+            return {**record, "reason": f"no int8 ranges in this guard ({CALIBRATION_FILE} "
+                                        "and guard.json's int8 come from `guard fit`)"}
+        if len(int8["parity_scores"]) != len(views):
+            return {**record, "reason": "the parity views differ from the fit's"}
+        final, tmp = self.folder / INT8_FILE, self.folder / (INT8_FILE + ".new")
+        try:
+            build_int8(self.folder / EXTRACTOR_FILE, ranges, tmp)
+            got = self.scores(OnnxFeatureExtractor(tmp, self.layers, self.size)(views))
+            want = np.asarray(int8["parity_scores"], dtype=np.float64)
+            thr = self.thresholds.get("int8", self._threshold)
+            diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
+            same = bool(np.array_equal(want > thr, got > thr))
+            record.update(max_abs_score_diff=diff, max_score_diff_allowed=max_score_diff,
+                          verdicts_identical=same, passed=same and diff <= max_score_diff)
+            if record["passed"]:
+                os.replace(tmp, final)
+            else:
+                final.unlink(missing_ok=True)
         finally:
             tmp.unlink(missing_ok=True)
         return record

@@ -43,12 +43,10 @@ import numpy as np
 from lungct import CLASSES
 from lungct.config import resolve
 from lungct.errors import LungctError
-from lungct.onnx_runtime import (INT8_FILE, INT8_RECORD, ONNX_FILE, OnnxUnavailable,
-                                 calibrated_softmax, file_sha256, open_session,
+from lungct.onnx_runtime import (CALIBRATION_FILE, INT8_FILE, INT8_RECORD, ONNX_FILE,
+                                 OnnxUnavailable, calibrated_softmax, file_sha256, open_session,
                                  prepared_for_int8, quantize_with_ranges, record_ranges)
 
-CALIBRATION_FILE = "int8_calibration.json"
-"""ONNX Runtime's calibration cache (MinMax activation ranges), tracked beside the card."""
 CALIBRATION_IMAGES = 128
 """Training slices whose activation ranges are recorded (seeded choice)."""
 MAX_CHANGED = 0.03
@@ -89,10 +87,6 @@ def _quantize(pre: Path, calibration: Path, out: Path) -> None:
         quantize_with_ranges(pre, calibration, out, float_nodes)
     except OnnxUnavailable as err:
         raise QuantizeError(f"{err}: run `python -m lungct quantize` again") from None
-
-
-def _calibrate(pre: Path, inputs: np.ndarray, calibration: Path) -> None:
-    record_ranges(pre, inputs, calibration)
 
 
 def compare(float_clf, int8_session, grays: list[np.ndarray], labels=None,
@@ -189,7 +183,7 @@ def calibrate_model(name_or_path: str | Path, cfg: dict, n_images: int = CALIBRA
     inputs = np.stack([clf.prepare(g) for g in grays + [random_variant(g, rng) for g in grays]])
     pre = _prepared(folder)
     try:
-        _calibrate(pre, inputs, folder / CALIBRATION_FILE)
+        record_ranges(pre, inputs, folder / CALIBRATION_FILE)
     finally:
         shutil.rmtree(pre.parent, ignore_errors=True)
     test = select(rows, protocol, "test")

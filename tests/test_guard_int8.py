@@ -29,6 +29,19 @@ def folder(tmp_path):
     return out
 
 
+def _export_int8(guard, views, **kw) -> dict:
+    """``guard.export_int8``; on a CPU whose integer kernels score the parity views beyond
+    the limit, the guard must fall back to float32, and the int8 checks below do not apply."""
+    record = guard.export_int8(views, **kw)
+    if not record["passed"] and not kw and "reason" not in record:
+        assert not (guard.folder / INT8_FILE).exists()
+        assert InputGuard.load(guard.folder).precision == "float32"
+        pytest.skip(f"this CPU's int8 build scores the parity views "
+                    f"{record.get('max_abs_score_diff')} from the fit machine's (limit "
+                    f"{record.get('max_score_diff_allowed')}): the guard runs in float32 here")
+    return record
+
+
 def test_the_shipped_guard_has_ranges_and_a_threshold_per_precision():
     card = json.loads((guard_dir() / "guard.json").read_text())
     assert (guard_dir() / CALIBRATION_FILE).stat().st_size < 100_000
@@ -43,7 +56,7 @@ def test_int8_build_is_kept_when_it_scores_as_the_fit_did(folder):
     assert float_guard.precision == "float32"          # nothing built yet
     assert float_guard.threshold == pytest.approx(float_guard.card["thresholds"]["float32"])
     views = parity_views(float_guard.size)
-    record = float_guard.export_int8(views)
+    record = _export_int8(float_guard, views)
     assert record["passed"] and record["verdicts_identical"], record
     assert record["max_abs_score_diff"] <= record["max_score_diff_allowed"]
     guard = InputGuard.load(folder)
@@ -63,7 +76,7 @@ def test_an_impossible_check_or_stale_ranges_mean_float32(folder):
     views = parity_views(guard.size)
     assert not guard.export_int8(views, max_score_diff=-1.0)["passed"]
     assert not (folder / INT8_FILE).exists()
-    assert guard.export_int8(views)["passed"]
+    assert _export_int8(guard, views)["passed"]
     ranges = json.loads((folder / CALIBRATION_FILE).read_text())
     ranges["data"] = dict(ranges["data"])       # refit: other ranges, same tensors
     key = sorted(ranges["data"])[0]
@@ -74,7 +87,7 @@ def test_an_impossible_check_or_stale_ranges_mean_float32(folder):
 
 
 def test_float32_precision_setting_turns_the_int8_guard_off(folder, monkeypatch):
-    assert InputGuard.load(folder).export_int8(parity_views())["passed"]
+    assert _export_int8(InputGuard.load(folder), parity_views())["passed"]
     monkeypatch.setenv("LUNGCT_PRECISION", "float32")
     guard = InputGuard.load(folder)
     assert guard.precision == "float32"

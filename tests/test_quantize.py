@@ -51,7 +51,7 @@ def calibrated(tmp_path_factory):
     inputs = np.stack([clf.prepare(load_image(p)) for p in SAMPLES])
     pre = quantize._prepared(folder)
     try:
-        quantize._calibrate(pre, inputs, folder / quantize.CALIBRATION_FILE)
+        quantize.record_ranges(pre, inputs, folder / quantize.CALIBRATION_FILE)
     finally:
         shutil.rmtree(pre.parent)
     assert export(folder, tmp) == 0

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from lungct.guard.verdict import as_gray
+from lungct.onnx_runtime import CALIBRATION_FILE  # the guard's ranges: `guard fit` records them
 
 EXTRACTOR = "efficientnet_lite0"
 EXTRACTOR_SIZE = 128
@@ -38,9 +39,6 @@ EXTRACTOR_KEY = "lungct_guard_extractor"
 INT8_FILE = "extractor.int8.onnx"
 """The extractor in int8 (a build output): 1.3 CPU-ms per view against 3.0 in float32
 (one thread, 128 px, the 2-core VM; ad-hoc timing), the guard's share of a folder run."""
-CALIBRATION_FILE = "int8_calibration.json"
-"""Activation ranges of the int8 extractor (tracked beside guard.json; ``guard fit``
-records them, ``guard export`` builds the int8 file from them on each machine)."""
 INT8_KEY = "lungct_guard_int8"
 """ONNX metadata key of the int8 file: the SHA-256 of the ranges it was built from."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -156,9 +157,25 @@ _WORK: tuple | None = None
 it, so nothing is pickled but file paths and result rows."""
 
 
-def _child_start() -> None:
+@contextmanager
+def _opencv_pool_stopped():
+    """OpenCV's thread pool stopped while worker processes are forked, restarted after.
+
+    A forked child inherits the pool's locks and condition variables but not its
+    threads: the child's first parallel OpenCV call, or a ``cv2.setNumThreads``
+    there, then waits for threads that do not exist (a hang, seen after the
+    parent had smoothed a slice). With the pool stopped before the fork, each
+    child starts with one OpenCV thread and no pool, which is what one pipeline per
+    process wants.
+    """
     import cv2
-    cv2.setNumThreads(1)   # one pipeline per process; the parent's OpenCV pool is not ours
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _chunk_rows(chunk: list[Path]) -> list[dict]:
@@ -176,7 +193,8 @@ def _forked_rows(clf, guard, paths: list[Path], window: str, batch_size: int,
     global _WORK
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     _WORK = (clf, guard, window, batch_size)
-    pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_start)
+    with _opencv_pool_stopped():
+        pool = multiprocessing.get_context("fork").Pool(processes)
     try:
         for rows in pool.imap(_chunk_rows, chunks):
             yield from rows

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,6 +174,10 @@ def test_worker_processes_give_the_rows_of_one_process(model_dir, tmp_path, caps
     (d / "040_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     assert parallel_processes(n + 1, 2) == (2 if sys.platform == "linux" else 1)
     assert parallel_processes(MIN_PARALLEL_FILES - 1) == 1
+    # OpenCV's thread pool running in this process before the fork (as after the benchmark's
+    # single-image runs): a child that inherited it once hung for good
+    import cv2
+    cv2.GaussianBlur(np.zeros((2048, 2048), np.float32), (0, 0), 3.0)
     rows = {}
     for procs in ("1", "2"):
         rc, out, _ = run_cli(capsys, d, "--model", model_dir, "--json", "--processes", procs)

@@ -111,8 +111,15 @@ def render(card: dict) -> str:
                   f"- Parameters {s.get('params', 0) / 1e6:.2f} M; "
                   f"{(s.get('flops') or 0) / 1e9:.2f} GFLOPs per image; weights "
                   f"{s.get('weights_mb')} MB",
-                  f"- CPU latency {s.get('cpu_latency_ms')} ms per image end to end "
-                  f"({s.get('threads')} threads; `python -m lungct.bench --write-cards`)"]
+                  f"- CPU latency {s.get('cpu_latency_ms')} ms per image end to end on "
+                  f"{s.get('cpu_backend', 'torch')} ({s.get('threads')} threads; "
+                  "`python -m lungct.bench --write-cards`)"]
+        if s.get("cli_folder_marginal_ips") is not None:
+            lines.append(f"- `python -m lungct predict` on a folder, guard on: "
+                         f"{s['cli_folder_marginal_ips']} images/s marginal "
+                         f"({s.get('cli_folder_ips')} over the whole run); guard off: "
+                         f"{s.get('cli_folder_marginal_ips_no_guard')} "
+                         f"({s.get('cli_folder_ips_no_guard')})")
     st = card.get("storage")
     if st:
         c = st.get("check", {})

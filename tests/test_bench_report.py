@@ -47,3 +47,30 @@ def test_the_stages_of_one_image_are_printed_and_measured(tmp_path):
     assert list(stages) == ["decode", "segmentation", "lung_view", "guard_network",
                             "model_input", "model"]
     assert all(v > 0 for v in stages.values())
+
+
+def test_cards_headline_the_backend_users_run(tmp_path, monkeypatch):
+    """The shipped int8 ONNX file is the default backend: the card's headline latency and
+    folder rates are its figures (the torch row's were stored before), with the marginal
+    rate the goal uses beside the whole-run one."""
+    import json
+
+    from lungct.bench import store_in_cards
+
+    monkeypatch.setenv("LUNGCT_MODELS", str(tmp_path))
+    monkeypatch.delenv("LUNGCT_BACKEND", raising=False)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "card.json").write_text('{"name": "m"}', encoding="utf-8")
+    report = _report(latency=7.0, guarded=10.0, cli_on=105.0, cli_off=180.0)
+    onnx = {**report["rows"][1], "source": "model.int8.onnx", "latency_ms": 7.0}
+    torch_row = {**onnx, "backend": "torch", "source": "eager", "latency_ms": 22.0}
+    report["rows"] = [report["rows"][0], torch_row, onnx]
+    report["cli_folder"] += [{**c, "backend": "torch", "marginal_ips": 12.0,
+                              "throughput_ips": 11.0} for c in report["cli_folder"]]
+    report.update(onnx_threads="auto", load_avg_1m=[0.5, 1.0])
+    store_in_cards(report)
+    stats = json.loads((tmp_path / "m" / "card.json").read_text(encoding="utf-8"))["stats"]
+    assert stats["cpu_backend"] == "onnx" and stats["cpu_latency_ms"] == 7.0
+    assert stats["cli_folder_marginal_ips"] == 105.0 and stats["cli_folder_ips"] == 100.0
+    assert stats["cli_folder_marginal_ips_no_guard"] == 180.0
+    assert set(stats["backends"]) == {"torch", "onnx"}

@@ -41,8 +41,8 @@ from lungct.model_stats import count_flops
 from lungct.models import create_model, list_shipped, load_model
 from lungct.config import models_dir
 from lungct.models.checkpoint import WEIGHTS_FILE, model_card_base, read_card, write_card
-from lungct.onnx_runtime import (INT8_FILE, ONNX_FILE, OnnxUnavailable, import_onnxruntime, load_onnx,
-                                 open_session, runtime_settings)
+from lungct.onnx_runtime import (INT8_FILE, ONNX_FILE, OnnxUnavailable, import_onnxruntime,
+                                 load_onnx, open_session, runtime_settings)
 from lungct.preprocess import decode_image
 
 TARGETS = {"latency_ms": 15.0, "cli_ips": 100.0, "speedup_vs_vgg16": 20.0}

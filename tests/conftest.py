@@ -88,6 +88,25 @@ def sample_bytes() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(SAMPLES.glob("*.jpg"))}
 
 
+@pytest.fixture
+def samples_as_test_part(tmp_path, monkeypatch) -> str:
+    """The shipped samples as a tiny data set (``LUNGCT_DATA`` set), every slice its own
+    pseudo-patient in the test part of both splits: commands that run over a model's test
+    part (robustness, lesion-check) run on them. Returns the ``--set`` that points
+    ``data.manifest`` at its manifest."""
+    import shutil
+
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = ["path,label,md5,group,paper_split,grouped_split"]
+    for i, p in enumerate(sorted(SAMPLES.glob("*.jpg"))):
+        shutil.copy(p, root / p.name)
+        lines.append(f"{p.name},{p.name.split('_')[0]},x,g{i},test,test")
+    (tmp_path / "splits.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("LUNGCT_DATA", str(root))
+    return f"data.manifest={tmp_path / 'splits.csv'}"
+
+
 def make_dicom(phi: dict = PHI, modality: str = "CT", size: int = 64) -> bytes:
     """A small synthetic CT DICOM (Part 10) carrying patient-identifying tags."""
     import io

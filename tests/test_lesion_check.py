@@ -78,22 +78,11 @@ def test_the_command_needs_the_dataset(tmp_path, monkeypatch, capsys):
     assert "needs the dataset" in capsys.readouterr().err
 
 
-def test_the_command_on_the_normal_samples(tmp_path, monkeypatch, capsys):
-    import shutil
-
+def test_the_command_on_the_normal_samples(samples_as_test_part, capsys):
     from lungct.cli import main as cli_main
     if not NORMAL:
         pytest.skip("no normal sample slice shipped in samples/")
-    root = tmp_path / "data"
-    root.mkdir()
-    lines = ["path,label,md5,group,paper_split,grouped_split"]
-    for i, p in enumerate(sorted((REPO_ROOT / "samples").glob("*.jpg"))):
-        shutil.copy(p, root / p.name)
-        lines.append(f"{p.name},{p.name.split('_')[0]},x,g{i},test,test")
-    (tmp_path / "splits.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("LUNGCT_DATA", str(root))
-    rc = cli_main(["lesion-check", "--model", "student_kd", "--set",
-                   f"data.manifest={tmp_path / 'splits.csv'}"])
+    rc = cli_main(["lesion-check", "--model", "student_kd", "--set", samples_as_test_part])
     assert rc == 0
     out = capsys.readouterr().out
     assert f"student_kd (grouped test, {len(NORMAL)} normal slices): AUC painted vs plain" in out

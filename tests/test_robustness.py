@@ -56,18 +56,8 @@ def test_the_command_needs_the_dataset(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not (SAMPLES_DIR / "normal_1.jpg").exists(), reason="samples missing")
-def test_the_command_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
-    import shutil
-    root = tmp_path / "data"
-    root.mkdir()
-    lines = ["path,label,md5,group,paper_split,grouped_split"]
-    for i, p in enumerate(sorted(SAMPLES_DIR.glob("*.jpg"))):
-        shutil.copy(p, root / p.name)
-        lines.append(f"{p.name},{p.name.split('_')[0]},x,g{i},test,test")
-    (tmp_path / "splits.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("LUNGCT_DATA", str(root))
-    rc = cli_main(["robustness", "--model", "student_kd", "--set",
-                   f"data.manifest={tmp_path / 'splits.csv'}"])
+def test_the_command_on_a_tiny_dataset(samples_as_test_part, capsys):
+    rc = cli_main(["robustness", "--model", "student_kd", "--set", samples_as_test_part])
     assert rc == 0
     out = capsys.readouterr().out
     assert "student_kd (grouped test, 6 slices)" in out and "lung_window_imitation" in out

@@ -37,20 +37,24 @@ def test_mass_lands_in_the_lungs_in_tissue_grey():
 def test_painter_relabels_only_its_sources():
     img, lungs, _ = _chest()
     painter = LesionPainter(lungs[None], sources=(NORMAL,), target=MAL, p=1.0)
-    out, label = painter(img, 0, NORMAL, rng=np.random.default_rng(2))
+    out, label, where = painter(img, 0, NORMAL, rng=np.random.default_rng(2))
     assert label == MAL and (out != img).any()
-    out, label = painter(img, 0, MAL, rng=np.random.default_rng(2))
-    assert label == MAL and (out == img).all()         # malignant slices are left alone
+    changed = np.abs(out.astype(int) - img.astype(int)) > 20
+    assert where.sum() > 50 and changed[where].mean() > 0.75  # the mask is the mass (some
+    assert changed[~where].sum() < 0.3 * where.sum()         # of it may lie on tissue)
+    assert (where & lungs).sum() > 0.5 * where.sum()
+    out, label, where = painter(img, 0, MAL, rng=np.random.default_rng(2))
+    assert label == MAL and (out == img).all() and where is None  # malignant left alone
     never = LesionPainter(lungs[None], sources=(NORMAL,), target=MAL, p=0.0)
-    out, label = never(img, 0, NORMAL)
-    assert label == NORMAL and (out == img).all()
+    out, label, where = never(img, 0, NORMAL)
+    assert label == NORMAL and (out == img).all() and where is None
 
 
 def test_no_lung_field_no_paint():
     img, lungs, _ = _chest()
     painter = LesionPainter(np.zeros_like(lungs)[None], sources=(NORMAL,), target=MAL, p=1.0)
-    out, label = painter(img, 0, NORMAL)
-    assert label == NORMAL and (out == img).all()
+    out, label, where = painter(img, 0, NORMAL)
+    assert label == NORMAL and (out == img).all() and where is None
     assert paint_mass(img, np.zeros_like(lungs), np.random.default_rng(0)) is None
     assert paint_mass(img, lungs, np.random.default_rng(0), body=~lungs) is None
 

@@ -46,14 +46,15 @@ def preload_lung_masks(root: str | Path, rows: list[dict], size: int,
     return masks
 
 
-class RenderJitter(torch.nn.Module):
+class RenderJitter(v2.Transform):
     """What differs between hospitals' renderings of the same anatomy, drawn at random.
 
     Gamma (display curve), contrast, reconstruction-kernel sharpness (blur or
     unsharp masking), noise and a lower acquisition/export resolution; each
     with its own probability. Works on the (1, H, W) uint8 training tensor.
     Why: one source's rendering carries its labels (darker slices per class);
-    a model must not be able to lean on it.
+    a model must not be able to lean on it. A torchvision v2 transform: given an
+    image and a ``tv_tensors.Mask`` (a painted mass), it changes the image only.
     """
 
     def __init__(self, gamma=(0.6, 1.6), contrast: float = 0.2, blur_p: float = 0.25,
@@ -64,11 +65,12 @@ class RenderJitter(torch.nn.Module):
         self.blur_p, self.sharpen_p = float(blur_p), float(sharpen_p)
         self.noise_std, self.lowres_p = float(noise_std), float(lowres_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         import torch.nn.functional as F
+        from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as TF
 
-        if torch.rand(()) > self.p:
+        if isinstance(x, tv_tensors.Mask) or torch.rand(()) > self.p:
             return x
         y = x.float().div(255)
         lo, hi = np.log(self.gamma[0]), np.log(self.gamma[1])
@@ -90,7 +92,8 @@ class RenderJitter(torch.nn.Module):
                               size=y.shape[-2:], mode="bilinear", align_corners=False)[0]
         if self.noise_std:
             y = y + torch.randn_like(y) * float(np.random.uniform(0, self.noise_std))
-        return (y.clamp(0, 1) * 255).round().to(torch.uint8)
+        out = (y.clamp(0, 1) * 255).round().to(torch.uint8)
+        return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
 
 
 def train_transform(aug: dict) -> v2.Compose:
@@ -165,7 +168,13 @@ class LungWindowRerender:
 
 
 class SliceDataset(Dataset):
-    """Preloaded uint8 slices -> normalised 3-channel float tensors (+ label, index)."""
+    """Preloaded uint8 slices -> (normalised 3-channel float tensor, label, mass).
+
+    ``mass`` is (H, W) uint8: 1 where a mass was painted into a slice of another
+    class (``lesions``), the target of the localisation loss
+    (``lungct.training.localise``); all 0 otherwise, and always for validation.
+    The geometric augmentation moves the mass with the slice.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std,
                  transform=None, rerender: LungWindowRerender | None = None, lesions=None):
@@ -178,18 +187,28 @@ class SliceDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
+        from torchvision import tv_tensors
+
         other = self.rerender(i) if self.rerender is not None else None
         x, label = (self.images[i] if other is None else other[0]), self.labels[i]
+        mass = torch.zeros(x.shape[-2:], dtype=torch.uint8)
         if self.lesions is not None:   # training only: a painted mass, relabelled
             plain = x.numpy()
-            painted, new = self.lesions(plain, i, int(label), None if other is None else other[1])
-            if painted is not plain:
+            painted, new, where = self.lesions(plain, i, int(label),
+                                               None if other is None else other[1])
+            if where is not None:
+                if int(label) != new:   # a malignant slice's own tumour is elsewhere
+                    mass = torch.from_numpy(where.astype(np.uint8))
                 x, label = torch.from_numpy(painted), torch.tensor(new, dtype=torch.long)
         x = x.unsqueeze(0)
         if self.transform is not None:
-            x = self.transform(x)
+            if self.lesions is not None:
+                x, m = self.transform(tv_tensors.Image(x), tv_tensors.Mask(mass[None]))
+                x, mass = x.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor)[0]
+            else:
+                x = self.transform(x)
         x = x.float().div_(255).expand(3, -1, -1)
-        return (x - self.mean) / self.std, label, i
+        return (x - self.mean) / self.std, label, mass
 
 
 def balanced_sampler(labels: torch.Tensor, num_samples: int | None = None,

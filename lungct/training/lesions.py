@@ -45,17 +45,20 @@ class LesionPainter:
             raise ValueError(f"augment.lesion.diameter must be 0 < low <= high < 1, got {diameter}")
 
     def __call__(self, img: np.ndarray, i: int, label: int, lung: np.ndarray | None = None,
-                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        """(img, label) unchanged, or painted and relabelled. ``img``: (S, S) uint8;
-        ``lung``: its lung fields when they are not ``masks[i]`` (a re-rendered slice)."""
+                 rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(img, label, None) unchanged, or (painted, relabelled, where the mass is).
+        ``img``: (S, S) uint8; ``lung``: its lung fields when they are not ``masks[i]``
+        (a re-rendered slice). The mass's mask (S x S bool) is what a localisation loss
+        aims the class map at (``lungct.training.localise``)."""
         rng = rng or np.random.default_rng(np.random.randint(1 << 31))
         if label not in self.sources or rng.random() >= self.p:
-            return img, label
+            return img, label, None
         lung = self.masks[i] if lung is None else lung
         if lung.mean() < self.min_lung:      # no lung field to paint into
-            return img, label
-        painted = paint_mass(img, lung, rng, self.diameter, self.spicule_p)
-        return (img, label) if painted is None else (painted, self.target)
+            return img, label, None
+        painted = paint_mass(img, lung, rng, self.diameter, self.spicule_p, with_mask=True)
+        return (img, label, None) if painted is None else (painted[0], self.target, painted[1])
 
 
 def _tissue_grey(g: np.ndarray, lung: np.ndarray) -> tuple[float, float]:
@@ -72,9 +75,11 @@ def _tissue_grey(g: np.ndarray, lung: np.ndarray) -> tuple[float, float]:
 
 def paint_mass(img: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
                diameter=(0.06, 0.25), spicule_p: float = 0.5,
-               depth: float = 0.35, body: np.ndarray | None = None) -> np.ndarray | None:
+               depth: float = 0.35, body: np.ndarray | None = None, with_mask: bool = False):
     """``img`` (uint8, S x S) with one solid mass centred in ``lung`` (bool, S x S), or
     None when there is no lung field (inside ``body``, when given) to paint into.
+    ``with_mask``: (image, mask) instead, the mask (S x S bool) where the mass is opaque
+    (blend weight at least one half).
 
     ``depth``: the centre lies at least this many radii inside the lung field (0.35: the
     mass may reach into pleura and mediastinum; about 1: it lies within the lung, the
@@ -118,4 +123,9 @@ def paint_mass(img: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
     mass = np.clip(level + noise + slow, 0, 1)
     out = g.copy()
     out[y0:y1, x0:x1] = g[y0:y1, x0:x1] * (1 - alpha) + mass * alpha
-    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+    out = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+    if not with_mask:
+        return out
+    where = np.zeros(img.shape, bool)
+    where[y0:y1, x0:x1] = alpha >= 0.5
+    return out, where

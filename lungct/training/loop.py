@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lungct.training.distill import kd_loss
+from lungct.training.localise import class_map, localisation_loss
 
 
 def pick_device() -> torch.device:
@@ -86,26 +87,50 @@ def freeze_batchnorm(model: nn.Module) -> None:
 def train_one_epoch(model, loader, optimizer, device, scaler=None, teacher=None,
                     alpha: float = 0.5, temperature: float = 4.0, scheduler=None,
                     label_smoothing: float = 0.0, desc: str = "train",
-                    freeze_bn: bool = False, ema=None) -> dict:
+                    freeze_bn: bool = False, ema=None, localise: float = 0.0,
+                    target_class: int | None = None) -> dict:
     """One pass over ``loader``; with a teacher the loss is the distillation loss.
 
     ``ema`` (an ``AveragedModel``) is updated after every optimizer step.
+    Slices with a painted mass (a non-empty third item of the batch) learn their
+    new label by cross-entropy, never from the teacher, which cannot know that the
+    mass makes them ``target_class``; with ``localise`` > 0 they add that weight times
+    the localisation loss of ``target_class``'s map (``lungct.training.localise``).
     """
     model.train()
     if freeze_bn:
         freeze_batchnorm(model)
     use_amp = scaler is not None
-    total, correct, loss_sum = 0, 0, 0.0
-    for x, y, _ in tqdm(loader, desc=desc, leave=False, mininterval=5):
+    net = model.module if hasattr(model, "module") else model
+    total, correct, loss_sum, loc_sum, loc_n = 0, 0, 0.0, 0.0, 0
+    for x, y, mass in tqdm(loader, desc=desc, leave=False, mininterval=5):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        painted = (mass.flatten(1).amax(1) > 0).to(device)
         with torch.autocast(device.type, enabled=use_amp):
-            logits = model(x)
+            if localise:
+                features = net.forward_features(x)
+                logits = net.forward_head(features)
+            else:
+                logits = model(x)
             if teacher is not None:
                 with torch.no_grad():
                     t_logits = teacher(x)
-                loss = kd_loss(logits.float(), t_logits.float(), y, alpha, temperature)
+                plain = ~painted
+                loss = logits.new_zeros(())
+                if plain.any():
+                    loss = loss + kd_loss(logits[plain].float(), t_logits[plain].float(),
+                                          y[plain], alpha, temperature) * plain.sum() / len(y)
+                if painted.any():
+                    loss = loss + F.cross_entropy(logits[painted].float(), y[painted],
+                                                  reduction="sum") / len(y)
             else:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            if localise and painted.any():
+                loc = localisation_loss(class_map(net, features[painted], int(target_class)),
+                                        mass[painted.cpu()].to(device))
+                loss = loss + localise * loc
+                loc_sum, loc_n = loc_sum + loc.item() * int(painted.sum()), \
+                    loc_n + int(painted.sum())
         optimizer.zero_grad(set_to_none=True)
         if use_amp:
             scaler.scale(loss).backward()
@@ -121,7 +146,10 @@ def train_one_epoch(model, loader, optimizer, device, scaler=None, teacher=None,
         total += len(y)
         correct += (logits.argmax(1) == y).sum().item()
         loss_sum += loss.item() * len(y)
-    return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)}
+    out = {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1)}
+    if loc_n:
+        out["train_loc_loss"] = loc_sum / loc_n
+    return out
 
 
 @torch.no_grad()
@@ -206,7 +234,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg:
                                 cfg.get("alpha", 0.5), cfg.get("temperature", 4.0),
                                 scheduler, cfg.get("label_smoothing", 0.0),
                                 desc=f"epoch {epoch + 1}/{epochs}",
-                                freeze_bn=bool(cfg.get("freeze_bn", False)), ema=ema)
+                                freeze_bn=bool(cfg.get("freeze_bn", False)), ema=ema,
+                                localise=float(cfg.get("localise") or 0),
+                                target_class=cfg.get("localise_class"))
         stats.update(validate(eval_model, val_loader, device))
         stats.update(epoch=epoch + 1, seconds=round(time.time() - start, 1),
                      lr=optimizer.param_groups[0]["lr"])

@@ -135,6 +135,17 @@ def train_from_config(cfg: dict, name: str, out_dir: str | Path | None = None,
                              f"start {tcfg['model']} {model.input_size} px ({model.view} view)")
         model.load_state_dict(start_model.state_dict())
         del start_model
+    lesion = cfg.get("augment", {}).get("lesion") or {}
+    tcfg["localise"] = float(lesion.get("localise") or 0)
+    if tcfg["localise"]:
+        from lungct.training.localise import supports
+        if not supports(model):
+            raise ValueError(f"augment.lesion.localise needs a model that ends in pooled "
+                             f"features and one linear layer; {tcfg['model']} does not")
+        if is_distributed():
+            raise ValueError("augment.lesion.localise trains on one process (it reads the "
+                             "feature map beside the DDP forward)")
+        tcfg["localise_class"] = CLASSES.index("malignant")
     teacher_model, teacher_card = None, None
     if teacher:
         t = load_model(teacher)

@@ -128,6 +128,7 @@ def test_a_recipe_for_another_network_is_a_clear_error(tmp_path):
     from lungct.training.run import train_from_config
 
     cfg = apply_overrides(load_config(), ["train.model=hybrid_vit_lite0",
+                                          "train.pretrained=false",
                                           "augment.lesion.localise=1.0"])
     with pytest.raises(ValueError, match="localise"):
         train_from_config(cfg, "x", out_dir=tmp_path / "x", track=False)

@@ -36,10 +36,10 @@ BUILD_RECORD = "onnx.json"
 building them on a fresh clone never rewrites the tracked model card."""
 INT8_FILE = "model.int8.onnx"
 INT8_RECORD = "int8.json"
+"""The int8 twin of model.onnx and its local build check (build outputs; lungct.quantize)."""
 CALIBRATION_FILE = "int8_calibration.json"
 """Recorded activation ranges (ONNX Runtime's MinMax calibration cache), tracked beside a
 model's card or the guard's: an int8 build is made from them on each machine."""
-"""The int8 twin of model.onnx and its local build check (build outputs; lungct.quantize)."""
 PRECISIONS = ("int8", "float32")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -69,6 +69,8 @@ def result_row(path: Path, r) -> dict:
         row["ood"] = r.guard
     if r.ok and r.warning:
         row["warning"] = r.warning
+    if r.findings is not None:
+        row["findings"] = [f.as_dict() for f in r.findings]
     if r.status in ("refused", "outside_lungs"):
         row["rejected"] = True
         if r.status == "outside_lungs":
@@ -96,7 +98,7 @@ def parallel_processes(n_files: int, requested: int | None = None) -> int:
 
 def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int = 32,
                   workers: int = 1, progress: bool | None = None,
-                  guard=None, processes: int = 1) -> Iterator[dict]:
+                  guard=None, processes: int = 1, findings="shipped") -> Iterator[dict]:
     """One result dict per path, in order: ``{"file", **prediction}`` or ``{"file", "error"}``.
 
     The case pipeline (``lungct.case.iter_results``) runs underneath: files are
@@ -105,6 +107,8 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
     in one forward pass. With a guard, results carry ``"ood"`` (its verdict),
     and a refused slice gets ``{"file", "error", "rejected": true, "ood"}``.
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    ``findings``: the findings stage (``lungct.case.findings_scorer``); rows of accepted
+    slices then carry ``"findings"``.
 
     ``processes`` > 1 (``parallel_processes``): forked worker processes run the
     same pipeline on batches of :data:`PROCESS_BATCH` files each, and the rows
@@ -119,9 +123,9 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
     try:
         if forked_processes(clf, guard, processes) > 1:
             rows = _forked_rows(clf, guard, paths, window, min(batch_size, PROCESS_BATCH),
-                                processes)
+                                processes, findings)
         else:
-            rows = _rows(clf, guard, paths, window, batch_size, workers)
+            rows = _rows(clf, guard, paths, window, batch_size, workers, findings)
         for row in rows:
             bar.update(1)
             yield row
@@ -130,11 +134,11 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
 
 
 def _rows(clf, guard, paths: list[Path], window: str, batch_size: int,
-          workers: int) -> Iterator[dict]:
+          workers: int, findings="shipped") -> Iterator[dict]:
     from lungct.case import iter_results
 
     results = iter_results(clf, [_reader(p) for p in paths], len(paths), guard, window,
-                           batch_size, workers, keep_pixels=False)
+                           batch_size, workers, keep_pixels=False, findings=findings)
     for path, r in zip(paths, results):
         yield result_row(path, r)
 
@@ -153,7 +157,7 @@ def forked_processes(clf, guard, processes: int) -> int:
 
 
 _WORK: tuple | None = None
-"""(classifier, guard, window, batch size) of the run being forked: the children inherit
+"""(classifier, guard, window, batch size, findings scorer) of the run being forked: the children inherit
 it, so nothing is pickled but file paths and result rows."""
 
 
@@ -180,19 +184,21 @@ def _opencv_pool_stopped():
 
 def _chunk_rows(chunk: list[Path]) -> list[dict]:
     """A worker's share: one batch of files through the case pipeline, as rows."""
-    clf, guard, window, batch_size = _WORK
+    clf, guard, window, batch_size, scorer = _WORK
     try:
-        return list(_rows(clf, guard, chunk, window, batch_size, 0))
+        return list(_rows(clf, guard, chunk, window, batch_size, 0, scorer))
     except Exception as err:   # a bug, not a bad file: every file of the batch says so
         return [{"file": str(p), "error": f"the worker process failed ({type(err).__name__}: "
                                           f"{str(err)[:200]})"} for p in chunk]
 
 
 def _forked_rows(clf, guard, paths: list[Path], window: str, batch_size: int,
-                 processes: int) -> Iterator[dict]:
+                 processes: int, findings="shipped") -> Iterator[dict]:
     global _WORK
+    from lungct.case import findings_scorer
+
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    _WORK = (clf, guard, window, batch_size)
+    _WORK = (clf, guard, window, batch_size, findings_scorer(findings))   # loaded once, here
     with _opencv_pool_stopped():
         pool = multiprocessing.get_context("fork").Pool(processes)
     try:

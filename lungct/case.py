@@ -73,6 +73,11 @@ class SliceResult:
     """The guard's per-slice work done ahead (``InputGuard.prepare``), by ``prepare_inputs``."""
     model_input: np.ndarray | None = field(default=None, repr=False)
     """The classifier's input made ahead (``Classifier.prepare``), by ``prepare_inputs``."""
+    pixel_spacing_mm: float | None = None
+    """Row spacing in mm (DICOM PixelSpacing); None for 8-bit images."""
+    findings: list | None = None
+    """``lungct.findings.Finding`` objects, best first, for an accepted slice when the findings
+    stage ran (``[]``: none found); None when it did not run."""
     lung_window: bool | None = None
     """Whether the model sees a rendering whose lungs show grey (a lung window), when the
     guard's segmentation told (``Segmentation.grey_lungs``); see ``rendering_caution``."""
@@ -118,6 +123,8 @@ class SliceResult:
                                       for c in CLASSES})
         else:
             out["reason"] = self.error
+        if self.findings is not None:
+            out["findings"] = [f.as_dict() for f in self.findings]
         if self.guard is not None:
             out["guard_score"] = self.guard.get("score")
         if self.warning:
@@ -150,6 +157,20 @@ def _failure_text(err: Exception) -> str:
     return f"could not process this file ({type(err).__name__}); the other files are unaffected"
 
 
+def _pixel_spacing(ds) -> float | None:
+    """The row spacing in mm of a DICOM dataset (PixelSpacing, else ImagerPixelSpacing)."""
+    if ds is None:
+        return None
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = float(ds.get(key)[0])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if 0.05 <= value <= 5.0:
+            return value
+    return None
+
+
 def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
            max_pixels: int = MAX_PIXELS, example: str | None = None) -> SliceResult:
     """A ``SliceResult`` with the decoded slice, or with ``error``; never raises for bad input."""
@@ -171,6 +192,7 @@ def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
             return decode_image(sf.data or b"", name="upload" + ext, window=w,
                                 max_pixels=max_pixels)
         r.gray = render(window)
+        r.pixel_spacing_mm = _pixel_spacing(sf.dataset)
         if window != GUARD_WINDOW and sf.is_dicom:
             r.guard_gray = render(GUARD_WINDOW)
         if r.modality and r.modality != "CT":
@@ -402,6 +424,45 @@ def analyse_one(r: SliceResult, classifier, guard=None) -> None:
         _attach(r, prediction, rendering_caution(classifier))
 
 
+# ------------------------------------------------------------- findings
+
+def findings_scorer(findings="shipped"):
+    """The findings stage's scorer: "shipped" (``models/findings``), None or False (off), or
+    a ``lungct.findings.Scorer`` as given."""
+    if findings is None or findings is False:
+        return None
+    if findings == "shipped":
+        from lungct.findings import shipped_scorer
+        return shipped_scorer()
+    return findings
+
+
+def locate(results: list[SliceResult], scorer) -> None:
+    """The findings stage: candidates of focal abnormal tissue on every classified slice.
+
+    Runs on the rendering the guard judged (for DICOM the lung window, which is linear
+    in HU) with the guard's own segmentation of it, so nothing is segmented twice;
+    slices the guard refused or left outside the lungs get none (``findings`` None).
+    """
+    if scorer is None:
+        return
+    from lungct.findings import find
+    from lungct.lungs import segment
+
+    for r in results:
+        if not r.ok or r.gray is None:
+            continue
+        view = _guard_view(r)
+        seg = getattr(r.guard_input, "seg", None)
+        hu = r.is_dicom and r.modality in (None, "CT")
+        try:
+            seg = seg if seg is not None else segment(view)
+            r.findings = find(view, seg, scorer, r.pixel_spacing_mm if hu else None, hu=hu)
+        except Exception as err:
+            note = f"findings could not be computed ({type(err).__name__})"
+            r.warning = f"{r.warning}; {note}" if r.warning else note
+
+
 def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -> Iterator:
     """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance.
 
@@ -430,8 +491,10 @@ def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -
 
 def iter_results(classifier, sources: Iterable, total: int, guard=None, window: str = "lung",
                  batch_size: int = 32, workers: int = 1, max_pixels: int = MAX_PIXELS,
-                 keep_pixels: bool = True, examples: bool = False) -> Iterator[SliceResult]:
-    """Results in input order, batch by batch: decode (``workers`` threads ahead), guard, classify.
+                 keep_pixels: bool = True, examples: bool = False,
+                 findings="shipped") -> Iterator[SliceResult]:
+    """Results in input order, batch by batch: decode (``workers`` threads ahead), guard,
+    classify, findings (``findings``: see ``findings_scorer``).
 
     ``sources``: ``SliceFile`` objects or zero-argument callables returning one
     (so files are read in the worker threads). ``keep_pixels=False`` drops
@@ -453,7 +516,10 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
         prepare_inputs(r, classifier, guard)
         return r
 
+    scorer = findings_scorer(findings)
+
     def done(out: list[SliceResult]) -> list[SliceResult]:
+        locate(out, scorer)
         for r in out:
             r.guard_input = r.model_input = r.guard_gray = None
             if not keep_pixels:
@@ -486,10 +552,10 @@ def iter_results(classifier, sources: Iterable, total: int, guard=None, window: 
 
 def analyse_slices(classifier, files: list[SliceFile], guard=None, window: str = "lung",
                    batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-                   examples: bool = False) -> list[SliceResult]:
+                   examples: bool = False, findings="shipped") -> list[SliceResult]:
     """``iter_results`` for files already read, in the given order."""
     return list(iter_results(classifier, files, len(files), guard, window, batch_size,
-                             max_pixels=max_pixels, examples=examples))
+                             max_pixels=max_pixels, examples=examples, findings=findings))
 
 
 # ---------------------------------------------------------------- verdict
@@ -592,6 +658,8 @@ class Case:
     problems: list[dict] = field(default_factory=list)   # unreadable files: {"file", "error"}
     other_series: list[dict] = field(default_factory=list)
     threshold: float = MALIGNANT_THRESHOLD
+    lesions: dict | None = None
+    """Findings linked across slices (``lungct.findings.link_series``), when the stage ran."""
 
     @property
     def verdict(self) -> dict | None:
@@ -616,23 +684,41 @@ class Case:
                 "counts": self.counts,
                 "slices": [r.as_dict() for r in self.slices],
                 "series": self.series, "other_series": self.other_series,
-                "unreadable_files": len(self.problems), "model": self.model}
+                "unreadable_files": len(self.problems), "model": self.model,
+                **({"lesions": self.lesions} if self.lesions is not None else {})}
 
 
 def classify_series(classifier, series: Series, guard=None, window: str = "lung",
                     batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-                    study: Study | None = None, examples: bool = False) -> Case:
+                    study: Study | None = None, examples: bool = False,
+                    findings="shipped") -> Case:
     """Run the pipeline on one series (its files in anatomical order)."""
     results = analyse_slices(classifier, series.files, guard, window, batch_size, max_pixels,
-                             examples)
+                             examples, findings)
     others = [s.info() for s in (study.series if study else []) if s is not series]
     problems = [{"file": p.name, "error": p.error} for p in (study.problems if study else [])]
-    return Case(results, series.info(), model_info(classifier), problems, others)
+    return Case(results, series.info(), model_info(classifier), problems, others,
+                lesions=series_lesions(results))
+
+
+def series_lesions(results: list[SliceResult]) -> dict | None:
+    """The series' findings linked in 3D (a mass spans slices; a vessel crossing the plane
+    one or two), with each finding's slice position set; None when no findings ran."""
+    from lungct.findings import link_series
+
+    with_findings = [r for r in results if r.findings is not None]
+    if not with_findings:
+        return None
+    for r in with_findings:
+        for f in r.findings:
+            f.slice_position, f.location_mm = r.position, r.location_mm
+    return link_series([r.findings for r in with_findings],
+                       [r.location_mm for r in with_findings])
 
 
 def run_case(inputs: Iterable, classifier, guard=None, window: str = "lung",
              series: int | str | None = None, cfg: dict | None = None,
-             batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> Case:
+             batch_size: int = 32, max_pixels: int = MAX_PIXELS, findings="shipped") -> Case:
     """Paths (files, folders, .zip) or ``(name, bytes)`` pairs -> a classified ``Case``.
 
     ``series`` picks one series of a multi-series input (index or
@@ -645,7 +731,8 @@ def run_case(inputs: Iterable, classifier, guard=None, window: str = "lung",
         reasons = sorted({p.error for p in study.problems if p.error})
         raise InvalidImageError("no readable image in the input"
                                 + (f": {'; '.join(reasons[:5])}" if reasons else ""))
-    return classify_series(classifier, chosen, guard, window, batch_size, max_pixels, study)
+    return classify_series(classifier, chosen, guard, window, batch_size, max_pixels, study,
+                           findings=findings)
 
 
 def heatmap(classifier, result: SliceResult, method: str = "Grad-CAM",

@@ -20,6 +20,16 @@ def add_model_options(p) -> None:
                    help="inference backend (default: LUNGCT_BACKEND or runtime.backend)")
     p.add_argument("--threads", type=int,
                    help="ONNX Runtime threads (default: runtime.threads; 0 = one per core)")
+    p.add_argument("--no-findings", action="store_true",
+                   help="skip the findings stage (candidate lesions with outline and size)")
+
+
+def findings_option(args, cfg: dict):
+    """What the findings stage runs with: "shipped" (the scorer in models/findings), or None
+    when ``--no-findings`` or params.yaml ``findings.enabled: false`` switch it off."""
+    on = (cfg.get("findings") or {}).get("enabled", True) and not getattr(args, "no_findings",
+                                                                            False)
+    return "shipped" if on else None
 
 
 def load_model_and_guard(args, cfg: dict) -> tuple:

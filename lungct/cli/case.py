@@ -17,7 +17,7 @@ import os
 import sys
 
 from lungct.config import config_from_args
-from lungct.model_options import add_model_options, load_model_and_guard
+from lungct.model_options import add_model_options, findings_option, load_model_and_guard
 
 
 def cmd_case(args) -> int:
@@ -47,7 +47,8 @@ def cmd_case(args) -> int:
     clf, guard = load_model_and_guard(args, cfg)
     window = args.window or cfg["preprocess"]["dicom_window"]
     case = classify_series(clf, series, guard, window, args.batch_size,
-                           int(cfg["preprocess"].get("max_pixels", 40_000_000)), study)
+                           int(cfg["preprocess"].get("max_pixels", 40_000_000)), study,
+                           findings=findings_option(args, cfg))
     print(json.dumps(case.as_dict()) if args.json else format_case(case))
     if case.verdict is None:
         print("error: no slice could be classified", file=sys.stderr)

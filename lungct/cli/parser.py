@@ -38,6 +38,7 @@ COMMANDS = (
     ("results-table", "lungct.results_table:add_command"),
     ("guard", "lungct.guard.cli:add_command"),
     ("tracking", "lungct.training.tracking:add_command"),
+    ("lab", "lungct.lab.cli:add_command"),
 )
 """Every command in ``--help`` order, and the ``add_command(sub, common)`` that registers it.
 

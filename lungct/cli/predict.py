@@ -17,7 +17,7 @@ import sys
 from lungct import CLASSES
 from lungct.batch import error_reason, expand_inputs, parallel_processes, predict_paths
 from lungct.config import config_from_args
-from lungct.model_options import add_model_options, load_model_and_guard
+from lungct.model_options import add_model_options, findings_option, load_model_and_guard
 
 CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
                "ood_score", "error")
@@ -43,7 +43,18 @@ def _print_result(out: dict, as_json: bool) -> None:
         probs = " ".join(f"{k}={v:.3f}" for k, v in out["probabilities"].items())
         flag = "  (unsure)" if out["unsure"] else ""
         print(f"{out['file']}: {out['label']}{flag}  [{probs}]  model={out['model']} "
-              f"backend={out['backend']}", flush=True)
+              f"backend={out['backend']}{_findings_text(out.get('findings'))}", flush=True)
+
+
+def _findings_text(findings: list | None) -> str:
+    """"  findings: 2 (largest 41 mm)" for the terminal; empty when the stage did not run."""
+    if findings is None:
+        return ""
+    if not findings:
+        return "  findings: none"
+    sizes = [f["diameter_mm"] for f in findings if f.get("diameter_mm") is not None]
+    size = f" (largest {max(sizes):.0f} mm)" if sizes else ""
+    return f"  findings: {len(findings)}{size}"
 
 
 def cmd_predict(args) -> int:
@@ -75,7 +86,8 @@ def cmd_predict(args) -> int:
     n = failed = 0
     try:
         for out in predict_paths(clf, paths, window, args.batch_size, args.workers,
-                                 args.progress, guard=guard, processes=processes):
+                                 args.progress, guard=guard, processes=processes,
+                                 findings=findings_option(args, cfg)):
             n += 1
             failed += "error" in out
             _print_result(out, args.json)

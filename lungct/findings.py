@@ -1,0 +1,439 @@
+"""Findings: candidates of focal abnormal tissue in the lung fields, with outline and size.
+
+A slice classifier trained on one hospital's per-patient labels cannot say *where*;
+this layer looks for it directly, by classical image analysis that carries over to
+any scanner, and a small scorer fitted on real tumour boxes (``models/findings/``):
+
+1. **Density.** Hounsfield units for DICOM (the guard's lung window is linear in HU,
+   so HU come back from its grey levels exactly); for 8-bit images an equivalent from
+   the segmentation's two anchors, lung median -> -850 HU and soft-tissue median ->
+   +40 HU, so one threshold (-400 HU: solid tissue, not aerated lung) serves both.
+2. **Lung fields.** Aerated regions (< -400 HU) inside the body, not touching the
+   image frame, not outside air, the two largest. Each lung is closed with a 25 mm
+   disk and its holes filled: a mass inside the lung, or one that touches the pleura
+   or the hilum and bites into the lung's outline, comes back into its region.
+3. **Candidates.** Solid tissue in those regions, opened with a 4 mm disk (vessels
+   and fissures thinner than that drop out), split where a thin bridge joins two
+   blobs (watershed on the distance map: a mass and the vessel that leads into it).
+4. **Score.** A logistic model over shape, density and place (thickness, enclosure
+   by lung, solidity, density and its spread, size against the lung, position):
+   ``Scorer``, fitted by ``python -m lungct lab findings fit`` on real tumour boxes
+   and normal slices. A finding is a candidate whose score clears its threshold.
+5. **Series.** Findings of neighbouring slices that overlap are one lesion in 3D:
+   a mass spans several slices, a vessel crossing the plane one or two
+   (``link_series``).
+
+Sizes are in mm where the pixel spacing is known (DICOM); for 8-bit images the
+geometry is scaled by an assumed chest width (``ASSUMED_BODY_MM``), used for the
+shape measures only, and ``diameter_mm`` is ``None``.
+
+Candidates of focal abnormal tissue, not a diagnosis: a finding says where to look.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+HU_LUNG_WINDOW = (1500.0, -600.0)
+"""The guard's DICOM window (width, level): its grey g in [0, 1] is HU = g*1500 - 1350."""
+SOLID_HU = -400.0
+"""Solid tissue (mass, vessel, wall) above, aerated lung below."""
+CLOSE_MM = 25.0
+"""Each lung is closed with a disk of this radius and its holes filled: a bite up to 5 cm
+across (a mass on the pleura, hilum or mediastinum) comes back into the lung's region; the
+heart's and the diaphragm's wide curves do not."""
+OPEN_MM = 4.0
+MIN_LUNG_MM2 = 1500.0
+"""An aerated region smaller than this (15 cm^2) is trachea, bowel gas or a bulla, not a lung."""
+MIN_AREA_MM2 = 30.0
+SPLIT_MM = 8.0
+"""Blob centres closer than this are one blob (watershed markers)."""
+ASSUMED_BODY_MM = 330.0
+"""Chest width assumed for an 8-bit image without pixel spacing (adult chest, 30-36 cm)."""
+FEATURES = ("thickness_mm", "log_area", "enclosure", "solidity", "density",
+            "density_sd", "rel_area", "medial", "posterior")
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(1, int(round(radius_px)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+@dataclass
+class Finding:
+    """One candidate lesion, in the input image's pixels."""
+
+    score: float
+    box: tuple[int, int, int, int]
+    """x0, y0, x1, y1 (end-inclusive)."""
+    centroid: tuple[float, float]
+    """x, y: the candidate's centre of mass."""
+    outline: list[tuple[int, int]]
+    """Polygon (x, y) around the candidate."""
+    diameter_mm: float | None
+    """Longest diameter in mm; None where the pixel spacing is unknown."""
+    diameter_px: float
+    slice_position: int | None = None
+    location_mm: float | None = None
+    features: dict = field(default_factory=dict, repr=False)
+    blob: int = field(default=0, repr=False)
+    """The connected solid region it was split from (parts of one blob may merge back)."""
+    region: tuple | None = field(default=None, repr=False)
+    """(y0, x0, mask) on the working grid, and ``grid`` how that maps to the input."""
+    grid: tuple | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        out = {"score": round(float(self.score), 4), "box": [int(v) for v in self.box],
+               "centroid": [round(float(v), 1) for v in self.centroid],
+               "diameter_mm": None if self.diameter_mm is None else round(self.diameter_mm, 1),
+               "outline": [[int(x), int(y)] for x, y in self.outline]}
+        if self.slice_position is not None:
+            out["slice_position"] = self.slice_position
+        if self.location_mm is not None:
+            out["location_mm"] = round(self.location_mm, 3)
+        return out
+
+
+def density(gray: np.ndarray, seg, hu: bool) -> np.ndarray:
+    """HU (or the 8-bit equivalent) on the segmentation's working grid."""
+    oy, ox = seg.offset
+    h, w = seg.body.shape
+    inner = np.asarray(gray, np.float32)[oy:oy + round(h * seg.scale), ox:ox + round(w * seg.scale)]
+    small = cv2.resize(inner, (w, h), interpolation=cv2.INTER_AREA)
+    if hu:
+        width, level = HU_LUNG_WINDOW
+        return small * width + (level - width / 2)
+    span = max(seg.tissue_level - seg.lung_level, 0.05)
+    return -850.0 + (small - seg.lung_level) * (890.0 / span)
+
+
+def _mm_per_px(seg, spacing_mm: float | None) -> float:
+    """mm per working pixel: from the pixel spacing, else from an assumed chest width."""
+    if spacing_mm:
+        return float(spacing_mm) * seg.scale
+    if seg.body_box is None:
+        return 1.0
+    width_px = (seg.body_box[3] - seg.body_box[1]) / seg.scale
+    return ASSUMED_BODY_MM / max(width_px, 1.0)
+
+
+def lung_fields(d: np.ndarray, body: np.ndarray, mm: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Aerated lung (< SOLID_HU inside the body, off the frame, not outside air), per lung."""
+    inner = cv2.erode(body.astype(np.uint8), _disk(2)).astype(bool)
+    air = (d < SOLID_HU) & inner
+    lab, n = ndi.label(air)
+    if not n:
+        return np.zeros_like(air), []
+    idx = np.arange(1, n + 1)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:] * mm * mm
+    edge = np.zeros_like(air)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    touching = set(np.unique(lab[edge & (lab > 0)]).tolist())
+    big = [k for k in idx[np.argsort(sizes)[::-1]] if sizes[k - 1] >= MIN_LUNG_MM2
+           and k not in touching][:4]
+    # outside air taken in by a blanket or the arms sits near -1000 HU; lung well above
+    lungs = [lab == k for k in big if float(np.median(d[lab == k])) > -960.0][:2]
+    mask = np.zeros_like(air)
+    for m in lungs:
+        mask |= m
+    return mask, lungs
+
+
+def lung_regions(lungs: list[np.ndarray], mm: float) -> np.ndarray:
+    """Where a lesion of the lung can lie: each lung closed with a ``CLOSE_MM`` disk, holes
+    filled (the nodules inside, and masses that bite into its outline, come back in).
+
+    Its convex hull was tried too (README, Findings): it takes back masses on the
+    mediastinum but also a sliver of mediastinum along every lung, and ranked worse."""
+    region = np.zeros(lungs[0].shape, bool) if lungs else np.zeros((1, 1), bool)
+    pad = int(CLOSE_MM / mm) + 2
+    for lung in lungs:
+        closed = cv2.morphologyEx(np.pad(lung, pad).astype(np.uint8), cv2.MORPH_CLOSE,
+                                  _disk(CLOSE_MM / mm))[pad:-pad, pad:-pad]
+        region |= ndi.binary_fill_holes(closed.astype(bool))
+    return region
+
+
+def _split(solid: np.ndarray, mm: float) -> tuple[np.ndarray, int, np.ndarray]:
+    """Parts of the solid mask: watershed on the distance map from blob centres at least
+    SPLIT_MM apart, so a mass joined to a sliver of mediastinum by a thin bridge parts."""
+    from skimage.segmentation import watershed
+
+    dist = cv2.distanceTransform(solid.astype(np.uint8), cv2.DIST_L2, 5)
+    size = max(3, int(round(SPLIT_MM / mm)) | 1)
+    peaks = (dist == ndi.maximum_filter(dist, size=size)) & (dist * mm >= OPEN_MM * 0.9)
+    markers, n = ndi.label(peaks)
+    if not n:
+        return np.zeros(solid.shape, np.int32), 0, dist
+    parts = watershed(-dist, markers, mask=solid)
+    return parts, n, dist
+
+
+def candidates(gray: np.ndarray, seg, spacing_mm: float | None = None,
+               hu: bool = False) -> list[Finding]:
+    """Every candidate of one slice with its features (score 0): the scorer ranks them.
+
+    ``gray`` is the slice as the guard saw it (for DICOM the lung window, ``hu=True``),
+    ``seg`` its ``lungct.lungs.Segmentation``; coordinates come back in ``gray``'s pixels.
+    """
+    if seg.body_box is None or not seg.body.any():
+        return []
+    mm = _mm_per_px(seg, spacing_mm)
+    d = density(gray, seg, hu)
+    lung_mask, lungs = lung_fields(d, seg.body, mm)
+    if not lungs:
+        return []
+    region = lung_regions(lungs, mm)
+    solid = cv2.morphologyEx(((d > SOLID_HU) & region).astype(np.uint8), cv2.MORPH_OPEN,
+                             _disk(OPEN_MM / mm)).astype(bool)
+    parts, n, dist = _split(solid, mm)
+    if not n:
+        return []
+    blobs, _ = ndi.label(solid)
+    lung_area = float(lung_mask.sum())
+    by0, bx0, by1, bx1 = [v / seg.scale for v in (seg.body_box[0] - seg.offset[0],
+                                                   seg.body_box[1] - seg.offset[1],
+                                                   seg.body_box[2] - seg.offset[0],
+                                                   seg.body_box[3] - seg.offset[1])]
+    mid_x, half_w = (bx0 + bx1) / 2, max((bx1 - bx0) / 2, 1.0)
+    objects = ndi.find_objects(parts)
+    ring_k = _disk(2)
+    out = []
+    for k, sl in enumerate(objects, start=1):
+        if sl is None:
+            continue
+        ys, xs = sl
+        y0, y1 = max(ys.start - 3, 0), min(ys.stop + 3, parts.shape[0])
+        x0, x1 = max(xs.start - 3, 0), min(xs.stop + 3, parts.shape[1])
+        part = parts[y0:y1, x0:x1] == k
+        area = float(part.sum()) * mm * mm
+        if area < MIN_AREA_MM2:
+            continue
+        ring = cv2.dilate(part.astype(np.uint8), ring_k).astype(bool) & ~part
+        lung_ring = lung_mask[y0:y1, x0:x1][ring]
+        vals = d[y0:y1, x0:x1][part]
+        f = _geometry(part, y0, x0, (seg.scale, seg.offset, mm, spacing_mm is not None), 0.0,
+                      {}, int(np.max(blobs[y0:y1, x0:x1][part])))
+        cy = (f.centroid[1] - seg.offset[0]) / seg.scale
+        cx = (f.centroid[0] - seg.offset[1]) / seg.scale
+        f.features = {
+            "thickness_mm": float(dist[y0:y1, x0:x1][part].max()) * mm,
+            "log_area": float(np.log(area)),
+            "enclosure": float(lung_ring.mean()) if lung_ring.size else 0.0,
+            "solidity": f.features.pop("_solidity"),
+            "density": float(np.clip(vals.mean(), -400, 200) / 100.0),
+            "density_sd": float(min(vals.std(), 400) / 100.0),
+            "rel_area": float(part.sum() / max(lung_area, 1.0)),
+            "medial": float(1.0 - min(abs(cx - mid_x) / half_w, 1.0)),
+            "posterior": float(np.clip((cy - by0) / max(by1 - by0, 1.0), 0, 1)),
+        }
+        out.append(f)
+    return out
+
+
+def _geometry(mask: np.ndarray, y0: int, x0: int, grid: tuple, score: float, features: dict,
+              blob: int) -> Finding:
+    """A ``Finding`` for a mask crop at (y0, x0) of the working grid: outline, box, centroid
+    and longest diameter (across the convex hull) in the input's pixels; mm when known."""
+    scale, (oy, ox), mm, known = grid
+    py, px = np.nonzero(mask)
+    hull = cv2.convexHull(np.stack([px, py], 1).astype(np.int32))
+    hp = hull.reshape(-1, 2).astype(np.float32)
+    diam_px = float(np.sqrt(((hp[:, None] - hp[None]) ** 2).sum(-1)).max()) + 1.0
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    outline = [(int(round((x + x0) * scale + ox)), int(round((y + y0) * scale + oy)))
+               for c in sorted(contours, key=cv2.contourArea)[-1:] for x, y in c.reshape(-1, 2)]
+    features = dict(features)
+    features["_solidity"] = float(min(mask.sum() / max(cv2.contourArea(hull), 1.0), 1.0))
+    return Finding(
+        score=score, blob=blob, region=(y0, x0, mask), grid=grid, features=features,
+        box=(int((px.min() + x0) * scale + ox), int((py.min() + y0) * scale + oy),
+             int(np.ceil((px.max() + 1 + x0) * scale + ox)) - 1,
+             int(np.ceil((py.max() + 1 + y0) * scale + oy)) - 1),
+        centroid=(float((px.mean() + x0) * scale + ox), float((py.mean() + y0) * scale + oy)),
+        outline=outline, diameter_mm=diam_px * mm if known else None,
+        diameter_px=diam_px * scale)
+
+
+# ------------------------------------------------------------------ scorer
+
+SCORER_DIR = "findings"
+"""The scorer's folder under the models folder (``scorer.json``, ``card.json``, README)."""
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A logistic model over ``FEATURES`` (standardised), and the shipped threshold."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    threshold: float
+    features: tuple[str, ...] = FEATURES
+
+    def score(self, feats: list[dict]) -> np.ndarray:
+        if not feats:
+            return np.zeros(0)
+        x = np.array([[f[k] for k in self.features] for f in feats], dtype=np.float64)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
+
+    def as_dict(self) -> dict:
+        return {"features": list(self.features), "mean": list(self.mean),
+                "scale": list(self.scale), "coef": list(self.coef),
+                "intercept": self.intercept, "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scorer":
+        feats = tuple(d["features"])
+        if set(feats) - set(FEATURES):
+            raise ValueError(f"findings scorer asks for unknown features "
+                             f"{sorted(set(feats) - set(FEATURES))}")
+        return cls(tuple(d["mean"]), tuple(d["scale"]), tuple(d["coef"]),
+                   float(d["intercept"]), float(d["threshold"]), feats)
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None) -> "Scorer":
+        """The shipped scorer (``models/findings/scorer.json``)."""
+        if folder is None:
+            from lungct.config import models_dir
+            folder = models_dir() / SCORER_DIR
+        path = Path(folder) / "scorer.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            from lungct.errors import LungctError
+            raise LungctError(f"no findings scorer at {path}: run `python -m lungct lab "
+                              "findings fit` or use --no-findings") from None
+
+
+def find(gray: np.ndarray, seg, scorer: Scorer, spacing_mm: float | None = None,
+         hu: bool = False, keep: str = "findings") -> list[Finding]:
+    """The findings of one accepted slice, best first: candidates scored, those at or above
+    the scorer's threshold kept, and kept parts of one solid blob joined back into one
+    finding (a mass the watershed cut in pieces is shown and measured whole).
+    ``keep="all"``: every candidate as scored, unjoined, for measurement."""
+    cands = candidates(gray, seg, spacing_mm, hu)
+    for c, s in zip(cands, scorer.score([c.features for c in cands])):
+        c.score = float(s)
+    cands.sort(key=lambda c: -c.score)
+    if keep == "all":
+        return cands
+    kept = [c for c in cands if c.score >= scorer.threshold]
+    by_blob: dict[int, list[Finding]] = {}
+    for c in kept:
+        by_blob.setdefault(c.blob, []).append(c)
+    out = [group[0] if len(group) == 1 else _joined(group) for group in by_blob.values()]
+    return sorted(out, key=lambda c: -c.score)
+
+
+def _joined(parts: list[Finding]) -> Finding:
+    """One finding from parts of one blob: their union's outline, box, centroid and longest
+    diameter; the best part's score and features."""
+    y0 = min(p.region[0] for p in parts)
+    x0 = min(p.region[1] for p in parts)
+    y1 = max(p.region[0] + p.region[2].shape[0] for p in parts)
+    x1 = max(p.region[1] + p.region[2].shape[1] for p in parts)
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    for py, px, m in (p.region for p in parts):
+        mask[py - y0:py - y0 + m.shape[0], px - x0:px - x0 + m.shape[1]] |= m
+    best = max(parts, key=lambda p: p.score)
+    out = _geometry(mask, y0, x0, best.grid, best.score, best.features, best.blob)
+    out.features.pop("_solidity", None)
+    return out
+
+
+# ------------------------------------------------------------------ series
+
+MAX_GAP_MM = 12.0
+"""Neighbouring slices further apart than this are not linked (a gap in the series)."""
+
+
+def _overlap(a: Finding, b: Finding) -> bool:
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    return ax0 <= bx1 and bx0 <= ax1 and ay0 <= by1 and by0 <= ay1
+
+
+def series_spacing_problem(locations: list[float | None]) -> str | None:
+    """Why a series' findings cannot be linked in 3D, or None when they can."""
+    if len(locations) < 2:
+        return "a single slice"
+    if any(z is None for z in locations):
+        return "slice positions missing (no ImagePositionPatient/ImageOrientationPatient)"
+    steps = np.diff(sorted(locations))
+    if not len(steps) or steps.min() <= 0:
+        return "two slices at the same position"
+    if steps.max() - steps.min() > 0.1 * steps.min() + 0.05:
+        return (f"mixed slice spacing ({steps.min():.1f}-{steps.max():.1f} mm): "
+                "linked findings would have wrong extents")
+    return None
+
+
+def link_series(per_slice: list[list[Finding]], locations: list[float | None]) -> dict:
+    """Link findings of neighbouring slices whose boxes overlap into 3D lesions.
+
+    ``per_slice`` holds each slice's findings in series order (position order).
+    Sets ``lesion`` (1-based id) in each finding's features; returns ``{"lesions":
+    [{id, slices, extent_mm, max_diameter_mm, max_score}], "note": ...}``, where
+    ``note`` says why there are no 3D lesions when the spacing does not allow them.
+    """
+    problem = series_spacing_problem(locations)
+    if problem:
+        return {"lesions": [], "note": f"no 3D linking: {problem}; findings are per slice"}
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    flat = [(si, f) for si, fs in enumerate(per_slice) for f in fs]
+    for i in range(len(flat)):
+        parent[i] = i
+    index = {id(f): i for i, (_, f) in enumerate(flat)}
+    for si in range(len(per_slice) - 1):
+        if abs(float(locations[si + 1]) - float(locations[si])) > MAX_GAP_MM:
+            continue
+        for a in per_slice[si]:
+            for b in per_slice[si + 1]:
+                if _overlap(a, b):
+                    parent[root(index[id(a)])] = root(index[id(b)])
+    groups: dict[int, list[tuple[int, Finding]]] = {}
+    for i, (si, f) in enumerate(flat):
+        groups.setdefault(root(i), []).append((si, f))
+    lesions = []
+    for n, members in enumerate(sorted(groups.values(), key=lambda m: -max(f.score for _, f in m)),
+                                start=1):
+        zs = [float(locations[si]) for si, _ in members]
+        diam = [f.diameter_mm for _, f in members if f.diameter_mm is not None]
+        for _, f in members:
+            f.features["lesion"] = n
+        lesions.append({"id": n, "slices": sorted({si + 1 for si, _ in members}),
+                        "extent_mm": round(max(zs) - min(zs), 1),
+                        "max_diameter_mm": round(max(diam), 1) if diam else None,
+                        "max_score": round(max(f.score for _, f in members), 4)})
+    return {"lesions": lesions, "note": None}
+
+
+_SHIPPED: list = []
+
+
+def shipped_scorer() -> Scorer:
+    """The shipped scorer, loaded once: ``models/findings`` of the models folder, else of the
+    repository (a test's private models folder need not copy it)."""
+    if not _SHIPPED:
+        from lungct.config import models_dir
+        here = Path(__file__).resolve().parents[1] / "models" / SCORER_DIR
+        folder = models_dir() / SCORER_DIR
+        _SHIPPED.append(Scorer.load(folder if (folder / "scorer.json").is_file() else here))
+    return _SHIPPED[0]

@@ -8,7 +8,7 @@ Uploaded bytes stay in memory.
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, heatmaps, sidebar
+from lungct.app_support import cache, catalog, findings_view, heatmaps, sidebar
 from lungct.app_support.case import (ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, case_csv,
                                      case_table, case_verdict, most_suspicious_first)
 from lungct.app_support.charts import probability_bar
@@ -84,6 +84,8 @@ if len(results) > 1:
 report_slot = st.empty()
 if note := heatmaps.what_it_shows(clf.card, method):
     st.caption(note)
+if any(r.findings is not None for r in results):
+    st.caption(findings_view.CAPTION)
 for r in most_suspicious_first(results):
     with st.container(border=True):
         st.markdown(f"#### {r.title}")
@@ -110,11 +112,14 @@ for r in most_suspicious_first(results):
             except Exception as err:  # a heatmap failure must not hide the label
                 explained = None
                 st.error(f"Heatmap failed ({type(err).__name__}); the label is unaffected.")
-        left, mid, right = st.columns([1, 1, 1.2])
+        left, mid, found, right = st.columns([1, 1, 1, 1.2])
         left.image(compose(r.gray, lung_outline(r.gray)) if outline else to_uint8(r.gray),
                    caption="slice" + (" with lung outline" if outline else ""), width="stretch")
         if r.position in overlays:
             mid.image(overlays[r.position], caption=caption(method, explained), width="stretch")
+        if r.findings is not None:
+            found.image(findings_view.draw(r.gray, r.findings), width="stretch",
+                        caption="Findings: " + findings_view.summary(r.findings))
         right.metric("Label", pred.label,
                      help=f"model {entry.name}, computed with {pred.backend or 'torch'}")
         if pred.unsure and pred.confidence < clf.unsure_below:

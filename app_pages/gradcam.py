@@ -3,8 +3,8 @@
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, heatmaps, inputs, sidebar
-from lungct.app_support.case import ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, predict
+from lungct.app_support import cache, catalog, findings_view, heatmaps, inputs, sidebar
+from lungct.app_support.case import ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP
 from lungct.app_support.report import png_bytes, to_uint8
 from lungct.config import load_config
 from lungct.explain import CAM_METHODS, CLASS_AGNOSTIC, FAST_METHODS, SLOW_METHODS, caption, overlay
@@ -35,8 +35,10 @@ else:
                           index=WINDOW_CHOICES.index(cfg["preprocess"]["dicom_window"]))
     name = inputs.upload_name(upload)
 
-gray = inputs.one_slice(data, name, window)
-pred = predict(clf, gray)
+# the Classify page's pipeline: the same guard check, caution and findings for the same file
+result = inputs.one_result(clf, catalog.model_key(entry), data, name, window,
+                           int(cfg["preprocess"].get("max_pixels", 40_000_000)))
+gray, pred = result.gray, result.prediction
 layers = list(cam_target_layers(clf.model))
 c1, c2, c3, c4 = st.columns(4)
 target = c1.selectbox("Explain class", CLASSES, index=CLASSES.index(pred.label),
@@ -48,8 +50,11 @@ slow = c4.checkbox("Also the slow methods", help="; ".join(
 st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
             f"({', '.join(f'{c} {p:.3f}' for c, p in pred.probabilities.items())})"
             + (" — *unsure*" if pred.unsure else ""))
+if result.warning:
+    st.warning(result.warning)
 if note := heatmaps.what_it_shows(clf.card, "Grad-CAM"):
     st.caption(note)
+st.caption(findings_view.CAPTION)
 
 
 def show(column, method: str, cls: str, caption: str, key: str) -> None:
@@ -67,9 +72,11 @@ def show(column, method: str, cls: str, caption: str, key: str) -> None:
 
 st.subheader(f"Every method, class {target}")
 methods = list(FAST_METHODS) + ([m for m in CAM_METHODS if m not in FAST_METHODS] if slow else [])
-columns = st.columns(len(methods) + 1)
+columns = st.columns(len(methods) + 2)
 columns[0].image(to_uint8(gray), caption="slice", width="stretch")
-for column, method in zip(columns[1:], methods):
+columns[1].image(findings_view.draw(gray, result.findings), width="stretch",
+                 caption="Findings: " + (findings_view.summary(result.findings) or "not run"))
+for column, method in zip(columns[2:], methods):
     with column, st.spinner(method):
         show(column, method, target, caption(method, target), f"cam_{method}_{target}")
 

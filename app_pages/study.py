@@ -7,7 +7,7 @@ and PDF exports carry slice positions only. Uploaded bytes stay in memory.
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, sidebar, study
+from lungct.app_support import cache, catalog, findings_view, sidebar, study
 from lungct.app_support.reference import DISCLAIMER
 from lungct.case import ACCEPTED_HELP, rendering_caution
 from lungct.case_report import case_pdf
@@ -68,7 +68,11 @@ profile = st.plotly_chart(study.profile_figure(case, st.session_state["study_sli
 points = (profile or {}).get("selection", {}).get("points", []) if profile else []
 if points and points[0].get("customdata") is not None:
     st.session_state["study_slice"] = int(points[0]["customdata"])
+with_findings = [s.position for s in case.slices if s.findings]
 index = st.slider("Slice (feet to head)", 1, n, key="study_slice") if n > 1 else 1
+if with_findings:   # the slider's marks: where the findings are
+    st.caption("Slices with findings (◆ on the profile): "
+               + ", ".join(f"**{p}**" if p == index else str(p) for p in with_findings))
 r = case.slices[index - 1]
 
 left, right = st.columns([1.4, 1])
@@ -80,10 +84,14 @@ with right:
         width = st.number_input("Width (HU)", 1.0, 4000.0, 1500.0, 50.0)
         level = st.number_input("Level (HU)", -1500.0, 1500.0, -600.0, 50.0)
     show_outline = st.toggle("Lung outline", key="study_outline")
+    show_findings = st.toggle("Findings", value=True, key="study_findings",
+                              disabled=r.findings is None)
     show_heat = st.toggle("Heatmap (Grad-CAM)", key="study_heat", disabled=not r.ok)
     st.markdown(f"**{r.where}** - {r.name}")
     if r.ok:
         st.write({c: round(r.prediction.probabilities[c], 3) for c in CLASSES})
+        if r.findings is not None:
+            st.markdown(f"Findings: {findings_view.summary(r.findings)}")
         st.markdown(f"Label: **{r.prediction.label}**" + (" (unsure)" if r.prediction.unsure
                                                           else ""))
         if r.warning:
@@ -105,9 +113,29 @@ with left:
         outline = study.lung_outline(r.gray) if show_outline else None
         if heat is not None and heat.shape != image.shape:
             image = r.gray
-        st.image(study.compose(image, outline, heat), width="stretch",
+        shown = study.compose(image, outline, heat)
+        if show_findings and r.findings:
+            shown = findings_view.draw(shown, r.findings)
+        st.image(shown, width="stretch",
                  caption=f"{r.where}" + (f", window W{width:g}/L{level:g}" if hu is not None
                                          else ""))
+
+if case.lesions is not None:
+    st.subheader("Findings by slice position")
+    st.caption(findings_view.CAPTION + " Select a row to show its slice.")
+    if case.lesions.get("note"):
+        st.caption(case.lesions["note"])
+    found = findings_view.table(case.slices)
+    if found.empty:
+        st.info("No findings on the classified slices of this series.")
+    else:
+        def _jump() -> None:
+            rows = st.session_state["study_found"].selection.rows
+            if rows:
+                st.session_state["study_slice"] = int(found.iloc[rows[0]]["slice"])
+
+        st.dataframe(found, hide_index=True, on_select=_jump, selection_mode="single-row",
+                     key="study_found")
 
 st.subheader("Most suspicious slices first")
 st.dataframe(study.session_table(case, top=10), hide_index=True)

@@ -56,6 +56,35 @@ def slice_line(s: dict) -> str:
     return f"{where}: {what}: {s.get('reason') or ''}".rstrip(": ")
 
 
+FINDINGS_HEADING = "Lesion findings (candidates of focal abnormal tissue, not a diagnosis)"
+
+
+def finding_lines(case: dict) -> list[str]:
+    """Each finding by slice position with its size and score; 3D lesions when linked."""
+    lines = []
+    for s in case["slices"]:
+        where = f"slice {s['index']}" + (f" (z = {s['location_mm']:.1f} mm)"
+                                         if s.get("location_mm") is not None else "")
+        for rank, f in enumerate(s.get("findings") or [], start=1):
+            size = (f"longest diameter {f['diameter_mm']:.0f} mm" if f.get("diameter_mm")
+                    is not None else "size unknown (no pixel spacing)")
+            x, y = f["centroid"]
+            lines.append(f"{where}: finding {rank}, {size}, centre at pixel ({x:.0f}, {y:.0f}), "
+                         f"score {f['score']:.2f}")
+    lesions = (case.get("lesions") or {})
+    for les in lesions.get("lesions") or []:
+        if len(les["slices"]) > 1:
+            size = (f", up to {les['max_diameter_mm']:.0f} mm across"
+                    if les.get("max_diameter_mm") is not None else "")
+            lines.append(f"lesion {les['id']} (3D): slices {les['slices'][0]}-"
+                         f"{les['slices'][-1]}, {les['extent_mm']:.0f} mm along the series{size}")
+    if lesions.get("note"):
+        lines.append(lesions["note"])
+    if not lines and any("findings" in s for s in case["slices"]):
+        lines.append("no findings on the classified slices")
+    return lines
+
+
 def report_sections(case: dict, card: dict | None = None,
                     generated: dt.datetime | None = None) -> list[tuple[str, list[str]]]:
     """(heading, lines) in reading order; the SR and the PDF are built from these."""
@@ -78,7 +107,8 @@ def report_sections(case: dict, card: dict | None = None,
                    f"generated {generated.strftime('%Y-%m-%d %H:%M UTC')}"]),
         ("Findings by slice position",
          [slice_line(x) for x in case["slices"]]),
-    ]
+    ] + ([(FINDINGS_HEADING, finding_lines(case))]
+         if any("findings" in x for x in case["slices"]) else [])
 
 
 def format_case(case) -> str:

@@ -22,6 +22,23 @@ def upload_name(upload) -> str:
         st.stop()
 
 
+def one_result(classifier, model_key: str, data: bytes, name: str, window: str,
+               max_pixels: int | None = None):
+    """One file through the case pipeline, as the Classify page runs it (the guard in its own
+    window, the caution, the findings): the ``SliceResult``; a file that is unreadable,
+    refused or outside the lungs stops the page with the pipeline's reason."""
+    guard = cache.guard(catalog.guard_key(), str(catalog.guard_folder()))
+    r = cache.analyse(classifier, model_key, ((name, data),), window, max_pixels or 0, False,
+                      guard, catalog.guard_key())[0]
+    if r.status == "error":
+        st.error(f"This file could not be read: {r.error}")
+        st.stop()
+    if not r.ok:
+        st.warning(r.error)
+        st.stop()
+    return r
+
+
 def one_slice(data: bytes, name: str, window: str) -> np.ndarray:
     """The decoded slice; an unreadable file or one the input check refuses stops the page."""
     try:

@@ -88,6 +88,17 @@ def profile_figure(case, current: int | None = None):
                                  else "lines+markers", name=status.replace("_", " "),
                                  marker={"color": colour, "size": 8}, customdata=part["slice"],
                                  hovertemplate="slice %{customdata}<br>P(malignant) %{y:.3f}"))
+    found = [(r.position, r.malignant_probability if r.ok else 0.0, len(r.findings))
+             for r in case.slices if r.findings]
+    if found:   # where the findings layer found something: click to go there
+        pos = [p for p, _, _ in found]
+        fig.add_trace(go.Scatter(x=[float(x.iloc[p - 1]) for p in pos],
+                                 y=[max(v, 0.0) for _, v, _ in found], mode="markers",
+                                 name="findings", customdata=pos,
+                                 marker={"symbol": "diamond-open", "size": 14,
+                                         "color": "#ff8f00", "line": {"width": 2}},
+                                 text=[f"{k} finding{'s' if k > 1 else ''}" for _, _, k in found],
+                                 hovertemplate="slice %{customdata}: %{text}"))
     fig.add_hline(y=0.5, line_dash="dot", annotation_text="verdict threshold 0.50")
     if current is not None and 1 <= current <= len(df):
         fig.add_vline(x=float(x.iloc[current - 1]), line_color="#c62828")

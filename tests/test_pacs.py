@@ -4,13 +4,19 @@ The tests start Orthanc themselves on 127.0.0.1 (a free port, a temporary storag
 folder, stopped at the end). Without the binary they are skipped with the reason,
 except where ``LUNGCT_REQUIRE_ORTHANC`` is set (CI), where that is a failure.
 Series are synthetic (with patient tags, to check none leaks into the result's
-content); the Lung-PET-CT-Dx sample is used too where ``../shared`` has it.
+content), the demo series of ``make pacs`` included, so the round trip runs on a
+clone; the Lung-PET-CT-Dx sample is used too where ``../shared`` has it. The
+client's failure modes (refused, unanswered, 503) need no Orthanc and are timed.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import socket
+import threading
+import time
 
 import pytest
 from dicom_factory import ct_series
@@ -25,6 +31,7 @@ from lungct.series import load_study, read_slice
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "PatientBirthDate": "19600101",
        "AccessionNumber": "ACC-999", "InstitutionName": "St Example Hospital"}
 SECRETS = ("Doe", "Jane", "PID-12345", "19600101", "ACC-999", "St Example")
+STUDY = {"StudyDate": "20240301", "StudyDescription": "CT THORAX"}   # shown: not identifying
 SHARED = REPO_ROOT.parent / "shared" / "data" / "lung-pet-ct-dx-sample"
 
 
@@ -51,7 +58,7 @@ def datasets(datas):
 
 
 def put_study(pacs, **kwargs) -> str:
-    datas = ct_series(**{"n": 6, "phi": PHI, **kwargs})
+    datas = ct_series(**{"n": 6, "phi": {**PHI, **STUDY}, **kwargs})
     pacs.store(datasets(datas))
     return read_slice("x.dcm", datas[0]).study_uid
 
@@ -74,9 +81,13 @@ def test_round_trip_store_search_retrieve_classify_store_back(pacs, classifier):
     study_uid = put_study(pacs, n=7)
     found = [s for s in pacs.studies() if s["study_uid"] == study_uid]
     assert found and found[0]["modalities"] == ["CT"] and found[0]["instances"] == 7
+    assert found[0]["date"] == "2024-03-01" and found[0]["description"] == "CT THORAX"
     listed = pacs.studies({"PatientID": "PID-12345"})
     assert study_uid in {s["study_uid"] for s in listed}
-    assert all(set(s) == {"study_uid", "modalities", "series", "instances"} for s in listed)
+    assert all(set(s) == {"study_uid", "date", "description", "modalities", "series",
+                          "instances"} for s in listed)
+    for secret in SECRETS:      # searchable by patient, never shown
+        assert secret not in json.dumps(listed)
 
     run = run_on_study(pacs, study_uid, classifier)
     case = run.case.as_dict()
@@ -127,6 +138,12 @@ def test_pacs_command_search_and_run(pacs, orthanc, capsys, tmp_path, monkeypatc
     assert main(["pacs", "studies", "--json"]) == 0
     out = capsys.readouterr().out
     assert study_uid in {s["study_uid"] for s in json.loads(out)}
+    assert main(["pacs", "studies", "--patient-id", "PID-12345"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith(study_uid))
+    assert "2024-03-01  CT THORAX  CT  1 series, 6 instances" in line
+    for secret in SECRETS:
+        assert secret not in out
     rc = main(["pacs", "run", study_uid, "--json", "--model", str(model_dir), "--no-guard",
                "--backend", "torch", "--store", "sr"])
     out = capsys.readouterr().out
@@ -200,3 +217,150 @@ def test_real_series_round_trip(pacs, classifier):
     assert run.case.series["slices"] == series.size == 30
     assert run.case.counts["classified"] == 30
     assert [s.location_mm for s in run.case.slices] == sorted(f.location for f in series.files)
+
+
+def test_demo_series_round_trip(pacs, classifier):
+    """The synthetic demo series of ``make pacs``: runs on a clone (the real one needs shared/)."""
+    from lungct.demo_series import demo_series
+    from lungct.series import group_series
+
+    files = [read_slice(f"demo{i}.dcm", d) for i, d in enumerate(demo_series(10, size=128))]
+    series = group_series(files).default()
+    pacs.store([f.dataset for f in reversed(series.files)])     # stored out of order
+    study_uid = series.files[0].study_uid
+    run = run_on_study(pacs, study_uid, classifier, series_uid=series.key, store=("pdf",))
+    assert run.case.series["slices"] == series.size == 10
+    assert run.case.counts["classified"] == 10
+    assert [s.location_mm for s in run.case.slices] == sorted(f.location for f in series.files)
+    listed = {s["modality"]: s for s in pacs.series(study_uid)}
+    assert set(listed) == {"CT", "DOC"} and listed["DOC"]["number"] == 9902
+    pdf = pacs.retrieve(study_uid, listed["DOC"]["series_uid"])[0]
+    from lungct.case_report import pdf_text
+    drawn = pdf_text(bytes(pdf.EncapsulatedDocument))
+    assert run.case.label in drawn and "slice 10" in drawn
+    assert "DEMO" not in drawn and "LUNGCT-DEMO" not in drawn
+
+
+def descriptions(pacs, study_uid) -> dict:
+    return {(s["modality"], s["number"]): s["description"] for s in pacs.series(study_uid)}
+
+
+def test_rerun_is_versioned_and_replace_deletes_only_our_earlier_results(pacs, classifier):
+    from lungct.pacs.results import build_sr
+    from lungct.pacs.workflow import earlier_results
+
+    study_uid = put_study(pacs, n=3)
+    assert run_on_study(pacs, study_uid, classifier).version == 1
+    second = run_on_study(pacs, study_uid, classifier)
+    assert second.version == 2 and not second.replaced
+    seen = descriptions(pacs, study_uid)
+    assert len(seen) == 5                       # CT + two SR/PDF pairs, told apart:
+    assert seen[("SR", 9901)] == "lungct case report (SR)"
+    assert seen[("SR", 9911)] == "lungct case report (SR, run 2, supersedes run 1)"
+    assert seen[("DOC", 9912)] == "lungct case report (PDF, run 2, supersedes run 1)"
+    assert sorted(e["version"] for e in earlier_results(pacs, study_uid)) == [1, 1, 2, 2]
+
+    # an SR of someone else's that looks like ours is never deleted
+    ct = pacs.retrieve(study_uid, next(s["series_uid"] for s in pacs.series(study_uid)
+                                       if s["modality"] == "CT"))
+    foreign = build_sr(second.case.as_dict(), None, ct)
+    foreign.Manufacturer, foreign.SeriesNumber = "Another vendor", 77
+    pacs.store([foreign])
+
+    third = run_on_study(pacs, study_uid, classifier, replace=True)
+    assert third.version == 3 and len(third.replaced) == 4
+    seen = descriptions(pacs, study_uid)
+    assert set(seen) == {("CT", 1), ("SR", 77), ("SR", 9921), ("DOC", 9922)}
+    assert seen[("SR", 9921)].endswith("(SR, run 3, supersedes run 2)")
+    # replacing only the SR keeps the earlier PDF
+    fourth = run_on_study(pacs, study_uid, classifier, store=("sr",), replace=True)
+    assert fourth.version == 4 and len(fourth.replaced) == 1
+    assert set(descriptions(pacs, study_uid)) == {("CT", 1), ("SR", 77), ("SR", 9931),
+                                                  ("DOC", 9922)}
+
+
+# ------------------------------------------------- failures, timed (no Orthanc needed)
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """A server (or the proxy in front of it) that answers 503 to everything."""
+
+    def do_GET(self):
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answers_503():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def never_accepts():
+    """A port whose accept queue is full: connecting hangs, as for a host that drops packets."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/dicom-web"
+    for c in fillers + [listener]:
+        c.close()
+
+
+def _fails_fast(client, match: str, within_s: float) -> str:
+    start = time.monotonic()
+    with pytest.raises(PacsError, match=match) as err:
+        client.studies()
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert elapsed < within_s, f"{elapsed:.1f} s to the error"
+    assert client.url in message and "\n" not in message
+    return message
+
+
+def test_server_down_is_reported_at_once():
+    """Before: dicomweb-client retried every failure, 30 s (refused, 503) to 130 s (no answer)."""
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    message = _fails_fast(PacsClient(url), "cannot reach the PACS", 3)
+    assert "server is running" in message and "LUNGCT_PACS_URL" in message
+
+
+def test_unavailable_server_is_reported_at_once(answers_503, classifier):
+    message = _fails_fast(PacsClient(answers_503), r"HTTP 503", 3)
+    assert "unavailable" in message
+    with pytest.raises(PacsError, match="not an Orthanc.*nothing stored"):
+        run_on_study(PacsClient(answers_503), "1.2.3", classifier, replace=True)
+
+
+def test_unanswered_connect_times_out_after_the_connect_timeout(never_accepts):
+    client = PacsClient(never_accepts, connect_timeout_s=1.0)
+    message = _fails_fast(client, r"no answer from the PACS .* within 1 s", 6)
+    assert "network" in message
+
+
+def test_timeouts_come_from_the_config():
+    from lungct.pacs.client import pacs_settings
+    s = pacs_settings({"pacs": {"url": "http://x/dicom-web"}})
+    assert s["connect_timeout_s"] <= 5 and s["timeout_s"] >= 60
+    client = PacsClient.from_config({"pacs": {"url": "http://x/dicom-web",
+                                              "connect_timeout_s": 2, "timeout_s": 300}})
+    assert client._client._timeout == (2.0, 300.0)

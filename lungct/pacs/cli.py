@@ -3,9 +3,12 @@
     python -m lungct pacs studies [--accession A] [--patient-id P]
     python -m lungct pacs series STUDY_UID
     python -m lungct pacs run STUDY_UID [--series SERIES_UID] [--store sr pdf | --no-store]
+                                        [--replace]
 
-Output names studies and series by UID, modality and counts only; patient
-identifiers may be given as search filters but are never printed.
+Output names studies by UID, date, description, modalities and counts, series
+by UID, modality, number and description; patient identifiers may be given as
+search filters but are never printed. A rerun's result is stored as the next
+run (see ``lungct.pacs.workflow``); ``--replace`` deletes the earlier one (Orthanc).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def cmd_pacs(args) -> int:
             if args.json:
                 print(json.dumps(found))
             for s in [] if args.json else found:
-                print(f"{s['study_uid']}  {'/'.join(s['modalities']) or '-'}  "
-                      f"{s['series']} series, {s['instances']} instances")
+                print(f"{s['study_uid']}  {s['date'] or '-'}  {s['description'] or '-'}  "
+                      f"{'/'.join(s['modalities']) or '-'}  {s['series']} series, "
+                      f"{s['instances']} instances")
             if not found and not args.json:
                 print("no study found", file=sys.stderr)
             return 0
@@ -63,16 +67,20 @@ def _run(args, cfg, client) -> int:
     store = () if args.no_store else tuple(args.store)
     try:
         run = run_on_study(client, args.study, clf, guard, args.series, store,
-                           args.window or cfg["preprocess"]["dicom_window"])
+                           args.window or cfg["preprocess"]["dicom_window"],
+                           replace=args.replace)
     except PacsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({**run.case.as_dict(), "stored": sorted(run.stored)}))
+        print(json.dumps({**run.case.as_dict(), "stored": sorted(run.stored),
+                          "version": run.version, "replaced": len(run.replaced)}))
     else:
         print(format_case(run.case))
         for kind in sorted(run.stored):
-            print(f"stored the {kind.upper()} in the study as a new series")
+            print(f"stored the {kind.upper()} in the study as a new series (run {run.version})")
+        if run.replaced:
+            print(f"deleted {len(run.replaced)} earlier lungct result series")
     return 0
 
 
@@ -87,7 +95,7 @@ def add_command(sub, common) -> None:
     shared.add_argument("--json", action="store_true", help="JSON output")
     verbs = p.add_subparsers(dest="pacs_command", required=True)
     q = verbs.add_parser("studies", parents=[shared],
-                         help="search studies (UIDs and counts only)")
+                         help="search studies (UID, date, description, modalities, counts)")
     q.add_argument("--accession", help="filter by AccessionNumber")
     q.add_argument("--patient-id", help="filter by PatientID (never printed)")
     q = verbs.add_parser("series", parents=[shared], help="the series of a study")
@@ -99,4 +107,7 @@ def add_command(sub, common) -> None:
     q.add_argument("--store", nargs="+", choices=STORE_KINDS, default=list(STORE_KINDS),
                    help="what to store back (default: both)")
     q.add_argument("--no-store", action="store_true", help="classify only, store nothing")
+    q.add_argument("--replace", action="store_true",
+                   help="delete lungct's earlier result series of this study once the new one "
+                        "is stored (Orthanc only; default: keep them, the new one is the next run)")
     p.set_defaults(func=cmd_pacs)

@@ -20,7 +20,7 @@ import warnings
 from contextlib import contextmanager
 
 from lungct import __version__
-from lungct.case_report import TITLE, case_pdf, report_sections
+from lungct.case_report import FINDINGS_HEADING, TITLE, case_pdf, report_sections
 
 MANUFACTURER = "lungct (research software, not a medical device)"
 SR_SERIES_NUMBER, PDF_SERIES_NUMBER = 9901, 9902
@@ -66,6 +66,35 @@ def _heading_code(heading: str):
         heading, _code("121071", "DCM", "Finding"))
 
 
+def _diameters(case: dict) -> list:
+    """Each finding's longest diameter as a measurement (NUM, SNOMED "Diameter", UCUM mm),
+    with its slice position and centre as a text modifier: machine-readable sizes
+    beside the report's words."""
+    from highdicom.sr import NumContentItem, TextContentItem
+    from pydicom.sr.coding import Code
+
+    out = []
+    for s in case["slices"]:
+        for rank, f in enumerate(s.get("findings") or [], start=1):
+            if f.get("diameter_mm") is None:
+                continue
+            item = NumContentItem(name=_code("81827009", "SCT", "Diameter"),
+                                  value=float(f["diameter_mm"]),
+                                  unit=Code("mm", "UCUM", "millimeter"),
+                                  relationship_type="CONTAINS")
+            x, y = f["centroid"]
+            where = TextContentItem(name=_code("121071", "DCM", "Finding"),
+                                    value=f"finding {rank} on slice {s['index']}"
+                                          + (f" (z = {s['location_mm']:.1f} mm)"
+                                             if s.get("location_mm") is not None else "")
+                                          + f", centre at pixel ({x:.0f}, {y:.0f}), score "
+                                            f"{f['score']:.2f}",
+                                    relationship_type="HAS PROPERTIES")
+            item.ContentSequence = [where]
+            out.append(item)
+    return out
+
+
 def build_sr(case: dict, card: dict | None, sources: list, generated: dt.datetime | None = None):
     """A Comprehensive SR of the case, in the study of ``sources`` (the classified instances)."""
     from highdicom.sr import (ComprehensiveSR, ContainerContentItem, ContentSequence,
@@ -77,10 +106,12 @@ def build_sr(case: dict, card: dict | None, sources: list, generated: dt.datetim
     for heading, lines in report_sections(case, card, generated):
         code = _heading_code(heading)
         for line in lines:
-            text = line if heading in ("Intended use", "Findings by slice position") \
+            text = line if heading in ("Intended use", "Findings by slice position",
+                                       FINDINGS_HEADING) \
                 else f"{heading}: {line}"
             items.append(TextContentItem(name=code, value=text[:1024],
                                          relationship_type="CONTAINS"))
+    items += _diameters(case)
     items.append(TextContentItem(name=_code("111003", "DCM", "Algorithm Version"),
                                  value=case["model"]["version"][:1024],
                                  relationship_type="CONTAINS"))

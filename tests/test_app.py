@@ -70,7 +70,9 @@ def test_classify_example(app):
     label = at.metric[0]
     assert label.label == "Label" and label.value in CLASSES
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.get("image")) == 2                       # slice and overlay
+    assert len(at.get("image")) == 3                       # slice, overlay and findings
+    assert any(c.value.startswith("Findings: candidates of focal abnormal tissue")
+               for c in at.caption)
     assert any(m.value.startswith("#### File 1 of 1 (.jpg): example malignant_1.jpg")
                for m in at.markdown)
     assert len(at.get("download_button")) == 1            # the report (no CSV for one slice)
@@ -133,7 +135,7 @@ def test_gradcam_example_and_carry_over(app):
     at = open_page(app, "gradcam")
     assert not at.error
     images = at.get("image")
-    assert len(images) == 1 + 4 + 3                        # slice, fast methods, 3 classes
+    assert len(images) == 1 + 1 + 4 + 3      # slice, findings, fast methods, 3 classes
     assert len(at.get("download_button")) == 4 + 3
     layers = at.selectbox[2].options
     if len(layers) > 1:
@@ -153,7 +155,7 @@ def test_gradcam_carry_over(models_dir):
     at = open_page(at, "gradcam")
     assert at.radio(key="gradcam_source").value == "from the Classify page"
     assert any(c.value == "File 2 of 2 (.jpg)" for c in at.caption)
-    assert len(at.get("image")) == 8 and not at.error
+    assert len(at.get("image")) == 9 and not at.error
 
 
 def test_model_selector_and_transformer_maps(app, models_dir):
@@ -165,7 +167,7 @@ def test_model_selector_and_transformer_maps(app, models_dir):
     at = open_page(app, "gradcam")
     assert at.sidebar.selectbox(key="model_name").value == "teacher_hybrid_vit"
     assert not at.error
-    assert len(at.get("image")) == 8
+    assert len(at.get("image")) == 9
     assert any("Prediction of **teacher_hybrid_vit**" in m.value for m in at.markdown)
 
 

@@ -18,7 +18,7 @@ from lungct.config import REPO_ROOT
 
 EVERY_COMMAND = {"split", "leakage", "train", "evaluate", "predict", "export", "quantize", "cards", "half",
                  "case", "pacs", "external", "pointing", "robustness", "lesion-check", "cv", "probe", "bench", "bench-app", "bench-study",
-                 "safety-report", "results-table", "guard", "tracking"}
+                 "safety-report", "results-table", "guard", "tracking", "lab"}
 
 NEW_COMMANDS = [["bench"], ["bench-app"], ["bench-app", "cam"], ["bench-app", "fidelity"],
                 ["bench-app", "memory"], ["bench-study"], ["safety-report"], ["results-table"],

@@ -73,6 +73,9 @@ class SliceResult:
     """The guard's per-slice work done ahead (``InputGuard.prepare``), by ``prepare_inputs``."""
     model_input: np.ndarray | None = field(default=None, repr=False)
     """The classifier's input made ahead (``Classifier.prepare``), by ``prepare_inputs``."""
+    colour_picture: object | None = field(default=None, repr=False)
+    """The guard's refusal of a raster file that is a colour picture (decoding made it grey;
+    only the file's bytes held the colour), found while decoding."""
     pixel_spacing_mm: float | None = None
     """Row spacing in mm (DICOM PixelSpacing); None for 8-bit images."""
     findings: list | None = None
@@ -193,6 +196,9 @@ def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
                                 max_pixels=max_pixels)
         r.gray = render(window)
         r.pixel_spacing_mm = _pixel_spacing(sf.dataset)
+        if sf.dataset is None and sf.data:
+            from lungct.guard import colour_verdict
+            r.colour_picture = colour_verdict(sf.data)
         if window != GUARD_WINDOW and sf.is_dicom:
             r.guard_gray = render(GUARD_WINDOW)
         if r.modality and r.modality != "CT":
@@ -222,8 +228,8 @@ def _verdict_status(verdict) -> str:
 def screen(guard, results: list[SliceResult]) -> None:
     """The one call into the input guard: marks refused and outside-the-lungs slices.
 
-    DICOM files of a non-CT modality are refused by their tag; the pixels of
-    the others are checked in one batch. If the guard itself fails, nothing
+    DICOM files of a non-CT modality are refused by their tag, colour pictures by the
+    colour their bytes held; the pixels of the others are checked in one batch. If the guard itself fails, nothing
     is classified: a tool that cannot tell a lung CT from a photo must not guess.
     """
     from lungct.guard import modality_verdict
@@ -234,7 +240,7 @@ def screen(guard, results: list[SliceResult]) -> None:
     for r in results:
         if r.gray is None or r.error is not None:
             continue
-        verdict = modality_verdict(r.modality) if r.is_dicom else None
+        verdict = modality_verdict(r.modality) if r.is_dicom else r.colour_picture
         if verdict is not None:
             _apply_verdict(r, verdict)
         else:

@@ -18,7 +18,9 @@ outside air touches the image edge.
    rulers and thin table lines), closed by its convex hull (a narrow window
    shows the chest wall only as broken speckle).
 3. Lungs are components darker than halfway between air and soft tissue
-   inside the body that do not touch the image edge, each at least
+   inside the body (in an airy window not joined to the outside air); a lung may run into an
+   image edge where the picture cuts through the body, as cropped
+   screenshots do (the air is then read where the edge is outside); each at least
    ``MIN_LUNG_PART`` of the body and thick enough (``MIN_THICKNESS``); in a
    window that shows air grey, regions at the level of air are gaps, and a
    wide band behind the back is the gap above the table. At most two are kept.
@@ -250,15 +252,26 @@ def segment(gray: np.ndarray) -> Segmentation:
     scale = max(inner.shape) / WORK_SIDE
     wh, ww = max(8, round(inner.shape[0] / scale)), max(8, round(inner.shape[1] / scale))
     small = _smooth(_resize(inner, wh, ww), 2.0)
-    ring = np.concatenate([small[:3].ravel(), small[-3:].ravel(), small[:, :3].ravel(),
-                           small[:, -3:].ravel()])
-    air = float(np.median(ring))
+    air = float(np.median(np.concatenate([small[:3].ravel(), small[-3:].ravel(),
+                                          small[:, :3].ravel(), small[:, -3:].ravel()])))
     top = float(np.percentile(small, 99))
-    bright = small > air + max(0.03, 0.08 * (top - air))
-    # a strong opening detaches the scanner table and drops text; the convex hull
-    # closes a chest wall that a narrow window shows only as broken speckle
-    core = _largest(_open(bright, 3))
-    body = _hull(core)
+    body = _body(small, air, top)
+    # The sides where the picture itself ends (no frame trimmed there): only there can the
+    # picture cut through the body; past a trimmed side lies frame or air.
+    at_edge = _edge_sides(small.shape, (y0 == 0, y1 == h, x0 == 0, x1 == w), 3)
+    cut = body & at_edge
+    if cut.any():
+        # A crop into the chest: the edge there is chest wall and lung, not air, so the
+        # air is read where the edge is outside the body (with no outside air in the
+        # picture, at the darkest level it shows).
+        ring = _edge_sides(small.shape, (True,) * 4, 3)
+        outside = ring & ~body
+        cut_air = (float(np.median(small[outside])) if outside.sum() >= 0.05 * ring.sum()
+                   else float(np.percentile(small, 1)))
+        if abs(cut_air - air) > 0.01:
+            air = cut_air
+            body = _body(small, air, top)
+            cut = body & at_edge
     if body.any():
         inside = small[body]
         m0 = float(np.median(inside))
@@ -273,7 +286,7 @@ def segment(gray: np.ndarray) -> Segmentation:
     if n:
         edge = np.zeros_like(body)
         edge[[0, -1], :] = edge[:, [0, -1]] = True
-        touching = set(np.unique(labels[edge & (labels > 0)]).tolist())
+        touching = set(np.unique(labels[edge & ~cut & (labels > 0)]).tolist())
         sizes = _sizes(labels, n)
         order = np.argsort(sizes)[::-1]
         body_area = max(float(body.sum()), 1.0)
@@ -294,8 +307,11 @@ def segment(gray: np.ndarray) -> Segmentation:
             # through dark pixels (the gap under a blanket, between arm and chest, which
             # the body's convex hull takes in) is not. A narrow window shows the chest
             # wall only as broken speckle, so this holds in an airy window only.
+            # The outside air is what reaches the image edge outside the body: where the
+            # picture cuts through the body (a crop into the chest), a lung running into
+            # the edge is walled in by the body all the same.
             open_lab, _ = ndi.label(small < mid)
-            outside = np.unique(open_lab[edge & (open_lab > 0)])
+            outside = np.unique(open_lab[edge & ~cut & (open_lab > 0)])
             open_air = np.isin(open_lab, outside)
             big = [k for k in big if not open_air[labels == k].any()]
         if not airy:
@@ -340,6 +356,25 @@ def segment(gray: np.ndarray) -> Segmentation:
                         body_box=None if body_box is None else
                         tuple(int(round(v)) for v in to_input(body_box)),
                         lung_level=lung_level, tissue_level=tissue_level)
+
+
+def _edge_sides(shape: tuple[int, int], sides: tuple[bool, bool, bool, bool],
+                width: int) -> np.ndarray:
+    """A mask of the ``width``-pixel strips along the chosen sides (top, bottom, left, right)."""
+    out = np.zeros(shape, bool)
+    for keep, strip in zip(sides, (np.s_[:width], np.s_[-width:], np.s_[:, :width],
+                                   np.s_[:, -width:])):
+        if keep:
+            out[strip] = True
+    return out
+
+
+def _body(small: np.ndarray, air: float, top: float) -> np.ndarray:
+    """The body: the largest region brighter than air, closed by its convex hull."""
+    bright = small > air + max(0.03, 0.08 * (top - air))
+    # a strong opening detaches the scanner table and drops text; the convex hull
+    # closes a chest wall that a narrow window shows only as broken speckle
+    return _hull(_largest(_open(bright, 3)))
 
 
 def _hull(mask: np.ndarray) -> np.ndarray:

@@ -227,6 +227,82 @@ def recompression_figures(cfg: dict, qualities=(95, 85, 75), every: int = 1, log
     return out
 
 
+CROP_DEPTHS = (10, 30, 50)
+"""How far (input pixels) ``crop_figures`` cuts into the body."""
+CROP_SIDES = ("left", "right", "top", "bottom", "all")
+"""Where ``crop_into_body`` cuts; "all": every side at once (only the chest is left)."""
+
+
+def crop_into_body(gray: np.ndarray, body_box: tuple[int, int, int, int], side: str,
+                   depth: int) -> np.ndarray:
+    """``gray`` cut ``depth`` pixels inside its body's box (y0, x0, y1, x1) on ``side``: the
+    slice as teaching files and web pages show it, cropped into the body, so the lungs
+    (and the body) run into the image edge there."""
+    y0, x0, y1, x1 = body_box
+    h, w = gray.shape
+    top, left = (y0 + depth, x0 + depth) if side == "all" else (0, 0)
+    bottom, right = (y1 - depth, x1 - depth) if side == "all" else (h, w)
+    top = y0 + depth if side == "top" else top
+    left = x0 + depth if side == "left" else left
+    bottom = y1 - depth if side == "bottom" else bottom
+    right = x1 - depth if side == "right" else right
+    return np.ascontiguousarray(gray[top:bottom, left:right])
+
+
+def crop_figures(guard, slices, depths=CROP_DEPTHS, sides=CROP_SIDES) -> dict:
+    """Accepted / total of slices cut into the body per depth and side (``crop_into_body``).
+
+    ``slices``: (gray, body_box) pairs; a body box of None is the segmentation's of the
+    uncropped slice. ``plain`` counts the uncropped slices' own verdicts."""
+    from lungct.lungs import segment
+
+    keys = [f"{d}px {s}" for d in depths for s in sides]
+    out: dict = {"plain": [0, 0], "crops": {k: [0, 0] for k in keys}}
+    for g, box in slices:
+        box = box if box is not None else segment(g).body_box
+        crops = [crop_into_body(g, box, s, d) for d in depths for s in sides] if box else []
+        verdicts = guard.check_many([g] + crops)
+        for key, v in zip(["plain"] + (keys if crops else []), verdicts):
+            tally = out["plain"] if key == "plain" else out["crops"][key]
+            tally[0] += int(v.accepted)
+            tally[1] += 1
+    return out
+
+
+def crop_sources(cfg: dict, external: str | Path | None = None, every: int = 1) -> dict:
+    """{name: [(decoded slice, body box or None)]} to cut: the Lung-PET-CT-Dx lung slices
+    (``hu_shows_lung``) in the lung window, read as users load them, their body box from the
+    Hounsfield units (``hu_body``); and IQ-OTH/NCCD's grouped-test slices when the dataset
+    is there (``LUNGCT_DATA``; no HU there: the segmentation's body box)."""
+    from lungct.data.lung_pet_ct_dx import read_all
+    from lungct.data.splits import read_manifest
+    from lungct.guard.anatomy import hu_body, hu_shows_lung
+    from lungct.lungs import _bbox
+    from lungct.preprocess import load_image
+
+    out = {}
+    ext = Path(external) if external else resolve(cfg["data"].get("external", ""))
+    lung = [s for s in read_all(ext) if hu_shows_lung(s.hu)][::every]
+    if lung:
+        out["Lung-PET-CT-Dx lung slices"] = [(load_image(s.path, window="lung"),
+                                              _bbox(hu_body(s.hu))) for s in lung]
+    root, manifest = resolve(cfg["data"]["root"]), resolve(cfg["data"]["manifest"])
+    if root.is_dir() and manifest.exists():
+        rows = [r for r in read_manifest(manifest) if r["grouped_split"] == "test"][::every]
+        out["IQ-OTH/NCCD grouped test"] = [(load_image(root / r["path"]), None) for r in rows]
+    return out
+
+
+def print_crop_figures(name: str, fig: dict, log=print) -> None:
+    a, n = fig["plain"]
+    tallies = list(fig["crops"].values())
+    ca, cn = sum(t[0] for t in tallies), sum(t[1] for t in tallies)
+    log(f"{name}: uncropped {a}/{n} accepted; cropped into the body {ca}/{cn} "
+        f"({100 * ca / max(cn, 1):.1f}%)")
+    for key, (a, n) in fig["crops"].items():
+        log(f"  {key:<12} {a:4d}/{n:<4d} ({100 * a / max(n, 1):5.1f}%)")
+
+
 def _jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8)).save(
@@ -237,16 +313,38 @@ def _jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
 def add_arguments(parser) -> None:
     parser.add_argument("--out", help="JSON path (default: reports/safety.json)")
     parser.add_argument("--every", type=int, default=1,
-                        help="use every N-th test slice for the other-source set (default 1)")
+                        help="use every N-th test slice for the other-source set and --crops "
+                             "(default 1)")
     parser.add_argument("--iterations", type=int, default=200, help="memory test iterations")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--crops", action="store_true",
+                        help="only the guard's acceptance of lung slices cut 10, 30 and 50 px "
+                             "into the body on each side (Lung-PET-CT-Dx lung slices, and "
+                             "IQ-OTH/NCCD grouped test when LUNGCT_DATA is set); prints, "
+                             "writes nothing")
+    parser.add_argument("--data", help="Lung-PET-CT-Dx folder for --crops (default: params "
+                                       "data.external)")
     parser.set_defaults(func=cmd_safety_report)
+
+
+def cmd_crops(args, cfg: dict) -> int:
+    from lungct.guard import InputGuard
+
+    guard = InputGuard.load(cfg=cfg)
+    sources = crop_sources(cfg, args.data, max(1, args.every))
+    if not sources:
+        raise ValueError("no slices to cut: give --data (Lung-PET-CT-Dx) or set LUNGCT_DATA")
+    for name, slices in sources.items():
+        print_crop_figures(name, crop_figures(guard, slices))
+    return 0
 
 
 def cmd_safety_report(args) -> int:
     from lungct.guard import GuardLoadError, InputGuard as OODGuard
 
     cfg = config_from_args(args)
+    if args.crops:
+        return cmd_crops(args, cfg)
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         guard = OODGuard.load(cfg=cfg)

@@ -14,7 +14,7 @@ from lungct.guard.model import (CARD_FILE, GUARD_NAME, WEIGHTS_FILE, GuardLoadEr
                                 OODGuard, guard_config, guard_dir)
 from lungct.guard.verdict import (ACCEPTED, NON_CT_MODALITIES, NOT_CT, NOT_IMAGE, OUTSIDE,
                                   OUTSIDE_LUNGS, REJECTED, STATUSES, OutOfDistribution, Verdict,
-                                  modality_verdict)
+                                  colour_verdict, modality_verdict)
 
 
 def load_guard(path=None, cfg: dict | None = None) -> InputGuard:
@@ -25,4 +25,4 @@ def load_guard(path=None, cfg: dict | None = None) -> InputGuard:
 __all__ = ["ACCEPTED", "CARD_FILE", "GUARD_NAME", "GuardLoadError", "InputGuard",
            "NON_CT_MODALITIES", "NOT_CT", "NOT_IMAGE", "OODGuard", "OUTSIDE", "OUTSIDE_LUNGS",
            "OutOfDistribution", "REJECTED", "STATUSES", "Verdict", "WEIGHTS_FILE",
-           "guard_config", "guard_dir", "load_guard", "modality_verdict"]
+           "colour_verdict", "guard_config", "guard_dir", "load_guard", "modality_verdict"]

@@ -20,20 +20,26 @@ MIN_LUNG = MIN_LUNG_FRACTION
 lungct.guard fit`` chooses the limit on validation slices and the card records it)."""
 
 
-def hu_shows_lung(hu: np.ndarray, level: float = -400.0, min_part: float = 0.02) -> bool:
-    """Reference for DICOM slices, from Hounsfield units alone (independent of any rendering):
-    air below ``level`` inside the filled body outline covers over ``min_part`` of the image.
-
-    Rough by design (trachea and bowel gas count too): it is the yardstick the data's
-    README uses for "shows lung", not the guard's own rule.
-    """
+def hu_body(hu: np.ndarray, level: float = -400.0) -> np.ndarray:
+    """The body in Hounsfield units alone: the largest region above ``level``, holes filled."""
     from scipy import ndimage as ndi
 
     hu = np.asarray(hu, dtype=np.float32)
     tissue = hu > level
     labels, n = ndi.label(tissue)
     if not n:
-        return False
+        return tissue
     sizes = ndi.sum(tissue, labels, index=np.arange(1, n + 1))
-    body = ndi.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
-    return bool(((hu < level) & body).mean() > min_part)
+    return ndi.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+
+
+def hu_shows_lung(hu: np.ndarray, level: float = -400.0, min_part: float = 0.02) -> bool:
+    """Reference for DICOM slices, from Hounsfield units alone (independent of any rendering):
+    air below ``level`` inside the filled body outline (``hu_body``) covers over ``min_part``
+    of the image.
+
+    Rough by design (trachea and bowel gas count too): it is the yardstick the data's
+    README uses for "shows lung", not the guard's own rule.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    return bool(((hu < level) & hu_body(hu, level)).mean() > min_part)

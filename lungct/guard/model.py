@@ -47,7 +47,7 @@ from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR_FILE, EXTRACTOR_S
                                    export_extractor, shared_extractor)
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
                                   REJECTED, OutOfDistribution, Verdict, as_gray,
-                                  modality_verdict, spread, two_tone)
+                                  colour_verdict, modality_verdict, spread, two_tone)
 from lungct.lungs import Segmentation, lung_view, segment
 
 GUARD_NAME = "ood_guard"
@@ -259,6 +259,7 @@ class InputGuard:
             from lungct.preprocess import dicom_modality, is_dicom
             if is_dicom(data):
                 return modality_verdict(dicom_modality(data), self.threshold)
+            return colour_verdict(data, self.threshold)
         return None
 
     def check_upload(self, data: bytes, gray: np.ndarray) -> Verdict:

@@ -133,6 +133,50 @@ def two_tone(gray: np.ndarray) -> bool:
     return bool((on != ndi.median_filter(on, 3)).mean() < MAX_MASK_SPECKLE)
 
 
+COLOUR_CHROMA = 0.1
+"""Chroma (max - min of R, G, B, in [0, 1]) from which a pixel is coloured: JPEG's chroma
+subsampling leaves a grey slice under 0.03."""
+COLOUR_SHARE = 0.05
+"""Share of coloured pixels from which an image is a colour picture: a viewer screenshot's
+coloured marks and text stay below it, a photo or a heatmap overlay lies above."""
+
+
+def colour_photo(data: bytes) -> bool:
+    """Whether a raster file is a colour picture (a photo, a heatmap overlay), never a CT slice.
+
+    Decoding makes every upload grey (``lungct.preprocess._raster_to_gray``), so the
+    chroma is gone by the time the guard sees the pixels; only the file's bytes still
+    hold it. This reads them without a second full decode: the header alone says the
+    mode, so grey files (CT exports, 16-bit PNG) cost nothing more; a colour JPEG is
+    read at 1/8 scale (``Image.draft``: libjpeg keeps the DC coefficients only); only
+    other colour formats (PNG, WebP) are decoded again, reduced at once. Grey pixels in
+    an RGB container (most screenshots) have no chroma and pass.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        with Image.open(BytesIO(data)) as img:
+            if img.mode not in ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr"):
+                return False
+            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.thumbnail((128, 128), Image.Resampling.NEAREST)
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except Exception:  # undecodable here: the decoder has had its say already
+        return False
+    chroma = rgb.max(axis=2) - rgb.min(axis=2)
+    return bool((chroma > COLOUR_CHROMA).mean() >= COLOUR_SHARE)
+
+
+def colour_verdict(data: bytes | None, threshold: float = 1.0) -> Verdict | None:
+    """A rejection for a raster file that is a colour picture (``colour_photo``), else None."""
+    if data is None or not colour_photo(data):
+        return None
+    return Verdict(False, math.nan, threshold, f"{REJECTED} (a colour picture: CT slices are grey)",
+                   NOT_CT)
+
+
 def modality_verdict(modality: str | None, threshold: float = 1.0) -> Verdict | None:
     """A rejection for DICOM modalities that are never a CT slice, else None.
 

@@ -325,12 +325,16 @@ def find(gray: np.ndarray, seg, scorer: Scorer, spacing_mm: float | None = None,
     for c, s in zip(cands, scorer.score([c.features for c in cands])):
         c.score = float(s)
     cands.sort(key=lambda c: -c.score)
-    if keep == "all":
-        return cands
-    kept = [c for c in cands if c.score >= scorer.threshold]
+    return cands if keep == "all" else kept(cands, scorer)
+
+
+def kept(ranked: list[Finding], scorer: Scorer) -> list[Finding]:
+    """The findings among scored candidates: at or above the threshold, parts of one blob
+    joined, best first."""
     by_blob: dict[int, list[Finding]] = {}
-    for c in kept:
-        by_blob.setdefault(c.blob, []).append(c)
+    for c in ranked:
+        if c.score >= scorer.threshold:
+            by_blob.setdefault(c.blob, []).append(c)
     out = [group[0] if len(group) == 1 else _joined(group) for group in by_blob.values()]
     return sorted(out, key=lambda c: -c.score)
 

@@ -189,3 +189,19 @@ def test_fit_keeps_false_findings_within_its_limits():
     assert measure(scorer, free)["false_findings_per_slice_unboxed"] <= 1.0
     res = measure(scorer, boxed + free)
     assert res["pointing_game"] > 0.8 and res["tumour_vs_other_auc"] > 0.8
+
+
+def test_most_suspicious_first_weighs_p_malignant_by_the_findings_score():
+    from lungct.case import SliceResult, most_suspicious_first, suspicion
+
+    def result(pos, p_mal, score):
+        probs = dict(zip(CLASSES, ((1 - p_mal) / 2, (1 - p_mal) / 2, p_mal)))
+        return SliceResult(pos, 3, prediction=Prediction("malignant", probs, "x", False),
+                           findings=[] if score is not None else None, finding_score=score)
+
+    a, b, c = result(1, 0.9, 0.1), result(2, 0.6, 0.9), result(3, 0.7, None)
+    assert suspicion(a) == pytest.approx(0.09) and suspicion(c) == pytest.approx(0.7)
+    assert [r.position for r in most_suspicious_first([a, b])] == [2, 1]
+    # without the findings stage the order is P(malignant)'s
+    a.finding_score = b.finding_score = None
+    assert [r.position for r in most_suspicious_first([a, b])] == [1, 2]

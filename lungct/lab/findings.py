@@ -47,6 +47,8 @@ class SliceCands:
     key: str
     boxes: list
     cands: list[Finding]
+    label: str = ""      # IQ-OTH/NCCD: the slice's class
+    path: str = ""       # the file
 
 
 def _in_box(f: Finding, boxes, tol: int = 0) -> bool:
@@ -72,12 +74,14 @@ def collect_lpcd(root) -> list[SliceCands]:
         spacing = float(ds.PixelSpacing[0]) if "PixelSpacing" in ds else None
         gray = load_image(s.path, window="lung")
         out.append(SliceCands("lpcd", s.patient, f"{s.series}/{s.index}", list(s.boxes),
-                              candidates(gray, segment(gray), spacing, hu=True)))
+                              candidates(gray, segment(gray), spacing, hu=True), path=s.path))
     return out
 
 
-def collect_iq(data_root, splits_csv) -> list[SliceCands]:
-    """Candidates of every IQ-OTH/NCCD normal slice, grouped by its grouped-split part."""
+def collect_iq(data_root, splits_csv, labels: tuple[str, ...] = ("normal",),
+               parts: tuple[str, ...] = ("train", "val", "test")) -> list[SliceCands]:
+    """Candidates of IQ-OTH/NCCD slices (by default the normal ones), grouped by their
+    grouped-split part; ``key`` is the file's path in the manifest."""
     import csv
 
     from lungct.lungs import segment
@@ -86,11 +90,12 @@ def collect_iq(data_root, splits_csv) -> list[SliceCands]:
     out = []
     with open(splits_csv, newline="") as fh:
         for row in csv.DictReader(fh):
-            if row["label"] != "normal":
+            if row["label"] not in labels or row["grouped_split"] not in parts:
                 continue
             gray = load_image(Path(data_root) / row["path"])
             out.append(SliceCands("iq", row["grouped_split"], row["path"], [],
-                                  candidates(gray, segment(gray), None, hu=False)))
+                                  candidates(gray, segment(gray), None, hu=False),
+                                  row["label"]))
     return out
 
 
@@ -219,7 +224,7 @@ def write_scorer(folder: Path, rep: dict, seconds_per_slice: float) -> None:
             "intended_use": "candidates of focal abnormal tissue in the lung fields, shown "
                             "beside the classifier's heatmap; not a diagnosis",
             "ms_per_slice": round(seconds_per_slice * 1000, 1),
-            "figures": {"ways": rep["ways"],
+            "figures": {"ways": rep["ways"], "verdict_check": rep.get("verdict_check"),
                         "normal_test_false_findings_per_slice":
                             rep["shipped"]["normal_test_false_findings_per_slice"]}}
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
@@ -237,6 +242,10 @@ def write_scorer(folder: Path, rep: dict, seconds_per_slice: float) -> None:
                      + f" | {r['false_findings_per_slice_unboxed']:.2f} | "
                        f"{r.get('tumour_vs_other_auc', float('nan')):.3f} | "
                        f"{r['normal_test_false_findings_per_slice']} |")
+    for where, r in (rep.get("verdict_check") or {}).items():
+        lines.append("")
+        lines.append(f"{where}, {r['slices']} slices, AUC: "
+                     + "; ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()))
     lines += ["", f"Shipped threshold {rep['shipped']['scorer']['threshold']:.4f}; false "
               f"findings per IQ-OTH/NCCD normal test slice "
               f"{rep['shipped']['normal_test_false_findings_per_slice']}; "
@@ -252,6 +261,9 @@ def add_command(sub, common) -> None:
     p.add_argument("--data", help="Lung-PET-CT-Dx folder (default: params data.external)")
     p.add_argument("--features", nargs="+", choices=FEATURES, default=list(SCORER_FEATURES),
                    help="candidate features the scorer uses (default: shape and size only)")
+    p.add_argument("--verdict", action="store_true",
+                   help="also: does combining P(malignant) with the findings rank tumour slices "
+                        "higher? (the default model, guard on)")
     p.add_argument("--write", action="store_true",
                    help="write the scorer fitted on both patients to models/findings/")
     p.set_defaults(func=cmd_findings)
@@ -299,8 +311,105 @@ def cmd_findings(args) -> int:
     print(f"shipped scorer (fitted on both patients): threshold {sh['scorer']['threshold']:.4f}, "
           f"{sh['normal_test_false_findings_per_slice']} false findings per IQ-OTH/NCCD normal "
           "test slice")
+    if args.verdict:
+        from lungct.case import load_guard
+        from lungct.inference import Classifier
+
+        if not iq:
+            print("error: --verdict needs IQ-OTH/NCCD (LUNGCT_DATA)", file=sys.stderr)
+            return 2
+        iq_test = collect_iq(resolve(iq_root), resolve(cfg["data"]["manifest"]),
+                             labels=("normal", "benign", "malignant"), parts=("test",))
+        clf = Classifier.from_name(cfg["app"]["default_model"], cfg["app"]["unsure_below"],
+                                   cfg=cfg)
+        check = verdict_check(lpcd, iq_test, resolve(iq_root),
+                              [s for s in iq if s.group in ("train", "val")], clf,
+                              load_guard(cfg))
+        rep["verdict_check"] = check
+        for where, r in check.items():
+            print(f"{where}, {r['slices']} slices, AUC: "
+                  + "; ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()))
     if args.write:
         folder = models_dir(cfg) / SCORER_DIR
         write_scorer(folder, rep, per_slice)
         print(f"wrote {folder}")
     return 0
+
+
+MIN_FINDING_MM = 10.0
+"""The "malignant only with a finding of at least this size" rule's size (DICOM only)."""
+
+
+def _malignant_probabilities(clf, guard, paths: list[str]) -> dict[str, float]:
+    """P(malignant) of each file as users get it (the case pipeline, guard on, no findings);
+    refused slices are left out."""
+    from lungct.case import run_case
+
+    out = {}
+    folders: dict[str, list[str]] = {}
+    for path in paths:   # a DICOM folder is a series: one run each
+        folders.setdefault(str(Path(path).parent), []).append(path)
+    for part in folders.values():
+        for start in range(0, len(part), 64):
+            chunk = part[start:start + 64]
+            for r in run_case(chunk, clf, guard, findings=None).slices:
+                if r.ok:   # the pipeline orders slices anatomically: match by file
+                    out[str(r.name)] = r.malignant_probability
+    return out
+
+
+def verdict_check(lpcd: list[SliceCands], iq_test: list[SliceCands], iq_root: Path,
+                  normal_fit: list[SliceCands], clf, guard) -> dict:
+    """Does combining the classifier with the findings rank tumour slices higher?
+
+    Tumour-vs-other-slice AUC on Lung-PET-CT-Dx (scorer fitted on the other patient) and
+    malignant-vs-other AUC on IQ-OTH/NCCD's grouped test part (scorer fitted on both
+    patients and the normal train/val slices), for P(malignant) alone, the top
+    finding's score alone, their product, and P(malignant) kept only where a finding of at
+    least ``MIN_FINDING_MM`` (8-bit: any finding) lies.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    def rules(p, top, big):
+        return {"P(malignant)": p, "top finding score": top,
+                "P(malignant) x top finding score": p * top,
+                f"P(malignant) if a finding >= {MIN_FINDING_MM:g} mm": p * big}
+
+    def table(rows):
+        y = [r[0] for r in rows]
+        if len(set(y)) < 2:
+            return {}
+        names = rules(0.0, 0.0, 0.0).keys()
+        return {n: round(float(roc_auc_score(y, [rules(*r[1:])[n] for r in rows])), 4)
+                for n in names}
+
+    out = {}
+    patients = sorted({s.group for s in lpcd})
+    paths = {s.key: s for s in lpcd}
+    probs = _malignant_probabilities(clf, guard, [s.path for s in lpcd])
+    rows = []
+    for held in patients:
+        scorer = fit_scorer([s for s in lpcd if s.group != held] + normal_fit)
+        for s in (s for s in lpcd if s.group == held and s.path in probs):
+            ranked = _scored(scorer, s)
+            kept = [f for f in ranked if f.score >= scorer.threshold]
+            big = any((f.diameter_mm or 0) >= MIN_FINDING_MM for f in kept)
+            rows.append((bool(s.boxes), probs[s.path], ranked[0].score if ranked else 0.0,
+                         float(big)))
+    out["lung_pet_ct_dx (tumour vs other slices; scorer fitted on the other patient)"] = {
+        "slices": len(rows), "auc": table(rows)}
+    del paths
+    scorer = fit_scorer(lpcd + normal_fit)
+    files = [str(iq_root / s.key) for s in iq_test]
+    probs = _malignant_probabilities(clf, guard, files)
+    rows = []
+    for s, path in zip(iq_test, files):
+        if path not in probs:
+            continue
+        ranked = _scored(scorer, s)
+        kept = [f for f in ranked if f.score >= scorer.threshold]
+        rows.append((s.label == "malignant", probs[path], ranked[0].score if ranked else 0.0,
+                     float(bool(kept))))
+    out["iq_othnccd grouped test (malignant vs other slices)"] = {"slices": len(rows),
+                                                                  "auc": table(rows)}
+    return out

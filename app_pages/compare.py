@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from lungct import CLASSES
-from lungct.app_support import cache, catalog, charts, comparison, inputs
+from lungct.app_support import cache, catalog, charts, comparison, findings_view, inputs
 from lungct.app_support.case import predict
 from lungct.app_support.reference import PAPER_NOTE, leakage_reference
 from lungct.app_support.report import to_uint8
@@ -90,6 +90,19 @@ else:
                                           "other lung slices called malignant",
                                           "normal slices called malignant",
                                           "the same with a painted mass")})
+
+found = findings_view.measured_table(findings_view.scorer_card())
+st.caption("Findings layer (candidates of focal abnormal tissue, beside the heatmaps): top "
+           "finding within 15 px of a tumour box (pointing game), sensitivity at 1 false "
+           "finding per slice, false findings per Lung-PET-CT-Dx slice without a tumour and per "
+           "IQ-OTH/NCCD normal test slice, tumour-vs-other AUC of the top score; fitted on one "
+           "patient, reported on the other (`python -m lungct lab findings`).")
+if found.empty:
+    st.info("No findings scorer card: `python -m lungct lab findings --write` makes it.")
+else:
+    st.dataframe(found, hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("pointing game", "sensitivity at 1 false/slice")})
 
 rendering = comparison.rendering_table(all_entries)
 if not rendering.empty:

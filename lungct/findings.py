@@ -432,12 +432,19 @@ def link_series(per_slice: list[list[Finding]], locations: list[float | None]) -
 _SHIPPED: list = []
 
 
+def scorer_dir() -> Path:
+    """``models/findings`` of the models folder, else of the repository (a test's private
+    models folder need not copy it)."""
+    from lungct.config import models_dir
+
+    folder = models_dir() / SCORER_DIR
+    if (folder / "scorer.json").is_file():
+        return folder
+    return Path(__file__).resolve().parents[1] / "models" / SCORER_DIR
+
+
 def shipped_scorer() -> Scorer:
-    """The shipped scorer, loaded once: ``models/findings`` of the models folder, else of the
-    repository (a test's private models folder need not copy it)."""
+    """The shipped scorer (``scorer_dir``), loaded once per process."""
     if not _SHIPPED:
-        from lungct.config import models_dir
-        here = Path(__file__).resolve().parents[1] / "models" / SCORER_DIR
-        folder = models_dir() / SCORER_DIR
-        _SHIPPED.append(Scorer.load(folder if (folder / "scorer.json").is_file() else here))
+        _SHIPPED.append(Scorer.load(scorer_dir()))
     return _SHIPPED[0]

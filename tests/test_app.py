@@ -185,6 +185,10 @@ def test_compare(app, models_dir):
         assert any(v.startswith(("0.", "1.")) and "[" in v for v in table["accuracy [95% CI]"])
     evaluated = any(e.test_metrics for e in entries)
     assert len(at.get("plotly_chart")) >= (3 if evaluated else 1)
+    # the findings layer's measured figures, fitted on one patient and reported on the other
+    found = [d.value for d in at.dataframe if "fitted on -> reported on" in d.value.columns]
+    assert len(found) == 1 and len(found[0]) == 2
+    assert found[0]["pointing game"].between(0, 1).all()
     at.selectbox(key="compare_example").select("malignant_2.jpg").run()
     assert not at.exception and not at.error
     assert any(m.value.startswith(f"**{load_config()['app']['default_model']}**:")

@@ -62,3 +62,34 @@ def table(slices) -> pd.DataFrame:
                          "score": round(f.score, 3)})
     return pd.DataFrame(rows, columns=["slice", "z (mm)", "finding", "size", "lesion (3D)",
                                        "score"])
+
+
+def scorer_card() -> dict | None:
+    """The shipped findings scorer's card (``models/findings/card.json``), None when absent."""
+    import json
+
+    from lungct.findings import scorer_dir
+
+    path = scorer_dir() / "card.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measured_table(card: dict | None) -> pd.DataFrame:
+    """The findings scorer's card figures (``python -m lungct lab findings --write``), one row
+    per way it was fitted and reported (the Compare page's findings section)."""
+    ways = ((card or {}).get("figures") or {}).get("ways") or {}
+    rows = []
+    for way, r in ways.items():
+        froc = r.get("froc_sensitivity") or {}
+        rows.append({"fitted on -> reported on": way.replace("fit ", "").replace("report ", ""),
+                     "pointing game": r.get("pointing_game"),
+                     "sensitivity at 1 false/slice": froc.get("1.0"),
+                     "false findings per slice without tumour":
+                         r.get("false_findings_per_slice_unboxed"),
+                     "tumour-vs-other AUC": r.get("tumour_vs_other_auc"),
+                     "false findings per normal test slice":
+                         r.get("normal_test_false_findings_per_slice")})
+    return pd.DataFrame(rows)

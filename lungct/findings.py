@@ -152,12 +152,28 @@ def lung_regions(lungs: list[np.ndarray], mm: float) -> np.ndarray:
     Its convex hull was tried too (README, Findings): it takes back masses on the
     mediastinum but also a sliver of mediastinum along every lung, and ranked worse."""
     region = np.zeros(lungs[0].shape, bool) if lungs else np.zeros((1, 1), bool)
-    pad = int(CLOSE_MM / mm) + 2
     for lung in lungs:
-        closed = cv2.morphologyEx(np.pad(lung, pad).astype(np.uint8), cv2.MORPH_CLOSE,
-                                  _disk(CLOSE_MM / mm))[pad:-pad, pad:-pad]
-        region |= ndi.binary_fill_holes(closed.astype(bool))
+        region |= _fill_holes(_close(lung, CLOSE_MM / mm))
     return region
+
+
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Closing with a Euclidean disk, by two distance transforms: a 25 mm disk is 40 px
+    across, where a structuring-element closing costs ten times as much."""
+    pad = int(np.ceil(radius)) + 2
+    m = np.pad(mask, pad).astype(np.uint8)
+    grown = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= radius
+    closed = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2,
+                                   cv2.DIST_MASK_PRECISE) > radius
+    return closed[pad:-pad, pad:-pad]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: what the outside, flooded from the border, misses."""
+    m = np.pad(mask, 1).astype(np.uint8)
+    flood = m.copy()
+    cv2.floodFill(flood, np.zeros((m.shape[0] + 2, m.shape[1] + 2), np.uint8), (0, 0), 1)
+    return (mask | (flood[1:-1, 1:-1] == 0))
 
 
 def _split(solid: np.ndarray, mm: float) -> tuple[np.ndarray, int, np.ndarray]:

@@ -9,11 +9,12 @@ import streamlit as st
 
 from lungct import CLASSES
 from lungct.app_support import cache, catalog, findings_view, heatmaps, sidebar
-from lungct.app_support.case import (ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP, case_csv,
-                                     case_table, case_verdict, most_suspicious_first)
+from lungct.app_support.case import (ACCEPTED_HELP, WINDOW_CHOICES, WINDOW_HELP,
+                                     below_threshold_note, case_csv, case_table, case_verdict,
+                                     most_suspicious_first, probabilities_text)
 from lungct.app_support.charts import probability_bar
 from lungct.app_support.reference import DISCLAIMER
-from lungct.app_support.report import build_report, to_uint8
+from lungct.app_support.report import build_report, results_caution, to_uint8
 from lungct.config import load_config
 from lungct.app_support.study import compose, lung_outline
 from lungct.explain import CAM_METHODS, FAST_METHODS, caption
@@ -81,6 +82,8 @@ if len(results) > 1:
     st.download_button("Download case table (CSV)", case_csv(results, entry.name),
                        "lungct_case.csv", "text/csv", on_click="ignore")
 
+if caution := results_caution(results):
+    st.warning(f"Caution: {caution}")
 report_slot = st.empty()
 if note := heatmaps.what_it_shows(clf.card, method):
     st.caption(note)
@@ -122,8 +125,12 @@ for r in most_suspicious_first(results):
                         caption="Findings: " + findings_view.summary(r.findings))
         right.metric("Label", pred.label,
                      help=f"model {entry.name}, computed with {pred.backend or 'torch'}")
-        if pred.unsure and pred.confidence < clf.unsure_below:
-            right.warning(f"Unsure: top probability {pred.confidence:.2f} is below "
+        right.markdown(probabilities_text(pred.probabilities))
+        top = max(pred.probabilities.values())
+        if note := below_threshold_note(pred):
+            right.warning(note)
+        elif pred.unsure and top < clf.unsure_below:
+            right.warning(f"Unsure: top probability {top:.2f} is below "
                           f"{clf.unsure_below:.2f}. Review this slice carefully.")
         if r.warning:
             right.warning(r.warning)

@@ -49,7 +49,9 @@ slow = c4.checkbox("Also the slow methods", help="; ".join(
     heatmaps.slow_note(m, entry.name) for m in SLOW_METHODS))
 st.markdown(f"Prediction of **{entry.name}**: **{pred.label}** "
             f"({', '.join(f'{c} {p:.3f}' for c, p in pred.probabilities.items())})"
-            + (" — *unsure*" if pred.unsure else ""))
+            + (" — *unsure*" if pred.unsure else "")
+            + (" — **caution: unlike what the model was validated on**"
+               if result.caution else ""))
 if result.warning:
     st.warning(result.warning)
 if note := heatmaps.what_it_shows(clf.card, "Grad-CAM"):

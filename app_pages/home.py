@@ -55,12 +55,20 @@ else:
 
 st.subheader("Pages")
 st.markdown(
+    "**Radiologist** (the sidebar's model selector offers the patient-split models only)\n"
+    "- **Home**: this page: what lungct is and is not, the active model's test figures.\n"
     "- **Classify**: upload slices (or try an example) for labels, probabilities, heatmaps, "
     "a case summary and a report.\n"
-    "- **Grad-CAM**: one slice under every CAM method, for each class and target layer.\n"
+    "- **Study**: a whole series (DICOM files or a .zip) as one case: slice by slice with "
+    "window presets, P(malignant) along the series, findings, the verdict and its rule, "
+    "CSV and PDF exports.\n"
+    "- **PACS**: find a study on a DICOMweb server, classify its CT series and, once "
+    "confirmed, store the result (DICOM SR and PDF) back into the study.\n"
+    "- **Grad-CAM**: one slice under every CAM method, for each class and target layer.\n\n"
+    "**Research**\n"
     "- **Model comparison**: test metrics with confidence intervals, confusion matrices, "
-    "ROC and calibration of every model, beside the paper's published figures and a "
-    "leakage probe.\n"
+    "ROC and calibration of every model (the paper-protocol models too), beside the "
+    "paper's published figures and a leakage probe.\n"
     "- **Experiments**: MLflow training runs and learning curves.")
 st.subheader("Data")
 st.markdown(f"Models are trained on the {DATASET_CREDIT} [{DATASET_URL}]({DATASET_URL})")

@@ -6,10 +6,11 @@ and PDF exports carry slice positions only. Uploaded bytes stay in memory.
 
 import streamlit as st
 
-from lungct import CLASSES
 from lungct.app_support import cache, catalog, findings_view, sidebar, study
+from lungct.app_support.case import below_threshold_note, probabilities_text
 from lungct.app_support.reference import DISCLAIMER
-from lungct.case import ACCEPTED_HELP, rendering_caution
+from lungct.app_support.report import results_caution
+from lungct.case import ACCEPTED_HELP
 from lungct.case_report import case_pdf
 from lungct.config import load_config
 from lungct.explain import FAST_METHODS
@@ -51,9 +52,9 @@ verdict, counts = case.verdict, case.counts
 st.markdown(f"**Case verdict: {case.label}**"
             + (" (unsure: review carefully)" if verdict and verdict["unsure"] else "")
             + f"  \nRule: {verdict['rule'] if verdict else 'no slice could be classified'}")
-caution = rendering_caution(clf)
-if caution and any(s.lung_window and s.ok for s in case.slices):
-    st.warning(caution.capitalize())
+caution = results_caution(case.slices)   # every slice's caution, not only lung-window ones
+if caution:
+    st.warning(caution[:1].upper() + caution[1:])
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("classified", counts["classified"])
 c2.metric("outside the lungs", counts["outside_lungs"])
@@ -78,7 +79,8 @@ r = case.slices[index - 1]
 left, right = st.columns([1.4, 1])
 with right:
     presets = ["as classified", *study.WL_PRESETS, "custom"]
-    wl = st.radio("Window", presets, horizontal=True, key="study_wl")
+    wl = st.radio("Window", presets, horizontal=True, key="study_wl", disabled=not r.is_dicom,
+                  help="Display only, in Hounsfield units: the model's input does not change.")
     width, level = study.WL_PRESETS.get(wl, (1500.0, -600.0))
     if wl == "custom":
         width = st.number_input("Width (HU)", 1.0, 4000.0, 1500.0, 50.0)
@@ -89,11 +91,13 @@ with right:
     show_heat = st.toggle("Heatmap (Grad-CAM)", key="study_heat", disabled=not r.ok)
     st.markdown(f"**{r.where}** - {r.name}")
     if r.ok:
-        st.write({c: round(r.prediction.probabilities[c], 3) for c in CLASSES})
-        if r.findings is not None:
-            st.markdown(f"Findings: {findings_view.summary(r.findings)}")
         st.markdown(f"Label: **{r.prediction.label}**" + (" (unsure)" if r.prediction.unsure
                                                           else ""))
+        st.markdown(probabilities_text(r.prediction.probabilities))
+        if note := below_threshold_note(r.prediction, case.threshold):
+            st.caption(note)
+        if r.findings is not None:
+            st.markdown(f"Findings: {findings_view.summary(r.findings)}")
         if r.warning:
             st.warning(r.warning)
     else:
@@ -102,8 +106,15 @@ with left:
     if r.gray is None:
         st.error("This slice has no image to show.")
     else:
-        data = dict(files).get(r.name)   # None for a .zip member: shown as classified
-        hu = study.hu_slice(data) if data and wl != "as classified" and r.is_dicom else None
+        hu = None
+        if r.is_dicom and wl != "as classified":   # a file's or a .zip member's own bytes
+            data = study.slice_bytes(files, r.name)
+            hu = study.hu_slice(data) if data else None
+            if hu is None:
+                st.caption("This slice carries no Hounsfield units: shown as classified.")
+        elif not r.is_dicom:
+            st.caption("Window presets need a DICOM slice (Hounsfield units); this image is "
+                       "shown as classified.")
         image = study.windowed(hu, width, level) if hu is not None else r.gray
         heat = None
         if show_heat and r.ok:

@@ -13,6 +13,37 @@ __version__ = "0.1.0"
 CLASSES = ("normal", "benign", "malignant")
 """The one class order used everywhere (model heads, manifests, metrics)."""
 
+MALIGNANT_THRESHOLD = 0.5
+"""P(malignant) from which a slice is labelled malignant (``slice_label``)."""
+
+
+def slice_label(probabilities, threshold: float = MALIGNANT_THRESHOLD,
+                classes=CLASSES) -> str:
+    """The one decision rule for a slice, used by ``Classifier``, the case verdict and every
+    screen and export: malignant if P(malignant) >= ``threshold``, otherwise the likeliest
+    class, where a likeliest malignant below the threshold is read as benign (abnormal, but
+    not called malignant). So no slice below the threshold is ever labelled malignant, and
+    no such slice is called normal either.
+
+    ``probabilities``: a mapping class -> probability, or a sequence in ``classes`` order.
+
+    >>> slice_label({"normal": 0.30, "benign": 0.21, "malignant": 0.49})
+    'benign'
+    >>> slice_label([0.02, 0.05, 0.93])
+    'malignant'
+    """
+    p = (dict(probabilities) if hasattr(probabilities, "keys")
+         else dict(zip(classes, probabilities)))
+    top = max(p, key=lambda c: float(p[c]))     # ties: the first in class order, as argmax
+    if "malignant" not in p:
+        return top
+    if float(p["malignant"]) >= threshold:
+        return "malignant"
+    if top != "malignant":
+        return top
+    others = [c for c in p if c != "malignant"]
+    return "benign" if "benign" in p else max(others, key=lambda c: float(p[c]), default=top)
+
 # The public API, loaded on first use so that ``import lungct`` stays fast
 # (torch is imported only when a classifier is asked for).
 _LAZY = {
@@ -23,7 +54,7 @@ _LAZY = {
     "Case": "lungct.case",
     "load_study": "lungct.series",
 }
-__all__ = ["CLASSES", "__version__", *_LAZY]
+__all__ = ["CLASSES", "MALIGNANT_THRESHOLD", "__version__", "slice_label", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -69,6 +69,8 @@ def result_row(path: Path, r) -> dict:
         row["ood"] = r.guard
     if r.ok and r.warning:
         row["warning"] = r.warning
+    if r.ok and getattr(r, "caution", None):
+        row["caution"] = r.caution
     if r.findings is not None:
         row["findings"] = [f.as_dict() for f in r.findings]
     if r.status in ("refused", "outside_lungs"):

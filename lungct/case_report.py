@@ -50,10 +50,52 @@ def slice_line(s: dict) -> str:
     if s["status"] == "classified":
         p = s["probabilities"]
         probs = ", ".join(f"P({c}) {p[c]:.3f}" for c in CLASSES)
-        return f"{where}: {s['label']}{' (unsure)' if s.get('unsure') else ''}; {probs}"
+        mark = " (unsure; caution)" if s.get("caution") else (
+            " (unsure)" if s.get("unsure") else "")
+        return f"{where}: {s['label']}{mark}; {probs}"
     what = {"outside_lungs": "outside the lungs", "refused": "refused",
             "error": "unreadable"}[s["status"]]
     return f"{where}: {what}: {s.get('reason') or ''}".rstrip(": ")
+
+
+CAUTION_HEADING = "Caution: unlike what the model was validated on"
+
+
+def caution_summary(case: dict) -> str | None:
+    """One line when any classified slice carries a caution (``lungct.case.slice_caution``):
+    how many, and the first one's reasons; None otherwise. For banners and tables."""
+    slices = [s for s in case["slices"] if s.get("status") == "classified"]
+    cautioned = [s for s in slices if s.get("caution")]
+    if not cautioned:
+        return None
+    return (f"{len(cautioned)} of {len(slices)} classified slices carry a caution, their "
+            f"answers flagged unsure (slice {cautioned[0]['index']}: {cautioned[0]['caution']})")
+
+
+def caution_lines(case: dict) -> list[str]:
+    """The report's caution section: the summary, each cautioned slice's own reasons when
+    they differ from the first's, and the range of rendering scores."""
+    summary = caution_summary(case)
+    if summary is None:
+        return []
+    cautioned = [s for s in case["slices"] if s.get("caution")]
+    lines = [summary]
+    scores = [s["rendering_score"] for s in cautioned if s.get("rendering_score") is not None]
+    if len(scores) > 1:
+        lines.append(f"rendering scores of the cautioned slices {min(scores):.1f} to "
+                     f"{max(scores):.1f}")
+    kinds = {_reasons(s["caution"]) for s in cautioned}
+    if len(kinds) > 1:   # not every slice for the same reasons: list the others
+        first = _reasons(cautioned[0]["caution"])
+        lines += [f"slice {s['index']}: {s['caution']}" for s in cautioned
+                  if _reasons(s["caution"]) != first]
+    return lines
+
+
+def _reasons(text: str) -> str:
+    """A caution's words without its numbers: which reasons, not which scores."""
+    import re
+    return re.sub(r"[0-9.]+", "#", text)
 
 
 FINDINGS_HEADING = "Lesion findings (candidates of focal abnormal tissue, not a diagnosis)"
@@ -102,6 +144,7 @@ def report_sections(case: dict, card: dict | None = None,
         ("Case verdict", [f"{case['verdict']}{flag}", f"Rule: {case['rule']}",
                           f"{c['classified']} slices classified, {c['outside_lungs']} outside "
                           f"the lungs, {c['refused']} refused, {c['error']} unreadable"]),
+    ] + ([(CAUTION_HEADING, caution_lines(case))] if caution_lines(case) else []) + [
         ("Series", [", ".join(series)]),
         ("Model", [f"{m['name']} ({m['version']})", card_summary(card),
                    f"generated {generated.strftime('%Y-%m-%d %H:%M UTC')}"]),
@@ -127,13 +170,18 @@ def format_case(case) -> str:
              + f"; ordered by {s['ordering']}",
              f"slices: {c['classified']} classified, {c['outside_lungs']} outside the lungs, "
              f"{c['refused']} refused, {c['error']} unreadable",
-             f"model: {d['model']['name']} ({d['model']['version']})", "",
-             f"{'#':>4} {'z (mm)':>9}  {'status':<13} {'label':<10} {'P(mal)':>7}  file / reason"]
+             f"model: {d['model']['name']} ({d['model']['version']})"]
+    summary = caution_summary(d)
+    if summary:
+        lines.append(f"CAUTION: {summary}")
+    lines += ["", f"{'#':>4} {'z (mm)':>9}  {'status':<13} {'label':<10} {'P(mal)':>7}  "
+                  "file / reason"]
     for r in case.slices:
         z = f"{r.location_mm:9.1f}" if r.location_mm is not None else f"{'-':>9}"
         label = r.prediction.label if r.ok else "-"
         pm = f"{r.malignant_probability:7.3f}" if r.ok else f"{'-':>7}"
-        note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}")
+        note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}") + (
+            "  [caution]" if r.ok and getattr(r, "caution", None) else "")
         lines.append(f"{r.position:>4} {z}  {r.status:<13} {label:<10} {pm}  {note}")
     if d["other_series"]:
         lines.append(f"\n{len(d['other_series'])} other series in the input "
@@ -182,7 +230,7 @@ def case_pdf(case: dict, card: dict | None = None, generated: dt.datetime | None
         pdf.cell(0, 8, _latin1(heading), new_x="LMARGIN", new_y="NEXT")
         size = 8 if heading.startswith("Findings") else 10
         pdf.set_font("Helvetica", "", size)
-        if heading == "Intended use":
+        if heading in ("Intended use", CAUTION_HEADING):
             pdf.set_text_color(180, 0, 0)
         for line in lines:
             pdf.multi_cell(0, size * 0.5, _latin1(line), new_x="LMARGIN", new_y="NEXT")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungct import slice_label
 from lungct.onnx_runtime import (ONNX_FILE, OnnxModel, OnnxUnavailable, calibrated_softmax,
                                  input_array, load_onnx, runtime_settings)
 from lungct.preprocess import decode_image
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """One slice's result. ``probabilities`` maps class name to calibrated probability."""
+    """One slice's result. ``probabilities`` maps class name to calibrated probability;
+    ``label`` follows ``lungct.slice_label`` (malignant only from the threshold on)."""
 
     label: str
     probabilities: dict[str, float]
@@ -211,10 +213,14 @@ class Classifier:
         return calibrated_softmax(self.logits(batch), self.temperature)
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
-        k = int(np.argmax(probs))
-        return Prediction(label=self.classes[k],
-                          probabilities={c: float(p) for c, p in zip(self.classes, probs)},
-                          model=self.name, unsure=bool(probs[k] < self.unsure_below),
+        """The label under ``lungct.slice_label`` (the case verdict's rule, not a bare
+        argmax); unsure when the top probability is below ``unsure_below`` or the label is
+        not the likeliest class (a likeliest malignant below the threshold)."""
+        probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
+        label = slice_label(probabilities, classes=self.classes)
+        top = self.classes[int(np.argmax(probs))]
+        return Prediction(label=label, probabilities=probabilities, model=self.name,
+                          unsure=bool(probabilities[top] < self.unsure_below or label != top),
                           backend=self.backend)
 
     def predict_prepared(self, arrays: list[np.ndarray] | np.ndarray) -> list[Prediction]:

@@ -303,6 +303,50 @@ def print_crop_figures(name: str, fig: dict, log=print) -> None:
         log(f"  {key:<12} {a:4d}/{n:<4d} ({100 * a / max(n, 1):5.1f}%)")
 
 
+def caution_figures(guard, cfg: dict, external: str | Path | None = None, every: int = 1,
+                    log=print) -> dict:
+    """Share of accepted slices whose answer carries the rendering caution, through the
+    guard as shipped (``check_many``, the pipeline's own call): IQ-OTH/NCCD grouped test
+    (plain and re-rendered as other sources do) and Lung-PET-CT-Dx in each window, as
+    DICOM renderings and as 8-bit PNG."""
+    from lungct.data.lung_pet_ct_dx import read_all
+    from lungct.data.splits import read_manifest
+    from lungct.guard.variants import hu_window
+    from lungct.preprocess import WINDOWS, load_image
+
+    if guard.caution is None:
+        raise ValueError("this guard has no rendering caution: `python -m lungct guard caution`")
+    root = resolve(cfg["data"]["root"])
+    rows = [r for r in read_manifest(resolve(cfg["data"]["manifest"]))
+            if r["grouped_split"] == "test"][::every]
+    test = [load_image(root / r["path"]) for r in rows]
+    sets = {"iq_othnccd_test": test}
+    variants = [other_source_variants(g, seed=i) for i, g in enumerate(test)]
+    for j, (kind, _) in enumerate(variants[0] if variants else []):
+        sets[f"iq_othnccd_test_{kind}"] = [v[j][1] for v in variants]
+    ext = Path(external) if external else resolve(
+        (cfg.get("data") or {}).get("external", "data/raw/lung-pet-ct-dx-sample"))
+    dicom = read_all(ext)[::every] if ext.is_dir() else []
+    for name, (w, lvl) in WINDOWS.items():
+        if dicom:
+            grays = [hu_window(d.hu, w, lvl) for d in dicom]
+            sets[f"lung_pet_ct_dx_{name}"] = grays
+            sets[f"lung_pet_ct_dx_{name}_png"] = [np.round(g * 255) / 255 for g in grays]
+    out = {"limit": guard.caution.limit(guard.precision), "precision": guard.precision,
+           "rule": (guard.card.get("caution") or {}).get("rule"), "sets": {}}
+    log(f"rendering caution limit {out['limit']:.3f} ({guard.precision}; {out['rule']})")
+    for name, grays in sets.items():
+        verdicts = [v for v in guard.check_many(grays) if v.accepted]
+        flags = [v.rendering_score is not None and v.rendering_score > v.rendering_limit
+                 for v in verdicts]
+        k = sum(flags)
+        out["sets"][name] = {"accepted": len(flags), "cautioned": int(k), "rate": rate(flags),
+                             "ci95": wilson(k, len(flags))}
+        log(f"  {name:<42} {k:4d}/{len(flags):<4d} accepted slices cautioned "
+            f"({100 * k / max(len(flags), 1):5.1f}%, {wilson_text(flags)})")
+    return out
+
+
 def _jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8)).save(
@@ -322,7 +366,12 @@ def add_arguments(parser) -> None:
                              "into the body on each side (Lung-PET-CT-Dx lung slices, and "
                              "IQ-OTH/NCCD grouped test when LUNGCT_DATA is set); prints, "
                              "writes nothing")
-    parser.add_argument("--data", help="Lung-PET-CT-Dx folder for --crops (default: params "
+    parser.add_argument("--caution", action="store_true",
+                        help="only the rendering caution's rates (accepted slices whose answer "
+                             "is cautioned): IQ-OTH/NCCD grouped test, its other-source "
+                             "renderings, Lung-PET-CT-Dx in each window as DICOM and PNG; prints, "
+                             "writes nothing")
+    parser.add_argument("--data", help="Lung-PET-CT-Dx folder for --crops and --caution (default: params "
                                        "data.external)")
     parser.set_defaults(func=cmd_safety_report)
 
@@ -345,6 +394,9 @@ def cmd_safety_report(args) -> int:
     cfg = config_from_args(args)
     if args.crops:
         return cmd_crops(args, cfg)
+    if args.caution:
+        caution_figures(OODGuard.load(cfg=cfg), cfg, args.data, max(1, args.every))
+        return 0
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         guard = OODGuard.load(cfg=cfg)

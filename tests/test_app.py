@@ -86,7 +86,8 @@ def test_classify_controls_and_case(app):
     assert any(m.value.startswith("**Case verdict:") for m in at.markdown)
     table = at.dataframe[0].value
     n = len(examples.options) - 2                            # minus "none" and "all"
-    assert len(table) == n and table["p_malignant"].is_monotonic_decreasing
+    assert len(table) == n and table["suspicion"].is_monotonic_decreasing
+    assert (table["suspicion"] <= table["p_malignant"] + 1e-9).all()   # weighed by findings
     assert set(table["label"]) <= set(CLASSES)
     assert len(at.get("plotly_chart")) == n
     assert len(at.get("download_button")) == 2            # CSV and report

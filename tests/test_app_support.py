@@ -83,7 +83,7 @@ def test_case_csv_round_trip():
     results = [result(1, 0.8, 0.1, 0.1), result(2, 0.1, 0.1, 0.8)]
     table = pd.read_csv(io.BytesIO(case_csv(results, "student_kd")))
     assert list(table.columns) == ["rank", "file", "label", "unsure", "p_normal", "p_benign",
-                                   "p_malignant", "status", "model"]
+                                   "p_malignant", "suspicion", "status", "model"]
     assert table["file"].tolist() == ["File 2 of 3 (.png)", "File 1 of 3 (.png)"]
     assert set(table["model"]) == {"student_kd"}
 

@@ -364,3 +364,39 @@ def test_timeouts_come_from_the_config():
     client = PacsClient.from_config({"pacs": {"url": "http://x/dicom-web",
                                               "connect_timeout_s": 2, "timeout_s": 300}})
     assert client._client._timeout == (2.0, 300.0)
+
+
+def test_pacs_run_stores_the_caution_in_the_sr_and_the_pdf(pacs, orthanc, capsys, tmp_path,
+                                                            monkeypatch):
+    """A series rendered unlike the training exports (a lung-window CT, as most hospitals
+    export): ``pacs run`` prints the caution and stores it in the SR and the PDF."""
+    import torch
+    from test_caution import drawn_words, lung_window_series
+
+    from lungct.case_report import CAUTION_HEADING
+    from lungct.cli import main
+    from lungct.models import create_model, save_model
+    torch.manual_seed(0)
+    model_dir = save_model(create_model("efficientnet_lite0", pretrained=False, input_size=64),
+                           tmp_path / "tiny", {"name": "tiny"})
+    datas = lung_window_series(3, phi={**PHI, **STUDY})
+    pacs.store(datasets(datas))
+    study_uid = read_slice("x.dcm", datas[0]).study_uid
+    monkeypatch.setenv("LUNGCT_PACS_URL", orthanc.dicomweb_url)
+    assert main(["pacs", "run", study_uid, "--model", str(model_dir), "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "CAUTION: 3 of 3 classified slices carry a caution" in out
+    assert out.count("[caution]") == 3
+    series = {s["modality"]: s for s in pacs.series(study_uid)}
+    assert set(series) == {"CT", "SR", "DOC"}
+    sr = pacs.retrieve(study_uid, series["SR"]["series_uid"])[0]
+    text = "\n".join(sr_text(sr))
+    assert f"{CAUTION_HEADING}: 3 of 3 classified slices carry a caution" in text
+    assert "this slice's rendering is unlike the training exports" in text
+    assert "(unsure; caution)" in text
+    pdf = pacs.retrieve(study_uid, series["DOC"]["series_uid"])[0]
+    drawn = drawn_words(bytes(pdf.EncapsulatedDocument))
+    assert CAUTION_HEADING in drawn
+    assert "this slice's rendering is unlike the training exports" in drawn
+    for secret in SECRETS:
+        assert secret not in text and secret not in drawn

@@ -36,6 +36,44 @@ def test_study_page_browses_a_series(at):
     assert not at.exception and "slice 3 of 8" in texts(at)
 
 
+def test_study_page_reads_like_a_clinical_tool(at, models_dir):
+    """A .zip upload: presets window its members, probabilities read as percentages,
+    no None cell, no research-protocol model in the selector."""
+    import io
+    import zipfile
+
+    from lungct.app_support.catalog import list_entries
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i, d in enumerate(ct_series(4, size=128)):
+            z.writestr(f"series/IM{i}.dcm", d)
+    at.session_state["study_files"] = [("study.zip", buf.getvalue())]
+    open_page(at, "study")
+    at.radio(key="study_wl").set_value("mediastinal").run()
+    assert not at.exception, at.exception
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert any("window W350/L50" in c for c in captions), captions   # the preset applied
+    research = {e.name for e in list_entries(models_dir) if e.protocol != "grouped"}
+    assert not research & set(at.sidebar.selectbox(key="model_name").options)
+
+    from lungct.app_support.catalog import list_samples, read_sample
+    at.session_state["study_files"] = [(n, read_sample(n)) for n in list_samples()
+                                       if n.endswith(".jpg")]
+    at.session_state["study_slice"] = 1
+    at.run()
+    assert not at.exception, at.exception
+    body = texts(at)
+    assert "'malignant':" not in body and "'normal':" not in body     # no raw dict
+    assert any(m.value.count("%") == 3 for m in at.markdown)           # "malignant 93% · ..."
+    assert at.radio(key="study_wl").disabled        # no HU in a JPEG: presets are off, said so
+    table = at.dataframe[-1].value                  # most suspicious slices first
+    assert list(table.columns) == ["slice", "z (mm)", "file", "status", "label",
+                                   "P(malignant)", "note"]
+    assert not any(v is None or str(v) in ("None", "nan") for v in table.to_numpy().ravel())
+    fig = at.get("plotly_chart")[0].proto.spec
+    assert "slice number" in fig and "slice (case order)" not in fig
+
+
 def test_study_page_without_input(at):
     open_page(at, "study")
     assert any("Upload the slices" in i.value for i in at.info)

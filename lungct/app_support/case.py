@@ -1,4 +1,5 @@
-"""The Classify page's view of a case: upload handling, the case table and its CSV.
+"""The clinical pages' view of a case: upload handling, the case table and its CSV, and how
+a probability reads on screen (``percent``, ``probabilities_text``).
 
 The pipeline itself (decode, guard, classify, verdict) is ``lungct.case``.
 Privacy: on exports a file is referred to only by its position in the upload
@@ -10,6 +11,7 @@ name. Example slices shipped with the repository keep their names: they are publ
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
@@ -18,7 +20,7 @@ import pandas as pd
 from lungct import CLASSES
 from lungct.case import (ACCEPTED_EXTENSIONS, ACCEPTED_HELP, CASE_RULE, MALIGNANT_THRESHOLD,
                          SliceResult, analyse_slices, case_verdict, most_suspicious_first,
-                         predict, screen)
+                         predict, screen, suspicion)
 from lungct.preprocess import WINDOWS, InvalidImageError, is_dicom
 from lungct.series import read_slice
 
@@ -26,10 +28,43 @@ WINDOW_CHOICES = (*WINDOWS, "file")
 WINDOW_HELP = ("Applied to DICOM files before the model: lung (W1500/L-600), mediastinal "
                "(W350/L50) or the file's own window.")
 
-__all__ = ["ACCEPTED_HELP", "CASE_RULE", "MALIGNANT_THRESHOLD", "SliceResult", "WINDOW_CHOICES",
-           "WINDOW_HELP", "analyse_file", "analyse_files", "case_csv", "case_table",
-           "case_verdict", "check_extension", "file_extension", "most_suspicious_first",
-           "predict", "rejection"]
+MISSING = "—"
+"""What a table cell shows where there is no value (never "None" or "nan")."""
+
+__all__ = ["ACCEPTED_HELP", "CASE_RULE", "MALIGNANT_THRESHOLD", "MISSING", "SliceResult",
+           "WINDOW_CHOICES", "WINDOW_HELP", "analyse_file", "analyse_files", "below_threshold_note",
+           "case_csv",
+           "case_table", "case_verdict", "check_extension", "file_extension",
+           "most_suspicious_first", "percent", "predict", "probabilities_text", "rejection"]
+
+
+def percent(p: float | None) -> str:
+    """0.93 -> '93%'; None -> ``MISSING``. Whole percents rounded down, so that a slice
+    below the malignant threshold (0.497) never reads as 50%.
+
+    >>> percent(0.497), percent(0.5), percent(0.93)
+    ('49%', '50%', '93%')
+    """
+    if p is None:
+        return MISSING
+    return f"{math.floor(float(p) * 100 + 1e-9):d}%"
+
+
+def below_threshold_note(prediction, threshold: float = MALIGNANT_THRESHOLD) -> str | None:
+    """Why a slice whose likeliest class is malignant is not labelled malignant, else None."""
+    p = prediction.probabilities
+    if not p or max(p, key=p.get) != "malignant" or prediction.label == "malignant":
+        return None
+    return (f"Likeliest class malignant, but P(malignant) {percent(p['malignant'])} is below "
+            f"the {percent(threshold)} threshold: labelled {prediction.label}, unsure.")
+
+
+def probabilities_text(probabilities: dict | None) -> str:
+    """{'malignant': 0.93, ...} -> 'malignant 93% · benign 5% · normal 2%' (highest first)."""
+    if not probabilities:
+        return MISSING
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    return " · ".join(f"{label} {percent(p)}" for label, p in ranked)
 
 
 def file_extension(name: str) -> str:
@@ -81,7 +116,8 @@ def analyse_file(classifier, data: bytes, name: str, position: int = 1, total: i
 
 
 def case_table(results: list[SliceResult]) -> pd.DataFrame:
-    """One row per file, most suspicious first; failed files keep their error text."""
+    """One row per file, most suspicious first (``suspicion``: P(malignant) weighed by the
+    findings score); failed files keep their error text."""
     rows = []
     for rank, r in enumerate(most_suspicious_first(results), start=1):
         row = {"rank": rank if r.ok else None, "file": r.title}
@@ -89,12 +125,15 @@ def case_table(results: list[SliceResult]) -> pd.DataFrame:
             p = r.prediction.probabilities
             row.update({"label": r.prediction.label, "unsure": bool(r.prediction.unsure),
                         **{f"p_{c}": round(float(p.get(c, 0.0)), 4) for c in CLASSES},
+                        "suspicion": round(suspicion(r), 4),
                         "status": "ok" if not r.warning else r.warning})
         else:
             row.update({"label": None, "unsure": None, **{f"p_{c}": None for c in CLASSES},
+                        "suspicion": None,
                         "status": r.error if r.status != "error" else f"error: {r.error}"})
         rows.append(row)
-    columns = ["rank", "file", "label", "unsure", *[f"p_{c}" for c in CLASSES], "status"]
+    columns = ["rank", "file", "label", "unsure", *[f"p_{c}" for c in CLASSES], "suspicion",
+               "status"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -25,6 +25,10 @@ from lungct.models.checkpoint import (CARD_FILE, PREDICTIONS_FILE, WEIGHTS_FILE,
 from lungct.onnx_runtime import ONNX_FILE
 
 NOT_EVALUATED = "not evaluated"
+CLINICAL_PROTOCOLS = ("grouped",)
+"""Protocols whose models the clinical pages may run: split by patient, honest figures. The
+"paper" protocol's image-level split leaks near-duplicate slices of a patient into the test
+split; its models are research references (Model comparison, Experiments) only."""
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 
 
@@ -43,6 +47,11 @@ class ModelEntry:
     @property
     def protocol(self) -> str:
         return str(self.card.get("protocol") or "grouped")
+
+    @property
+    def clinical(self) -> bool:
+        """Whether the clinical pages may offer it (a ``CLINICAL_PROTOCOLS`` model)."""
+        return self.protocol in CLINICAL_PROTOCOLS
 
     @property
     def test_metrics(self) -> dict | None:
@@ -74,9 +83,15 @@ def runnable(entries: list[ModelEntry]) -> list[ModelEntry]:
     return [e for e in entries if e.has_weights]
 
 
+def clinical(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The runnable entries the clinical pages (Classify, Study, PACS, Grad-CAM) may use:
+    research-protocol models (``*_paper``) stay on the research pages."""
+    return [e for e in runnable(entries) if e.clinical]
+
+
 def default_model(entries: list[ModelEntry], preferred: str) -> str | None:
-    """``preferred`` if it can run, else the first runnable model, else None."""
-    names = [e.name for e in runnable(entries)]
+    """``preferred`` if a clinical page can run it, else the first such model, else None."""
+    names = [e.name for e in clinical(entries)]
     if preferred in names:
         return preferred
     return names[0] if names else None
@@ -135,5 +150,5 @@ def guard_key() -> str:
     return _stamps(guard_folder(), (GUARD_WEIGHTS, GUARD_CARD))
 
 
-__all__ = ["guard_folder", "guard_key", "list_samples", "model_key", "read_sample", "CARD_FILE", "ModelEntry", "NOT_EVALUATED", "default_model", "list_entries",
+__all__ = ["guard_folder", "guard_key", "list_samples", "model_key", "read_sample", "CARD_FILE", "CLINICAL_PROTOCOLS", "ModelEntry", "NOT_EVALUATED", "clinical", "default_model", "list_entries",
            "models_dir", "runnable", "test_predictions", "weights_digest"]

@@ -53,15 +53,17 @@ def summary(findings: list | None) -> str:
 
 
 def table(slices) -> pd.DataFrame:
-    """Every finding of a case by slice position: slice, z, size, score (best first per slice)."""
+    """Every finding of a case by slice position: slice, z, size, 3D lesion (best first per
+    slice); text cells, "—" where a value is unknown."""
     rows = []
     for r in slices:
         for rank, f in enumerate(r.findings or [], start=1):
-            rows.append({"slice": r.position, "z (mm)": r.location_mm, "finding": rank,
-                         "size": size_text(f), "lesion (3D)": f.features.get("lesion"),
-                         "score": round(f.score, 3)})
-    return pd.DataFrame(rows, columns=["slice", "z (mm)", "finding", "size", "lesion (3D)",
-                                       "score"])
+            lesion = f.features.get("lesion")
+            rows.append({"slice": r.position,
+                         "z (mm)": "—" if r.location_mm is None else f"{r.location_mm:.1f}",
+                         "finding": rank, "size": size_text(f),
+                         "lesion (3D)": "—" if lesion is None else str(lesion)})
+    return pd.DataFrame(rows, columns=["slice", "z (mm)", "finding", "size", "lesion (3D)"])
 
 
 def scorer_card() -> dict | None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-MISSING = "—"
+from lungct.case_report import caution_summary
+
+from lungct.app_support.case import MISSING, probabilities_text
 
 
 def study_label(study: dict) -> str:
@@ -29,14 +31,6 @@ def series_label(series: dict | None) -> str:
     return (f"{'#' + str(number) + ' ' if number is not None else ''}"
             f"{series.get('description') or 'no description'} ({series.get('instances') or 0} "
             "instances)")
-
-
-def probabilities_text(probabilities: dict | None) -> str:
-    """{'malignant': 0.93, ...} -> 'malignant 93% · benign 5% · normal 2%' (highest first)."""
-    if not probabilities:
-        return MISSING
-    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
-    return " · ".join(f"{label} {p:.0%}" for label, p in ranked)
 
 
 def slice_table(case) -> pd.DataFrame:
@@ -60,7 +54,10 @@ def verdict_banner(case) -> tuple[str, str]:
             + (" (unsure: review carefully)" if v and v["unsure"] else "")
             + f". {c['classified']} classified, {c['outside_lungs']} outside the lungs, "
               f"{c['refused']} refused, {c['error']} unreadable.")
-    return ("warning" if v is None or v["unsure"] else "info"), text
+    caution = caution_summary(case.as_dict())
+    if caution:
+        text += f" Caution: {caution}."
+    return ("warning" if v is None or v["unsure"] or caution else "info"), text
 
 
 def stored_text(run) -> str:

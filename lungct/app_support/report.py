@@ -18,6 +18,7 @@ from PIL import Image
 from lungct import CLASSES
 from lungct.app_support.case import SliceResult, case_verdict, most_suspicious_first
 from lungct.app_support.reference import DATASET_CREDIT, DISCLAIMER
+from lungct.case_report import caution_summary
 from lungct.explain import caption
 
 MAX_SIDE = 512
@@ -69,6 +70,12 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 """
 
 
+def results_caution(results: list[SliceResult]) -> str | None:
+    """``case_report.caution_summary`` of app results: how many slices carry a caution and
+    the first one's reasons, or None."""
+    return caution_summary({"slices": [r.as_dict() for r in results]})
+
+
 def build_report(results: list[SliceResult], model_name: str, model_version: str,
                  overlays: dict[int, np.ndarray] | None = None, cam_method: str = "",
                  cam_target: str = "predicted class", generated: dt.datetime | None = None
@@ -103,6 +110,8 @@ def build_report(results: list[SliceResult], model_name: str, model_version: str
                   f"{e(verdict['deciding_slice'])}.</p>"]
     else:
         parts.append("<h2>No file could be classified</h2>")
+    if caution := results_caution(results):
+        parts.append(f"<p class='unsure'>Caution: {e(caution)}</p>")
     parts.append("<h2>Slices, most suspicious first</h2>")
     for r in most_suspicious_first(results):
         parts.append(f"<div class='slice'><h3>{e(r.title)}</h3>")

@@ -12,11 +12,12 @@ MODEL_KEY = "model_name"
 
 
 def model_selector(cfg: dict | None = None) -> str | None:
-    """Sidebar select box of runnable models; its choice lives in ``st.session_state``."""
+    """Sidebar select box of the models a clinician may run (``catalog.clinical``: no
+    research-protocol model); its choice lives in ``st.session_state``."""
     cfg = cfg or load_config()
     folder = catalog.models_dir()
     all_entries = cache.entries(str(folder))
-    names = [e.name for e in catalog.runnable(all_entries)]
+    names = [e.name for e in catalog.clinical(all_entries)]
     with st.sidebar:
         if not names:
             st.warning(f"No model with weights in `{folder}`. Train one with "
@@ -26,8 +27,10 @@ def model_selector(cfg: dict | None = None) -> str | None:
             st.session_state[MODEL_KEY] = catalog.default_model(
                 all_entries, cfg["app"]["default_model"])
         st.selectbox("Model", names, key=MODEL_KEY,
-                     help="Used on every page. Models whose weights are not shipped "
-                          "(e.g. VGG16) appear on the comparison page only.")
+                     help="Used by Classify, Study, PACS and Grad-CAM. Research models "
+                          "(the paper's leaky image-level split, `*_paper`) and models whose "
+                          "weights are not shipped (e.g. VGG16) appear on the comparison "
+                          "page only.")
         entry = active_entry(cfg)
         if entry is not None:
             st.caption(f"{entry.description or entry.card.get('arch', '')} "
@@ -37,13 +40,14 @@ def model_selector(cfg: dict | None = None) -> str | None:
 
 
 def active_entry(cfg: dict | None = None) -> catalog.ModelEntry | None:
-    """The selected model's entry; the default model when nothing valid is selected.
+    """The selected model's entry (a clinical one); the default model when nothing valid is
+    selected.
 
     The fallback matters when a page runs without the entry point (AppTest's
     ``switch_page``) or when the selected model disappeared from the folder.
     """
     all_entries = cache.entries(str(catalog.models_dir()))
-    by_name = {e.name: e for e in catalog.runnable(all_entries)}
+    by_name = {e.name: e for e in catalog.clinical(all_entries)}
     name = st.session_state.get(MODEL_KEY)
     if name not in by_name:
         name = catalog.default_model(all_entries, (cfg or load_config())["app"]["default_model"])

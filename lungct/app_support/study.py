@@ -8,16 +8,43 @@ carries slice positions only, like the PDF report and the SR.
 from __future__ import annotations
 
 import io
+import math
+import zipfile
 
 import numpy as np
 import pandas as pd
 
 from lungct import CLASSES
+from lungct.app_support.case import MISSING, percent
+from lungct.case import MALIGNANT_THRESHOLD
 
 WL_PRESETS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 50.0), "bone": (2000.0, 300.0)}
 """Display windows (width, level) in HU; "as classified" shows the model's input."""
 STATUS_COLOURS = {"classified": "#1f77b4", "outside_lungs": "#9e9e9e", "refused": "#ef6c00",
                   "error": "#c62828"}
+
+
+def slice_bytes(files, name: str | None) -> bytes | None:
+    """The bytes of the upload's slice ``name``: an uploaded file's own, or a .zip member's
+    re-read from its archive (``lungct.series`` names a member "archive.zip/member")."""
+    if not name:
+        return None
+    uploads = dict(files)
+    if name in uploads:
+        return uploads[name]
+    for archive, data in uploads.items():
+        if not name.startswith(archive + "/") or data[:2] != b"PK":
+            continue
+        member = name[len(archive) + 1:]
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                info = z.getinfo(member)
+                with z.open(info) as fh:
+                    content = fh.read(info.file_size + 1)   # no more than it declared
+        except (KeyError, zipfile.BadZipFile, OSError, ValueError, RuntimeError):
+            return None
+        return content if len(content) <= info.file_size else None
+    return None
 
 
 def hu_slice(data: bytes) -> np.ndarray | None:
@@ -76,8 +103,8 @@ def profile_figure(case, current: int | None = None):
     import plotly.graph_objects as go
 
     df = profile_frame(case)
-    x = df["z_mm"] if df["z_mm"].notna().all() else df["slice"]
-    xlabel = "slice position z (mm)" if x is df["z_mm"] else "slice (case order)"
+    by_z = bool(df["z_mm"].notna().all())   # every slice has a DICOM position
+    x = df["z_mm"] if by_z else df["slice"]
     fig = go.Figure()
     for status, colour in STATUS_COLOURS.items():
         part = df[df["status"] == status]
@@ -99,27 +126,40 @@ def profile_figure(case, current: int | None = None):
                                          "color": "#ff8f00", "line": {"width": 2}},
                                  text=[f"{k} finding{'s' if k > 1 else ''}" for _, _, k in found],
                                  hovertemplate="slice %{customdata}: %{text}"))
-    fig.add_hline(y=0.5, line_dash="dot", annotation_text="verdict threshold 0.50")
+    threshold = getattr(case, "threshold", MALIGNANT_THRESHOLD)
+    fig.add_hline(y=threshold, line_dash="dot",
+                  annotation_text=f"malignant from P >= {threshold:.2f}")
     if current is not None and 1 <= current <= len(df):
         fig.add_vline(x=float(x.iloc[current - 1]), line_color="#c62828")
+    if by_z:
+        xaxis = {"title": "slice position z (mm)"}
+    else:   # slice numbers: whole ticks only
+        xaxis = {"title": "slice number (upload order)", "tickmode": "linear", "tick0": 1,
+                 "dtick": max(1, math.ceil(len(df) / 12)), "tickformat": "d"}
     fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis_title=xlabel, yaxis_title="P(malignant)", yaxis_range=[-0.05, 1.05],
+                      xaxis=xaxis, yaxis_title="P(malignant)", yaxis_range=[-0.05, 1.05],
                       legend={"orientation": "h"})
     return fig
 
 
 def session_table(case, top: int | None = None) -> pd.DataFrame:
-    """Most suspicious first, with the user's own file names (for their screen only)."""
+    """Most suspicious first, with the user's own file names (for their screen only).
+
+    Every cell is text, "—" where there is no value: a reader never sees None or nan.
+    """
     from lungct.case import most_suspicious_first
 
     rows = []
     for r in most_suspicious_first(case.slices)[:top]:
-        rows.append({"slice": r.position, "z (mm)": r.location_mm, "file": r.name,
-                     "status": r.status.replace("_", " "),
-                     "label": r.prediction.label if r.ok else None,
-                     "P(malignant)": round(r.malignant_probability, 3) if r.ok else None,
-                     "note": None if r.ok else r.error})
-    return pd.DataFrame(rows)
+        z = r.location_mm
+        rows.append({"slice": str(r.position), "z (mm)": MISSING if z is None else f"{z:.1f}",
+                     "file": r.name or MISSING, "status": r.status.replace("_", " "),
+                     "label": (r.prediction.label + (" (unsure)" if r.prediction.unsure
+                                                     else "")) if r.ok else MISSING,
+                     "P(malignant)": percent(r.malignant_probability) if r.ok else MISSING,
+                     "note": (r.warning or "") if r.ok else (r.error or "")})
+    columns = ["slice", "z (mm)", "file", "status", "label", "P(malignant)", "note"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def export_csv(case) -> bytes:

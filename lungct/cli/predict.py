@@ -20,11 +20,11 @@ from lungct.config import config_from_args
 from lungct.model_options import add_model_options, findings_option, load_model_and_guard
 
 CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
-               "ood_score", "error")
+               "ood_score", "error", "caution")
 
 
 def _csv_row(out: dict) -> dict:
-    row = {"file": out["file"], "error": out.get("error", ""),
+    row = {"file": out["file"], "error": out.get("error", ""), "caution": out.get("caution", ""),
            "ood_score": (out.get("ood") or {}).get("score", "")}
     if "error" not in out:
         row.update(label=out["label"], unsure=str(bool(out["unsure"])).lower(),
@@ -44,6 +44,8 @@ def _print_result(out: dict, as_json: bool) -> None:
         flag = "  (unsure)" if out["unsure"] else ""
         print(f"{out['file']}: {out['label']}{flag}  [{probs}]  model={out['model']} "
               f"backend={out['backend']}{_findings_text(out.get('findings'))}", flush=True)
+        if out.get("caution"):   # its own line: the reader must not miss it
+            print(f"  {out['caution']}", flush=True)
 
 
 def _findings_text(findings: list | None) -> str:

@@ -34,6 +34,13 @@ def add_arguments(parser) -> None:
                    help="also fit on the held-out patient (not saved) and record that fit's "
                         "report in the card as report_other_way")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("caution", parents=[common],
+                       help="fit the rendering caution's score on IQ-OTH/NCCD train, set its "
+                            "limit on val, measure it on test and Lung-PET-CT-Dx; writes "
+                            "caution.safetensors and guard.json's caution section")
+    p.add_argument("--guard", help="guard folder (default: models/ood_guard)")
+    p.add_argument("--external", help="Lung-PET-CT-Dx folder (default: params data.external)")
+    p.set_defaults(func=cmd_caution)
     p = sub.add_parser("check", parents=[common],
                        help="verdicts for image or DICOM files (JSON lines)")
     p.add_argument("files", nargs="+")
@@ -62,6 +69,18 @@ def cmd_fit(args) -> int:
     print(json.dumps(guard.card["report"], indent=1))
     print(f"wrote {folder / WEIGHTS_FILE} and {folder / CARD_FILE}: threshold "
           f"{guard.threshold:.4f}, min_lung {guard.min_lung:.4f}")
+    # the caution's score uses the extractor just built: recalibrate it with the guard
+    return cmd_caution(args, InputGuard.load(folder, cfg))
+
+
+def cmd_caution(args, guard: InputGuard | None = None) -> int:
+    from lungct.guard.caution import CAUTION_FILE, calibrate, print_report
+    cfg = config_from_args(args)
+    guard = guard or InputGuard.load(getattr(args, "guard", None), cfg)
+    from lungct.guard.model import guard_config
+    section = calibrate(guard, cfg, getattr(args, "external", None), params=guard_config(cfg))
+    print_report(section)
+    print(f"wrote {guard.folder / CAUTION_FILE} and {guard.folder / CARD_FILE}'s caution section")
     return 0
 
 

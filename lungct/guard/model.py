@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from lungct.errors import LungctError
 from lungct.guard.anatomy import MIN_BODY, MIN_LUNG
+from lungct.guard.caution import RenderingCaution, rendering_view
 from lungct.guard.density import PPCAGaussian
 from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR_FILE, EXTRACTOR_SIZE, INT8_FILE,
                                    FeatureExtractor, OnnxFeatureExtractor, build_int8,
@@ -69,6 +71,8 @@ DEFAULTS = {
     "seed": 0,
     "fit_patient": "A0001",     # Lung-PET-CT-Dx patient whose series join the fit set
     "min_lung_recall": 1.0,     # share of val lung slices (lung fields found) min_lung keeps
+    "caution_limit": None,      # None: the calibrated rendering-caution limit in guard.json
+    "caution_percentile": 99.0,
 }
 
 
@@ -99,6 +103,8 @@ class Prepared(NamedTuple):
     view: np.ndarray
     lung_fraction: float
     seg: Segmentation | None = None
+    full: np.ndarray | None = None
+    """The whole slice at the extractor's side, for the rendering caution's score."""
 
 
 class GuardLoadError(LungctError, RuntimeError):
@@ -125,7 +131,8 @@ class InputGuard:
                  min_std: float = DEFAULTS["min_std"], min_lung: float = MIN_LUNG,
                  min_body: float = MIN_BODY, extractor: FeatureExtractor | None = None,
                  folder: Path | None = None, threads: int = 0,
-                 thresholds: dict[str, float] | None = None):
+                 thresholds: dict[str, float] | None = None,
+                 caution: RenderingCaution | None = None):
         self.gaussians = dict(gaussians)
         self.layers = tuple(self.gaussians)
         self._threshold = float(threshold)
@@ -143,6 +150,9 @@ class InputGuard:
         """Where the guard was loaded from: its ``extractor.onnx`` (if built) lies there."""
         self.threads = int(threads)
         """ONNX Runtime threads of the extractor (``runtime.threads``; 0: half the CPUs)."""
+        self.caution = caution
+        """The rendering score of ``lungct.guard.caution`` (None: no caution file): scored
+        beside the learned score, reported in each verdict, never deciding acceptance."""
 
     @property
     def extractor(self) -> FeatureExtractor | OnnxFeatureExtractor:
@@ -236,16 +246,26 @@ class InputGuard:
         if seg.body_fraction < self.min_body:
             return Verdict(False, math.nan, self.threshold,
                            f"{REJECTED} (no body outline found)", NOT_CT, 0.0)
-        return Prepared(lung_view(g, self.size, seg), seg.lung_fraction, seg)
+        full = rendering_view(g, self.size) if self.caution is not None else None
+        return Prepared(lung_view(g, self.size, seg), seg.lung_fraction, seg, full)
 
     def check_prepared(self, items: Sequence[Verdict | Prepared],
                        batch_size: int = 32) -> list[Verdict]:
         """Verdicts for ``prepare`` outputs: the learned score runs once, batched."""
         todo = [i for i, p in enumerate(items) if isinstance(p, Prepared)]
-        scores = self.score_views([items[i].view for i in todo], batch_size)
+        full = [i for i in todo if self.caution is not None and items[i].full is not None]
+        views = [items[i].view for i in todo] + [items[i].full for i in full]
+        feats = self.extractor(views, batch_size) if views else {}
+        scores = self.scores({k: v[:len(todo)] for k, v in feats.items()}) if todo else []
+        rendering = dict(zip(full, self.caution.score(
+            {k: v[len(todo):] for k, v in feats.items()}))) if full else {}
+        limit = self.caution.limit(self.precision) if full else None
         out = list(items)
         for i, s in zip(todo, scores):
             out[i] = self.verdict(float(s), None, items[i].lung_fraction)
+            if i in rendering:
+                out[i] = replace(out[i], rendering_score=float(rendering[i]),
+                                 rendering_limit=limit)
         return out  # type: ignore[return-value]
 
     def _early(self, gray: np.ndarray, data: bytes | None) -> Verdict | None:
@@ -328,10 +348,19 @@ class InputGuard:
 
         # params.yaml's ood.threshold stands for every precision
         thresholds = card.get("thresholds") if params.get("threshold") is None else None
+        try:
+            override = params.get("caution_limit")
+            caution = RenderingCaution.load(folder, card, None if override is None
+                                            else float(override))
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            raise GuardLoadError(f"the rendering caution in {folder} is corrupt: "
+                                 f"{type(err).__name__}: {str(err)[:200]}; recompute it with "
+                                 "`python -m lungct guard caution`") from err
         return cls(gaussians, pick("threshold", math.inf), card,
                    min_std=pick("min_std", DEFAULTS["min_std"]),
                    min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY),
-                   folder=folder, threads=runtime_settings(cfg).threads, thresholds=thresholds)
+                   folder=folder, threads=runtime_settings(cfg).threads, thresholds=thresholds,
+                   caution=caution)
 
     def export_extractor(self, views: Sequence[np.ndarray], max_score_diff: float = 1e-3) -> dict:
         """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``

@@ -52,6 +52,11 @@ class Verdict:
     reason: str
     status: str = ""
     lung_fraction: float | None = None
+    rendering_score: float | None = None
+    """How far the whole slice's rendering and framing lie from the training exports
+    (``lungct.guard.caution``); above ``rendering_limit`` the answer carries a caution.
+    None when the guard has no caution score or did not score the slice."""
+    rendering_limit: float | None = None
 
     def __post_init__(self):
         if not self.status:
@@ -67,6 +72,12 @@ class Verdict:
         out["threshold"] = round(self.threshold, 4)
         if self.lung_fraction is not None:
             out["lung_fraction"] = round(self.lung_fraction, 4)
+        for key in ("rendering_score", "rendering_limit"):
+            value = getattr(self, key)
+            if value is None or not math.isfinite(value):
+                out.pop(key)
+            else:
+                out[key] = round(value, 4)
         return out
 
 

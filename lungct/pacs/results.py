@@ -20,7 +20,8 @@ import warnings
 from contextlib import contextmanager
 
 from lungct import __version__
-from lungct.case_report import FINDINGS_HEADING, TITLE, case_pdf, report_sections
+from lungct.case_report import (CAUTION_HEADING, FINDINGS_HEADING, TITLE, case_pdf,
+                                report_sections)
 
 MANUFACTURER = "lungct (research software, not a medical device)"
 SR_SERIES_NUMBER, PDF_SERIES_NUMBER = 9901, 9902
@@ -62,6 +63,7 @@ def _code(value: str, scheme: str, meaning: str):
 def _heading_code(heading: str):
     return {"Case verdict": _code("121073", "DCM", "Impression"),
             "Intended use": _code("121106", "DCM", "Comment"),
+            CAUTION_HEADING: _code("121106", "DCM", "Comment"),
             "Model": _code("111001", "DCM", "Algorithm Name")}.get(
         heading, _code("121071", "DCM", "Finding"))
 

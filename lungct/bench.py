@@ -142,9 +142,12 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     included) and over the first half; ``marginal_ips``, from the difference,
     is the rate once running (how issue 12 measured predict: marginal over 500
     images). ``with_guard``: the input guard screens every slice first, as
-    ``predict`` does by default.
+    ``predict`` does by default. The findings stage runs as params ``findings.enabled``
+    says (``--set findings.enabled=false``: the classification-only rate).
     """
     from lungct.batch import expand_inputs, forked_processes, parallel_processes, predict_paths
+
+    findings = "shipped" if (cfg.get("findings") or {}).get("enabled", True) else None
 
     root = resolve(cfg["data"]["root"])
     paths = expand_inputs([str(root)]) if root.is_dir() else []
@@ -171,13 +174,14 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
         from lungct.guard import load_guard
         guard = load_guard(cfg=cfg)
     list(predict_paths(clf, paths[:batch], batch_size=batch, progress=False,
-                       guard=guard))  # warm-up
+                       guard=guard, findings=findings))  # warm-up
     def run(part: list[Path]) -> tuple[float, list[dict]]:
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
             rows = list(predict_paths(clf, part, batch_size=batch, workers=workers,
-                                      progress=False, guard=guard, processes=processes))
+                                      progress=False, guard=guard, processes=processes,
+                                      findings=findings))
             times.append(time.perf_counter() - start)
         return statistics.median(times), rows
 

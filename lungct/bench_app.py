@@ -19,8 +19,9 @@ channels only, ``lungct.explain.SLOW_CHANNELS``) with the methods as published
 written to ``reports/cam_fidelity.json``. The full methods take minutes.
 
 ``memory`` drives the app in this process with Streamlit's ``AppTest``, as one
-user would: classify an example, the Grad-CAM page with every method (the slow
-ones included), and the model comparison of all models on one image. It prints
+user would: classify an example, the Grad-CAM page with every method (the slow ones
+included), the Study page on a 64-slice series with findings (``bench_study.bench_files``),
+and the model comparison of all models on one image. It prints
 the process's resident memory (RSS) after each step and the peak, and writes
 ``reports/app_memory.json``.
 
@@ -191,6 +192,11 @@ def app_session(timeout: float = 600) -> list[tuple[str, float]]:
     for method in CAM_METHODS:
         at.selectbox(key="gradcam_class_method").select(method).run()
     steps.append(("Grad-CAM page: each class under every method", rss_mb()))
+    from lungct.bench_study import bench_files
+    files, _ = bench_files(64)
+    at.session_state["study_files"] = tuple(files)
+    page(at, "study")
+    steps.append(("Study page: a 64-slice series with findings", rss_mb()))
     page(at, "compare")
     at.selectbox(key="compare_example").select(SAMPLE.name).run()
     steps.append(("model comparison: every model on one image", rss_mb()))

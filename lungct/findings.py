@@ -242,7 +242,7 @@ def candidates(gray: np.ndarray, seg, spacing_mm: float | None = None,
             "thickness_mm": float(dist[y0:y1, x0:x1][part].max()) * mm,
             "log_area": float(np.log(area)),
             "enclosure": float(lung_ring.mean()) if lung_ring.size else 0.0,
-            "solidity": f.features.pop("_solidity"),
+            "solidity": _solidity(part),
             "density": float(np.clip(vals.mean(), -400, 200) / 100.0),
             "density_sd": float(min(vals.std(), 400) / 100.0),
             "rel_area": float(part.sum() / max(lung_area, 1.0)),
@@ -251,6 +251,13 @@ def candidates(gray: np.ndarray, seg, spacing_mm: float | None = None,
         }
         out.append(f)
     return out
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area over convex-hull area: 1 for a round blob, low for a branching vessel tree."""
+    py, px = np.nonzero(mask)
+    hull = cv2.convexHull(np.stack([px, py], 1).astype(np.int32))
+    return float(min(mask.sum() / max(cv2.contourArea(hull), 1.0), 1.0))
 
 
 def _geometry(mask: np.ndarray, y0: int, x0: int, grid: tuple, score: float, features: dict,
@@ -266,10 +273,8 @@ def _geometry(mask: np.ndarray, y0: int, x0: int, grid: tuple, score: float, fea
                                    cv2.CHAIN_APPROX_SIMPLE)
     outline = [(int(round((x + x0) * scale + ox)), int(round((y + y0) * scale + oy)))
                for c in sorted(contours, key=cv2.contourArea)[-1:] for x, y in c.reshape(-1, 2)]
-    features = dict(features)
-    features["_solidity"] = float(min(mask.sum() / max(cv2.contourArea(hull), 1.0), 1.0))
     return Finding(
-        score=score, blob=blob, region=(y0, x0, mask), grid=grid, features=features,
+        score=score, blob=blob, region=(y0, x0, mask), grid=grid, features=dict(features),
         box=(int((px.min() + x0) * scale + ox), int((py.min() + y0) * scale + oy),
              int(np.ceil((px.max() + 1 + x0) * scale + ox)) - 1,
              int(np.ceil((py.max() + 1 + y0) * scale + oy)) - 1),
@@ -366,9 +371,7 @@ def _joined(parts: list[Finding]) -> Finding:
     for py, px, m in (p.region for p in parts):
         mask[py - y0:py - y0 + m.shape[0], px - x0:px - x0 + m.shape[1]] |= m
     best = max(parts, key=lambda p: p.score)
-    out = _geometry(mask, y0, x0, best.grid, best.score, best.features, best.blob)
-    out.features.pop("_solidity", None)
-    return out
+    return _geometry(mask, y0, x0, best.grid, best.score, best.features, best.blob)
 
 
 # ------------------------------------------------------------------ series

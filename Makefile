@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 # model.onnx on this machine. The guard's feature extractor too
 # (models/ood_guard/extractor.onnx, kept only if its scores match PyTorch's).
 onnx: install
-	test -f models/student_kd/int8.json || $(PY) -m lungct export --model student_kd teacher_hybrid_vit
+	test -f models/student_kd/int8.json || $(PY) -m lungct lab export --model student_kd teacher_hybrid_vit
 	test -f models/ood_guard/extractor.json || $(PY) -m lungct guard export
 
 app: onnx
@@ -37,10 +37,10 @@ smoke: install
 	bash training/smoke_pipeline.sh
 
 bench: install
-	$(PY) -m lungct.bench
+	$(PY) -m lungct.lab.bench
 
 # A local Orthanc PACS (Debian: apt-get install orthanc orthanc-dicomweb) on
 # 127.0.0.1 with DICOMweb and a demo study; its config and storage go to .pacs/
 # (git-ignored). Ctrl-C stops it. Then: python -m lungct pacs studies
 pacs: install
-	$(PY) -m lungct.pacs.server --folder .pacs
+	$(PY) -m lungct pacs serve --folder .pacs

@@ -67,7 +67,7 @@ results = cache.analyse(clf, catalog.model_key(entry), files, window,
                         guard, catalog.guard_key())
 if guard is None:
     st.caption("The input check (is each file a lung CT slice?) is not installed: "
-               "`python -m lungct.guard fit` makes it.")
+               "`python -m lungct guard fit` makes it.")
 target_class = None if target == "predicted" else target
 overlays = {}
 

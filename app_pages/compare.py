@@ -15,8 +15,8 @@ cfg = load_config()
 st.title("Model comparison")
 all_entries = cache.entries(str(catalog.models_dir()))
 if not all_entries:
-    st.info("No model cards yet: train one with `python -m lungct train --name student_kd`, "
-            "then `python -m lungct evaluate --model student_kd`.")
+    st.info("No model cards yet: train one with `python -m lungct lab train --name student_kd`, "
+            "then `python -m lungct lab evaluate --model student_kd`.")
     st.stop()
 
 protocol = st.radio("Protocol", list(comparison.PROTOCOLS), horizontal=True,
@@ -36,7 +36,7 @@ evaluated = [e for e in all_entries if e.protocol == protocol and e.test_metrics
 colours = charts.model_colours(e.name for e in all_entries)  # the same colour in every chart
 if not evaluated:
     st.info(f"No {protocol}-protocol model is evaluated yet: run "
-            "`python -m lungct evaluate --model NAME`.")
+            "`python -m lungct lab evaluate --model NAME`.")
 else:
     st.subheader("Per-class precision, recall and F1 (bootstrap 95% CIs)")
     long = pd.concat([cache.per_class_table(e, catalog.model_key(e), str(e.folder))
@@ -66,13 +66,13 @@ else:
             key="reliability")
     else:
         st.info("No test_predictions.json found: ROC and reliability curves need it "
-                "(written by `python -m lungct evaluate`).")
+                "(written by `python -m lungct lab evaluate`).")
 
 st.subheader("Other hospitals' chest CT and where the heatmaps point")
 external = comparison.external_table(all_entries)
 if external.empty:
-    st.info("No model card has external results yet: `python -m lungct external DIR "
-            "--write-card` and `python -m lungct pointing --write-cards` add them.")
+    st.info("No model card has external results yet: `python -m lungct lab external DIR "
+            "--write-card` and `python -m lungct lab pointing --write-cards` add them.")
 else:
     st.caption("Lung-PET-CT-Dx (two adenocarcinoma patients, Philips and Siemens DICOM), guard "
                "on: share of lung slices accepted, of tumour-box slices called malignant, and "
@@ -81,7 +81,7 @@ else:
                "for the class malignant. Painted mass: the model's normal test slices called "
                "malignant, plain and with a mass of up to 3-7 cm painted into a lung field, and the AUC "
                "of P(malignant) between the two (0.5: the mass plays no part). From `python -m "
-               "lungct external`, `python -m lungct pointing` and `python -m lungct "
+               "lungct lab external`, `python -m lungct lab pointing` and `python -m lungct "
                "lesion-check`.")
     st.dataframe(external, hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="percent")
@@ -107,7 +107,7 @@ else:
 rendering = comparison.rendering_table(all_entries)
 if not rendering.empty:
     st.caption("The same test slices as other hospitals render them (guard off; "
-               "`python -m lungct robustness`): accuracy and the share of normal slices "
+               "`python -m lungct lab robustness`): accuracy and the share of normal slices "
                "called malignant, plain and per rendering. A model that keys on one "
                "hospital's export calls normal lung-window slices malignant.")
     st.dataframe(rendering, hide_index=True,

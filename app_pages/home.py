@@ -23,12 +23,12 @@ st.markdown(
 entry = sidebar.active_entry()
 st.subheader("Active model")
 if entry is None:
-    st.info("No model is available: train one with `python -m lungct train --name student_kd`.")
+    st.info("No model is available: train one with `python -m lungct lab train --name student_kd`.")
     st.stop()
 st.markdown(f"**{entry.name}**: {entry.description or entry.card.get('arch', '')}")
 row = summary_row(entry)
 if entry.test_metrics is None:
-    st.info(f"Test metrics: {NOT_EVALUATED}. Run `python -m lungct evaluate --model "
+    st.info(f"Test metrics: {NOT_EVALUATED}. Run `python -m lungct lab evaluate --model "
             f"{entry.name}` to compute them.")
 else:
     n = f", {row['n_test']} slices" if row["n_test"] else ""

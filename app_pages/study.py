@@ -10,8 +10,8 @@ from lungct.app_support import cache, catalog, findings_view, sidebar, study
 from lungct.app_support.case import below_threshold_note, probabilities_text
 from lungct.app_support.reference import DISCLAIMER
 from lungct.app_support.report import results_caution
-from lungct.case import ACCEPTED_HELP
-from lungct.case_report import case_pdf
+from lungct.pipeline.case import ACCEPTED_HELP
+from lungct.pipeline.report import case_pdf
 from lungct.config import load_config
 from lungct.explain import FAST_METHODS
 

@@ -165,7 +165,7 @@ def models_dir(cfg: dict | None = None) -> Path:
 
 
 LEAKAGE_REPORT = "leakage.json"
-"""``python -m lungct leakage``'s report, in the reports folder."""
+"""``python -m lungct lab leakage``'s report, in the reports folder."""
 
 
 def reports_dir(cfg: dict) -> Path:

@@ -24,7 +24,7 @@ def run_command(parser, argv: list[str] | None = None) -> int:
 
     The message goes to stderr as one ``error: ...`` line, never a traceback.
     Every entry point calls this: ``python -m lungct`` and the modules' own
-    ``python -m lungct.bench`` and the like.
+    ``python -m lungct lab bench`` and the like.
     """
     args = parser.parse_args(argv)
     try:

@@ -216,7 +216,7 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
     ``progress(share)`` is called as the masked forward passes of AblationCAM and
     ScoreCAM complete (share in [0, 1]); the other methods do not call it.
     ``channels``: how many channels AblationCAM and ScoreCAM score (None: every
-    channel, the methods as published; ``python -m lungct.bench_app fidelity``).
+    channel, the methods as published; ``python -m lungct lab bench-app fidelity``).
     """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -6,7 +6,7 @@ validation split by ``evaluate``; 1.0 when the card has none), so the
 probability the app shows and the "unsure" flag rest on calibrated numbers.
 
 Two backends compute the logits: ONNX Runtime (``models/<name>/model.onnx``,
-written by ``python -m lungct export``; 2-4x faster on a CPU) and PyTorch
+written by ``python -m lungct lab export``; 2-4x faster on a CPU) and PyTorch
 eager. ``Classifier.from_name`` picks one from ``runtime.backend`` /
 ``LUNGCT_BACKEND`` (see :mod:`lungct.onnx_runtime`) and falls back to
 PyTorch when the ONNX file or onnxruntime is missing or unusable. The
@@ -118,7 +118,7 @@ class Classifier:
         instead of falling back; "torch" never touches ONNX. Raises
         ModelLoadError for a missing model or unusable weights. ``precision``
         (default ``runtime.precision``): "int8" runs ONNX Runtime on the checked
-        ``model.int8.onnx`` when built (``lungct.quantize``), else float32.
+        ``model.int8.onnx`` when built (``lungct.training.quantize``), else float32.
         """
         from lungct.models import load_model
         from lungct.models.checkpoint import read_card, resolve_model_dir

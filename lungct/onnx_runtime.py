@@ -36,7 +36,7 @@ BUILD_RECORD = "onnx.json"
 building them on a fresh clone never rewrites the tracked model card."""
 INT8_FILE = "model.int8.onnx"
 INT8_RECORD = "int8.json"
-"""The int8 twin of model.onnx and its local build check (build outputs; lungct.quantize)."""
+"""The int8 twin of model.onnx and its local build check (build outputs; lungct.training.quantize)."""
 CALIBRATION_FILE = "int8_calibration.json"
 """Recorded activation ranges (ONNX Runtime's MinMax calibration cache), tracked beside a
 model's card or the guard's: an int8 build is made from them on each machine."""
@@ -66,7 +66,7 @@ class OnnxUnavailable(LungctError, RuntimeError):
 
 PARITY_MAX_DIFF = 1e-3
 """Default of ``runtime.parity_max_diff``: the largest |p_onnx - p_torch| at export that the
-runtime accepts (labels must be identical too). See lungct.onnx_export.parity_check."""
+runtime accepts (labels must be identical too). See lungct.training.onnx_export.parity_check."""
 
 
 class RuntimeSettings(NamedTuple):
@@ -220,7 +220,7 @@ class OnnxModel:
 
     def beside(self) -> "OnnxModel":
         """The same network on a one-thread session, opened on first use: for a forward pass
-        that runs beside other work (a lone slice's guard, ``lungct.case.analyse_one``).
+        that runs beside other work (a lone slice's guard, ``lungct.pipeline.case.analyse_one``).
         On 2 cores a guarded slice took 13.1-15.0 ms this way and 12.3-17.4 ms with two
         threads fighting the guard for the cores (ad-hoc ``run_case`` timing, six samples)."""
         if self.threads == 1:
@@ -246,7 +246,7 @@ def side_threads() -> int:
     """Intra-op threads of the guard's network when ``runtime.threads`` is 0: half the CPUs.
 
     A lone slice runs the guard beside the classifier's forward pass
-    (``lungct.case.analyse_one``); a guard session that takes every core fights
+    (``lungct.pipeline.case.analyse_one``); a guard session that takes every core fights
     the classifier for them.
     """
     return max(1, (os.cpu_count() or 2) // 2)
@@ -344,10 +344,10 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
     """
     folder = Path(folder)
     path = folder / ONNX_FILE
-    redo = f"re-export it with `python -m lungct export --model {folder.name}`"
+    redo = f"re-export it with `python -m lungct lab export --model {folder.name}`"
     import_onnxruntime()
     if not path.exists():
-        raise OnnxUnavailable(f"{path} not found (`python -m lungct export --model "
+        raise OnnxUnavailable(f"{path} not found (`python -m lungct lab export --model "
                               f"{folder.name}` writes it)", "no_file")
     # the int8 twin carries model.onnx's metadata, so the checks below read either
     quantized = int8_build(folder) if precision == "int8" else None
@@ -359,7 +359,7 @@ def load_onnx(folder: str | Path, card: dict, threads: int = 0, max_batch: int =
         exported = json.loads(meta[METADATA_KEY])
     except (KeyError, ValueError):
         raise OnnxUnavailable(f"{path} has no lungct contract in its metadata "
-                              f"(not written by lungct export); {redo}") from None
+                              f"(not written by lungct lab export); {redo}") from None
     try:
         want = contract_of(card)
     except (KeyError, TypeError, ValueError) as err:

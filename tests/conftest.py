@@ -37,7 +37,7 @@ def _fake_test_predictions(n: int = 90, seed: int = 0):
 def build_standin_models(folder: Path) -> Path:
     """Random-init student (EfficientNet-Lite0) and teacher (hybrid ViT) at 64 px, evaluated
     on fake predictions, plus a card-only VGG16 (weights not shipped, as in the repo)."""
-    from lungct.metrics import classification_report
+    from lungct.training.metrics import classification_report
     from lungct.models import create_model, save_model
 
     y, probs = _fake_test_predictions()

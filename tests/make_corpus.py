@@ -132,7 +132,7 @@ def build() -> list[dict]:
     """(file, bytes, name, expect, keyword, what) for every corpus entry."""
     from pydicom.encaps import encapsulate
 
-    from lungct.phantoms import (abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom,
+    from lungct.lab.phantoms import (abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom,
                                  document, hu_window)
 
     rng = np.random.default_rng(20240601)

@@ -205,7 +205,7 @@ def test_experiments_first_use_imports_the_shipped_runs(app, models_dir):
                           if (read_card(models_dir / n).get("training") or {}).get("history"))
     at = open_page(app, "experiments")
     if not with_history:
-        assert "python -m lungct train --name student_kd" in at.info[0].value
+        assert "python -m lungct lab train --name student_kd" in at.info[0].value
         return
     assert not at.error
     assert sorted(at.dataframe[0].value["model_name"]) == with_history

@@ -233,7 +233,7 @@ def _entry(tmp_path, name, card, weights=False, predictions=None):
 
 
 def _metrics(acc):
-    from lungct.metrics import classification_report
+    from lungct.training.metrics import classification_report
     y = np.array([0, 0, 1, 1, 2, 2, 2, 0, 1, 2])
     probs = np.eye(3)[y] * 0.7 + 0.1
     if acc < 1:

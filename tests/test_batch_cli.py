@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from lungct.case import prefetch
+from lungct.pipeline.case import prefetch
 from lungct.cli import main as cli_main
 from lungct.cli.predict import CSV_COLUMNS
 from lungct.config import load_config, resolve
 from lungct.models import create_model, save_model
-from lungct.onnx_export import export_model
+from lungct.training.onnx_export import export_model
 
 SAMPLES = sorted(resolve("samples").glob("*.jpg"))
 
@@ -156,8 +156,8 @@ def test_prefetch_keeps_order_bounds_lookahead_and_overlaps():
 def test_worker_processes_give_the_rows_of_one_process(model_dir, tmp_path, capsys):
     """A folder of many files in forked worker processes (``--processes 2``): the same rows,
     in the same order, as in this process, a bad file included; the guard runs in them."""
-    from lungct.batch import MIN_PARALLEL_FILES, forked_processes, parallel_processes
-    from lungct.case import load_guard
+    from lungct.pipeline.batch import MIN_PARALLEL_FILES, forked_processes, parallel_processes
+    from lungct.pipeline.case import load_guard
     from lungct.inference import Classifier
 
     cfg = load_config()

@@ -1,4 +1,4 @@
-"""``python -m lungct.bench_app cam`` writes what the app's time estimates read."""
+"""``python -m lungct lab bench-app cam`` writes what the app's time estimates read."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from lungct import bench_app
+from lungct.cli import main as cli_main
+from lungct.lab import bench_app
 from lungct.app_support import heatmaps
 
 
@@ -18,11 +19,11 @@ def test_cam_report_round_trip(tmp_path, monkeypatch, capsys):
                         lambda args: {"reports": {"dir": str(tmp_path)}})
     threads = torch.get_num_threads()
     try:
-        assert bench_app.main(["cam", "--models", "m1", "--threads", "1"]) == 0
+        assert cli_main(["lab", "bench-app", "cam", "--models", "m1", "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "4.4 / 8.1" in out and "ScoreCAM" in out
     report = tmp_path / heatmaps.CAM_SECONDS_FILE
-    assert json.loads(report.read_text())["command"] == "python -m lungct.bench_app cam --threads 1"
+    assert json.loads(report.read_text())["command"] == "python -m lungct lab bench-app cam --threads 1"
     assert heatmaps.measured_seconds("m1", report) == {"Grad-CAM": 0.2, "ScoreCAM": 4.4}

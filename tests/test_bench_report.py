@@ -1,6 +1,6 @@
 """The benchmark's verdicts on the speed goals come from the report's own figures."""
 
-from lungct.bench import TARGETS, format_report, targets
+from lungct.lab.bench import TARGETS, format_report, targets
 
 
 def _report(latency, guarded, cli_on, cli_off):
@@ -33,7 +33,7 @@ def test_the_guarded_figures_decide_the_goals():
 
 def test_the_stages_of_one_image_are_printed_and_measured(tmp_path):
     """The per-stage breakdown behind the README's explanation of the missed goals."""
-    from lungct.bench import stage_ms
+    from lungct.lab.bench import stage_ms
     from lungct.config import SAMPLES_DIR
     from lungct.guard import load_guard
     from lungct.inference import Classifier
@@ -55,7 +55,7 @@ def test_cards_headline_the_backend_users_run(tmp_path, monkeypatch):
     rate the goal uses beside the whole-run one."""
     import json
 
-    from lungct.bench import store_in_cards
+    from lungct.lab.bench import store_in_cards
 
     monkeypatch.setenv("LUNGCT_MODELS", str(tmp_path))
     monkeypatch.delenv("LUNGCT_BACKEND", raising=False)

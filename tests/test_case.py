@@ -1,4 +1,4 @@
-"""The case pipeline (lungct.case) and series input (lungct.series): order, grouping,
+"""The case pipeline (lungct.pipeline.case) and series input (lungct.pipeline.series): order, grouping,
 limits, guard states, batching, the ``case`` command and its exit codes.
 
 Series are synthesised (tests/dicom_factory.py); ``../shared`` is not needed.
@@ -18,11 +18,11 @@ import torch
 from dicom_factory import ct_series
 
 from lungct import CLASSES
-from lungct import case as case_mod
-from lungct.case import SliceResult, analyse_slices, case_verdict, counts, run_case
+from lungct.pipeline import case as case_mod
+from lungct.pipeline.case import SliceResult, analyse_slices, case_verdict, counts, run_case
 from lungct.cli import main
 from lungct.inference import Prediction
-from lungct.series import (StudyLimitError, group_series, is_lung_kernel, load_study,
+from lungct.pipeline.series import (StudyLimitError, group_series, is_lung_kernel, load_study,
                            natural_key, read_inputs)
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "InstitutionName": "St Example"}
@@ -192,7 +192,7 @@ def test_limits_come_from_params(tmp_path, capsys):
 
 
 def test_each_dicom_is_parsed_once(monkeypatch):
-    import lungct.series as series_mod
+    import lungct.pipeline.series as series_mod
     calls = []
     real = series_mod.read_dicom_safely
     monkeypatch.setattr(series_mod, "read_dicom_safely", lambda d: calls.append(1) or real(d))

@@ -1,4 +1,4 @@
-"""The rendering caution (``lungct.case.slice_caution``, ``lungct.guard.caution``).
+"""The rendering caution (``lungct.pipeline.case.slice_caution``, ``lungct.guard.caution``).
 
 A slice rendered unlike the training exports (here: a synthetic lung-window CT DICOM,
 Lung-PET-CT-Dx-like, made from a sample slice) is still classified, flagged unsure and
@@ -30,7 +30,7 @@ CARD = {"rendering_robustness": {"kinds": {
 def lung_window_series(n: int = 1, **kwargs) -> list[bytes]:
     """CT DICOM whose lung-window rendering shows the lungs grey and soft tissue light, as
     most hospitals' exports (Lung-PET-CT-Dx) do: a sample slice re-rendered that way."""
-    from lungct.demo_series import synthetic_series
+    from lungct.data.demo_series import synthetic_series
     from lungct.guard.variants import retissue
     from lungct.preprocess import load_image
 
@@ -45,7 +45,7 @@ def _reasons(text: str) -> str:
 
 def drawn_words(pdf: bytes) -> str:
     """The PDF's drawn strings joined by spaces: a sentence the layout wrapped reads whole."""
-    from lungct.case_report import pdf_text
+    from lungct.pipeline.report import pdf_text
     parts = re.findall(r"\(((?:\\.|[^\\)])*)\) Tj", pdf_text(pdf))
     return " ".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
 
@@ -85,7 +85,7 @@ def rows(guard, inputs) -> dict[str, dict]:
     """``predict_paths`` rows (the pipeline under predict) with a fake classifier and a card."""
     from test_case import BatchClassifier
 
-    from lungct.batch import predict_paths
+    from lungct.pipeline.batch import predict_paths
     clf = BatchClassifier()
     clf.card = CARD
     paths = [inputs["dicom"], inputs["png"], *SAMPLES]
@@ -126,7 +126,7 @@ def test_same_caution_for_the_dicom_and_its_png(rows):
 
 
 def test_caution_without_a_lung_window_quotes_the_cards_worst_rate():
-    from lungct.case import Cautions, SliceResult, slice_caution
+    from lungct.pipeline.case import Cautions, SliceResult, slice_caution
     r = SliceResult(1, 1, guard={"rendering_score": 8.4, "rendering_limit": 2.99},
                     lung_window=False)
     text = slice_caution(r, Cautions(None, ("mediastinal_window_imitation", 0.2262)))
@@ -152,7 +152,7 @@ def test_predict_terminal_line_and_json(tiny_model, inputs, capsys):
 
 
 def test_case_json_table_and_pdf(tiny_model, tmp_path, capsys):
-    from lungct.case_report import CAUTION_HEADING, case_pdf
+    from lungct.pipeline.report import CAUTION_HEADING, case_pdf
     from lungct.cli import main
     for i, data in enumerate(lung_window_series(3)):
         (tmp_path / f"{i}.dcm").write_bytes(data)
@@ -174,8 +174,8 @@ def test_case_json_table_and_pdf(tiny_model, tmp_path, capsys):
 def test_samples_case_report_has_no_caution(guard):
     from test_case import BatchClassifier
 
-    from lungct.case import run_case
-    from lungct.case_report import CAUTION_HEADING, case_pdf, pdf_text, report_sections
+    from lungct.pipeline.case import run_case
+    from lungct.pipeline.report import CAUTION_HEADING, case_pdf, pdf_text, report_sections
     clf = BatchClassifier()
     clf.card = CARD
     case = run_case([str(p) for p in SAMPLES], clf, guard=guard, findings=None).as_dict()

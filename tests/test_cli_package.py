@@ -1,11 +1,10 @@
-"""The command line is one parser (``lungct.cli``) with every command; old entry points run too.
+"""The command line is one parser (``lungct.cli``): the users' commands, and ``lab`` for research.
 
 No model, no data: only parsing, help and one error path.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -13,22 +12,19 @@ import sys
 import pytest
 
 from lungct.cli import build_parser, main
-from lungct.cli.parser import COMMANDS
+from lungct.cli.parser import COMMANDS, LAB_COMMANDS
 from lungct.config import REPO_ROOT
 
-EVERY_COMMAND = {"split", "leakage", "train", "evaluate", "predict", "export", "quantize", "cards", "half",
-                 "case", "pacs", "external", "pointing", "robustness", "lesion-check", "cv", "probe", "bench", "bench-app", "bench-study",
-                 "safety-report", "results-table", "guard", "tracking", "lab"}
+USER_COMMANDS = ["predict", "case", "pacs", "guard", "lab"]
+LAB = {"split", "leakage", "train", "half", "evaluate", "cards", "export", "quantize", "tracking",
+       "cv", "probe", "external", "pointing", "robustness", "lesion-check", "findings", "bench",
+       "bench-app", "bench-study", "safety-report", "results-table"}
 
-NEW_COMMANDS = [["bench"], ["bench-app"], ["bench-app", "cam"], ["bench-app", "fidelity"],
-                ["bench-app", "memory"], ["bench-study"], ["safety-report"], ["results-table"],
-                ["guard"], ["guard", "fit"], ["guard", "check"], ["tracking"],
-                ["tracking", "import"]]
-
-OWN_ENTRY_POINTS = {  # python -m MODULE: dvc.yaml, the Makefile and the reports name these
-    "lungct.bench": [], "lungct.bench_app": ["cam"], "lungct.bench_study": [],
-    "lungct.safety_report": [], "lungct.results_table": [], "lungct.guard.cli": ["fit"],
-    "lungct.training.tracking": ["import"]}
+NEW_COMMANDS = [["lab", "bench"], ["lab", "bench-app"], ["lab", "bench-app", "cam"],
+                ["lab", "bench-app", "fidelity"], ["lab", "bench-app", "memory"],
+                ["lab", "bench-study"], ["lab", "safety-report"], ["lab", "results-table"],
+                ["guard"], ["guard", "fit"], ["guard", "check"], ["lab", "tracking"],
+                ["lab", "tracking", "import"], ["pacs", "serve"], ["lab", "findings"]]
 
 
 def _commands(parser) -> list[str]:
@@ -42,8 +38,15 @@ def _exit_code(run) -> int:
     return exit_info.value.code
 
 
-def test_the_parser_lists_every_command():
-    assert set(_commands(build_parser())) == EVERY_COMMAND
+def _lab_commands(parser) -> list[str]:
+    lab = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return _commands(lab.choices["lab"])
+
+
+def test_users_see_four_commands_and_the_lab():
+    """The users' commands at the top, every research command under ``lab``."""
+    assert _commands(build_parser()) == USER_COMMANDS
+    assert set(_lab_commands(build_parser())) == LAB
 
 
 def test_each_registry_entry_registers_its_own_command():
@@ -51,6 +54,16 @@ def test_each_registry_entry_registers_its_own_command():
     assert [name for name, _ in COMMANDS] == _commands(build_parser())
     for name, _ in COMMANDS:
         assert _commands(build_parser(name)) == [name]
+    for name, _ in LAB_COMMANDS:
+        assert _lab_commands(build_parser("lab", name)) == [name]
+
+
+def test_no_module_keeps_a_private_entry_point():
+    """One parser: ``python -m lungct`` is the only program in the package."""
+    package = REPO_ROOT / "lungct"
+    mains = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+             if "__name__ == \"__main__\"" in p.read_text() or p.name == "__main__.py"]
+    assert mains == ["__main__.py"]
 
 
 @pytest.mark.parametrize("argv", NEW_COMMANDS, ids=" ".join)
@@ -59,17 +72,10 @@ def test_help_of_the_new_commands(argv, capsys):
     assert capsys.readouterr().out.startswith(f"usage: python -m lungct {' '.join(argv)}")
 
 
-@pytest.mark.parametrize("module", sorted(OWN_ENTRY_POINTS))
-def test_the_modules_own_entry_points_still_parse(module, capsys):
-    argv = [*OWN_ENTRY_POINTS[module], "--help"]
-    assert _exit_code(lambda: importlib.import_module(module).main(argv)) == 0
-    assert capsys.readouterr().out.startswith("usage: python -m lungct.")
-
-
 @pytest.mark.parametrize("argv", [["guard", "--params", "p.yaml", "fit"],
                                   ["guard", "fit", "--params", "p.yaml"],
                                   ["pacs", "--params", "p.yaml", "studies"],
-                                  ["tracking", "import", "m", "--params", "p.yaml"]])
+                                  ["lab", "tracking", "import", "m", "--params", "p.yaml"]])
 def test_config_options_before_or_after_a_verb(argv):
     """A verb repeats --params/--preset/--set without wiping what came before it."""
     args = build_parser().parse_args(argv)
@@ -78,7 +84,7 @@ def test_config_options_before_or_after_a_verb(argv):
 
 def test_an_unknown_model_is_one_error_line_and_status_2():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "lungct", "evaluate", "--model", "nope"],
+    done = subprocess.run([sys.executable, "-m", "lungct", "lab", "evaluate", "--model", "nope"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

@@ -43,7 +43,7 @@ def data_of(file: str) -> bytes:
 @pytest.fixture(scope="module")
 def guard():
     if not GUARD_FILE.exists():
-        pytest.skip(f"no fitted OOD guard at {GUARD_FILE} (python -m lungct.guard fit)")
+        pytest.skip(f"no fitted OOD guard at {GUARD_FILE} (python -m lungct guard fit)")
     return ood.InputGuard.load()
 
 

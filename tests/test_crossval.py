@@ -1,4 +1,4 @@
-"""python -m lungct cv: every fold trains on its own parts (the teacher too), every image is
+"""python -m lungct lab cv: every fold trains on its own parts (the teacher too), every image is
 predicted once, finished folds are not retrained, the report lands in reports/cv/."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import lungct.evaluate  # noqa: F401  imported before load_model is patched (it binds it)
+import lungct.training.evaluate  # noqa: F401  imported before load_model is patched (it binds it)
 from lungct import CLASSES
 from lungct.config import load_config
-from lungct.training import crossval
+from lungct.lab import crossval
 
 
 def _manifest(path: Path, n_groups: int = 15) -> list[dict]:
@@ -49,7 +49,7 @@ def test_run_cv_plumbing(tmp_path, monkeypatch):
 
     monkeypatch.setattr("lungct.training.run.train_from_config", fake_train)
     monkeypatch.setattr("lungct.models.load_model", lambda folder: object())
-    monkeypatch.setattr("lungct.evaluate.collect_logits", fake_logits)
+    monkeypatch.setattr("lungct.training.evaluate.collect_logits", fake_logits)
 
     first = crossval.run_cv(cfg, "student_lungs", k=3, epochs=1, only=[0],
                             cache=tmp_path / "cache")

@@ -1,4 +1,4 @@
-"""Grouped cross-validation (lungct.cv): folds never split a patient, every image is
+"""Grouped cross-validation (lungct.lab.cv): folds never split a patient, every image is
 predicted once, intervals resample patients, calibration is cross-fitted."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct.case import case_label
-from lungct.cv import (assign_folds, cross_fitted_probabilities, cv_report, fit_temperature,
+from lungct.pipeline.case import case_label
+from lungct.lab.cv import (assign_folds, cross_fitted_probabilities, cv_report, fit_temperature,
                        fold_manifest, fold_part, format_cv, group_bootstrap_ci, softmax)
 
 
@@ -127,7 +127,7 @@ def test_cv_report_on_perfect_and_random_predictions():
 
 
 def test_paired_difference_counts_discordant_images():
-    from lungct.cv import paired_difference
+    from lungct.lab.cv import paired_difference
     y = np.array([0, 1, 2, 0, 1, 2])
     a = np.array([0, 1, 2, 0, 0, 0])      # 4 right
     b = np.array([0, 0, 0, 0, 1, 2])      # 4 right, others

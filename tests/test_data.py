@@ -407,7 +407,7 @@ def test_manifest_round_trip(synthetic_manifest, tmp_path):
 
 
 def test_read_manifest_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m lungct split"):
+    with pytest.raises(FileNotFoundError, match="python -m lungct lab split"):
         read_manifest(tmp_path / "absent.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\na.png,normal\n")
@@ -438,7 +438,7 @@ def test_committed_manifest_is_valid():
 def test_committed_manifest_matches_a_fresh_build(real_root, tmp_path, capsys):
     from lungct.cli import main
     out = tmp_path / "splits.csv"
-    assert main(["split", "--out", str(out)]) == 0
+    assert main(["lab", "split", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert out.read_bytes() == COMMITTED_MANIFEST.read_bytes()
 

@@ -17,10 +17,10 @@ from dicom_factory import ct_series
 from PIL import Image
 
 from lungct import CLASSES, MALIGNANT_THRESHOLD, slice_label
-from lungct.case import CASE_RULE, SliceResult, analyse_slices, case_label, case_verdict, run_case
-from lungct.case_report import format_case
+from lungct.pipeline.case import CASE_RULE, SliceResult, analyse_slices, case_label, case_verdict, run_case
+from lungct.pipeline.report import format_case
 from lungct.inference import Classifier, Prediction
-from lungct.series import read_slice
+from lungct.pipeline.series import read_slice
 
 NEAR_MISS = {"normal": 0.30, "benign": 0.21, "malignant": 0.49}   # malignant is the argmax
 

@@ -18,7 +18,7 @@ from lungct.guard.variants import hu_window
 from lungct.guard.verdict import colour_photo
 from lungct.lungs import segment
 from lungct.preprocess import decode_image, load_image
-from lungct.safety_report import CROP_SIDES, crop_figures, crop_into_body
+from lungct.lab.safety_report import CROP_SIDES, crop_figures, crop_into_body
 
 SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
 SIDES = ("left", "right", "top", "bottom")
@@ -167,7 +167,7 @@ def test_a_colour_photo_is_refused_by_every_route_not_only_the_bytes_check():
     import numpy as np
     from PIL import Image
 
-    from lungct.case import load_guard, run_case
+    from lungct.pipeline.case import load_guard, run_case
 
     rng = np.random.default_rng(1)
     photo = np.zeros((256, 256, 3), np.uint8)

@@ -1,4 +1,4 @@
-"""External evaluation (python -m lungct external), the pointing game and the shortcut probe,
+"""External evaluation (python -m lungct lab external), the pointing game and the shortcut probe,
 on synthetic layouts and tiny untrained models: no dataset needed."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from lungct.cli import main as cli_main
 from lungct.config import REPO_ROOT
 from lungct.data.leakage import grey_histogram, histogram_probe
 from lungct.data.lung_pet_ct_dx import patient_of, read_all, read_boxes
-from lungct.external import evaluate_external, folder_class
+from lungct.lab.external import evaluate_external, folder_class
 from lungct.guard.variants import hu_window
 from lungct.inference import Classifier
 from lungct.models import create_model, save_model
-from lungct.pointing import box_mask, energy_inside, hit, pointing_game
+from lungct.lab.pointing import box_mask, energy_inside, hit, pointing_game
 from test_lungs import chest_hu
 
 SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
@@ -142,11 +142,11 @@ def test_external_on_lung_pet_ct_dx_and_the_command(tmp_path, capsys):
         assert sum(p.values()) == pytest.approx(1.0, abs=1e-3) and set(p) == set(clf.classes)
     assert 0.0 <= r["other_slices_called_malignant"] <= 1.0
     assert 0.0 <= r["auc_boxed_vs_other"] <= 1.0   # both kinds of slice were classified
-    rc = cli_main(["external", str(root), "--model", str(folder), "--no-guard",
+    rc = cli_main(["lab", "external", str(root), "--model", str(folder), "--no-guard",
                    "--write-card"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "pointing game Grad-CAM" in out and "mean probabilities, boxed slices" in out
     from lungct.models.checkpoint import read_card
     assert read_card(folder)["external"]["lpcd"]["layout"] == "Lung-PET-CT-Dx"
-    assert cli_main(["external", str(tmp_path / "missing"), "--model", str(folder)]) == 2
+    assert cli_main(["lab", "external", str(tmp_path / "missing"), "--model", str(folder)]) == 2

@@ -132,9 +132,9 @@ def test_prepare_then_check_equals_check_many(real_guard, slices):
 
 
 def test_case_pipeline_equals_slice_by_slice(real_guard, sample_bytes):
-    from lungct.case import analyse_slices
+    from lungct.pipeline.case import analyse_slices
     from lungct.inference import Classifier
-    from lungct.series import read_slice
+    from lungct.pipeline.series import read_slice
 
     clf = Classifier.from_name("student_lungs", backend="torch")
     files = [read_slice(name, data) for name, data in sample_bytes.items()]
@@ -157,7 +157,7 @@ def test_a_lone_slice_equals_the_batch_path(real_guard, sample_bytes, model):
 
     from PIL import Image
 
-    from lungct.case import run_case
+    from lungct.pipeline.case import run_case
     from lungct.inference import Classifier
 
     clf = Classifier.from_name(model, backend="torch")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct.case import run_case
-from lungct.case_report import case_pdf, finding_lines, pdf_text
-from lungct.demo_series import ct_dataset
+from lungct.pipeline.case import run_case
+from lungct.pipeline.report import case_pdf, finding_lines, pdf_text
+from lungct.data.demo_series import ct_dataset
 from lungct.errors import LungctError
 from lungct.findings import (FEATURES, Finding, Scorer, candidates, find, link_series,
                              series_spacing_problem, shipped_scorer)
@@ -192,7 +192,7 @@ def test_fit_keeps_false_findings_within_its_limits():
 
 
 def test_most_suspicious_first_weighs_p_malignant_by_the_findings_score():
-    from lungct.case import SliceResult, most_suspicious_first, suspicion
+    from lungct.pipeline.case import SliceResult, most_suspicious_first, suspicion
 
     def result(pos, p_mal, score):
         probs = dict(zip(CLASSES, ((1 - p_mal) / 2, (1 - p_mal) / 2, p_mal)))

@@ -390,7 +390,7 @@ def test_samples_pass(guard):
 
 
 def test_other_renderings_of_a_sample_pass(guard):
-    from lungct.safety_report import other_source_variants
+    from lungct.lab.safety_report import other_source_variants
     g = load_image(REPO_ROOT / "samples" / "normal_1.jpg")
     variants = [(k, v) for k, v in other_source_variants(g, seed=0)
                 if k in ("gamma", "resize_256", "resize_768", "screenshot", "jpeg_q40")]
@@ -400,7 +400,7 @@ def test_other_renderings_of_a_sample_pass(guard):
 
 
 def test_non_ct_images_are_rejected(guard):
-    from lungct.safety_report import non_ct_set
+    from lungct.lab.safety_report import non_ct_set
     items = non_ct_set()[::3]  # a third of the set: the full one is in the safety report
     verdicts = guard.check_many([g for _, _, g in items])
     accepted = [(c, n) for (c, n, _), v in zip(items, verdicts) if v.in_distribution]
@@ -417,7 +417,7 @@ def test_chest_phantom_as_a_scanner_renders_it_is_ct(guard, window):
 
 def test_other_anatomy_is_never_classified(guard):
     """Brain and abdomen CT phantoms and a chest X-ray phantom: no class, whatever the reason."""
-    from lungct.phantoms import abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom
+    from lungct.lab.phantoms import abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom
     images = [f(seed) for f in (brain_ct_phantom, abdomen_ct_phantom, chest_xray_phantom)
               for seed in range(3)]
     assert not [v.reason for v in guard.check_many(images) if v.accepted]
@@ -466,14 +466,14 @@ def test_require_checks_the_dicom_modality(toy_guard):
 @FAST
 @given(st.integers(0, 500), st.integers(1, 500))
 def test_wilson_interval_contains_the_rate(k, n):
-    from lungct.safety_report import wilson
+    from lungct.lab.safety_report import wilson
     k = min(k, n)
     lo, hi = wilson(k, n)
     assert 0 <= lo <= k / n + 1e-9 and k / n - 1e-9 <= hi <= 1
 
 
 def test_image_sets_keep_the_decoded_contract():
-    from lungct.safety_report import OTHER_SOURCE_KINDS, non_ct_set, other_source_variants, rss_mb
+    from lungct.lab.safety_report import OTHER_SOURCE_KINDS, non_ct_set, other_source_variants, rss_mb
     items = non_ct_set()
     assert len(items) >= 90 and len({c for c, _, _ in items}) >= 10
     for _, _, g in items:
@@ -512,14 +512,14 @@ def test_two_tone_images_are_masks_not_ct():
     from PIL import Image
 
     from lungct.guard.verdict import two_tone
-    from lungct.phantoms import chest_mask
+    from lungct.lab.phantoms import chest_mask
     for kind in ("body", "lungs", "inverted"):
         mask = chest_mask(1, 256, kind)
         assert two_tone(mask)
         buf = io.BytesIO()
         Image.fromarray((mask * 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
         assert two_tone(np.asarray(Image.open(buf), np.float32) / 255)
-    from lungct.phantoms import other_source_variants
+    from lungct.lab.phantoms import other_source_variants
     for path in sorted((REPO_ROOT / "samples").glob("*.jpg")):  # narrow-window exports
         gray = load_image(path)
         assert not two_tone(gray)
@@ -530,7 +530,7 @@ def test_two_tone_images_are_masks_not_ct():
 
 
 def test_the_guard_refuses_a_mask_with_its_reason(toy_guard):
-    from lungct.phantoms import chest_mask
+    from lungct.lab.phantoms import chest_mask
     verdict = toy_guard.check(chest_mask(2, 256, "body"))
     assert verdict.status == NOT_CT and "two-tone" in verdict.reason
 
@@ -574,10 +574,10 @@ def _png(gray) -> bytes:
 
 def test_a_lung_window_answer_is_flagged_when_the_card_shows_the_model_fails_there(toy_guard):
     """A model whose card says it calls most lung-window normal slices malignant (``python
-    -m lungct robustness``) still answers on a lung-window slice, flagged unsure with the
+    -m lungct lab robustness``) still answers on a lung-window slice, flagged unsure with the
     measured rate as the slice's warning; not on a narrow-window slice, nor when the card
     shows no such failure."""
-    from lungct.case import CAUTION_RATE, run_case
+    from lungct.pipeline.case import CAUTION_RATE, run_case
     from lungct.lungs import segment
     lung = hu_window(chest_hu(96, seed=1), 1500, -600)
     narrow = hu_window(chest_hu(96, seed=1), 350, 40)

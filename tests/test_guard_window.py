@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from test_lungs import _ellipse, chest_hu
 
-from lungct.case import GUARD_WINDOW, decode, iter_results
-from lungct.demo_series import ct_dataset
-from lungct.series import read_slice
+from lungct.pipeline.case import GUARD_WINDOW, decode, iter_results
+from lungct.data.demo_series import ct_dataset
+from lungct.pipeline.series import read_slice
 
 
 def _abdomen_hu(n: int = 256) -> np.ndarray:

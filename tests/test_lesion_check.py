@@ -6,7 +6,7 @@ import pytest
 from lungct.app_support.heatmaps import what_it_shows
 from lungct.config import REPO_ROOT
 from lungct.inference import Prediction
-from lungct.lesion_check import lesion_sensitivity, paint_slices
+from lungct.lab.lesion_check import lesion_sensitivity, paint_slices
 from lungct.lungs import segment
 from lungct.preprocess import load_image
 
@@ -74,7 +74,7 @@ def test_heatmap_note_from_the_card():
 def test_the_command_needs_the_dataset(tmp_path, monkeypatch, capsys):
     from lungct.cli import main as cli_main
     monkeypatch.setenv("LUNGCT_DATA", str(tmp_path / "absent"))
-    assert cli_main(["lesion-check", "--model", "student_kd"]) == 2
+    assert cli_main(["lab", "lesion-check", "--model", "student_kd"]) == 2
     assert "needs the dataset" in capsys.readouterr().err
 
 
@@ -82,7 +82,7 @@ def test_the_command_on_the_normal_samples(samples_as_test_part, capsys):
     from lungct.cli import main as cli_main
     if not NORMAL:
         pytest.skip("no normal sample slice shipped in samples/")
-    rc = cli_main(["lesion-check", "--model", "student_kd", "--set", samples_as_test_part])
+    rc = cli_main(["lab", "lesion-check", "--model", "student_kd", "--set", samples_as_test_part])
     assert rc == 0
     out = capsys.readouterr().out
     assert f"student_kd (grouped test, {len(NORMAL)} normal slices): AUC painted vs plain" in out

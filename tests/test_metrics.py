@@ -1,4 +1,4 @@
-"""Tests for lungct.metrics against values worked out by hand."""
+"""Tests for lungct.training.metrics against values worked out by hand."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct import metrics as M
+from lungct.training import metrics as M
 
 # Hand case: 6 slices, 2 per class; true -> predicted
 #   normal:    0->0 ok, 0->1 wrong
@@ -210,7 +210,7 @@ def _onehot_probs(p_mal):
 
 
 def test_operating_point_threshold_reaches_the_target_on_val():
-    from lungct.metrics import sensitivity_operating_point
+    from lungct.training.metrics import sensitivity_operating_point
     # 10 malignant val slices with P(mal) 0.1..1.0, 4 others with low P(mal)
     val_p = list(np.linspace(0.1, 1.0, 10)) + [0.05, 0.2, 0.35, 0.6]
     val_y = [2] * 10 + [0, 1, 0, 1]
@@ -230,7 +230,7 @@ def test_operating_point_threshold_reaches_the_target_on_val():
 
 
 def test_operating_point_full_recall_takes_the_lowest_malignant_probability():
-    from lungct.metrics import sensitivity_operating_point
+    from lungct.training.metrics import sensitivity_operating_point
     op = sensitivity_operating_point([2, 2, 0], _onehot_probs([0.9, 0.4, 0.1]), [2, 0],
                                      _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
     assert op["threshold"] == pytest.approx(0.4)
@@ -240,21 +240,21 @@ def test_operating_point_full_recall_takes_the_lowest_malignant_probability():
 
 @pytest.mark.parametrize("target", [0.0, 1.5, -0.1])
 def test_operating_point_rejects_bad_targets(target):
-    from lungct.metrics import sensitivity_operating_point
+    from lungct.training.metrics import sensitivity_operating_point
     with pytest.raises(ValueError, match="target_recall"):
         sensitivity_operating_point([2], _onehot_probs([0.5]), [2], _onehot_probs([0.5]),
                                     target_recall=target)
 
 
 def test_operating_point_needs_malignant_validation_slices():
-    from lungct.metrics import sensitivity_operating_point
+    from lungct.training.metrics import sensitivity_operating_point
     with pytest.raises(ValueError, match="no positive"):
         sensitivity_operating_point([0, 1], _onehot_probs([0.5, 0.2]), [2],
                                     _onehot_probs([0.5]))
 
 
 def test_format_operating_point_mentions_recall_and_false_alarms():
-    from lungct.metrics import format_operating_point, sensitivity_operating_point
+    from lungct.training.metrics import format_operating_point, sensitivity_operating_point
     op = sensitivity_operating_point([2, 2, 0], _onehot_probs([0.9, 0.4, 0.1]), [2, 0],
                                      _onehot_probs([0.4, 0.5]), target_recall=1.0, n_boot=10)
     line = format_operating_point(op)
@@ -265,6 +265,6 @@ def test_format_operating_point_mentions_recall_and_false_alarms():
 @pytest.mark.parametrize("a,b,expected", [(11, 7, 0.4807), (22, 6, 0.0037), (0, 0, 1.0),
                                           (5, 5, 1.0), (10, 0, 0.00195)])
 def test_mcnemar_exact_matches_the_binomial_test(a, b, expected):
-    from lungct.results_table import mcnemar_exact
+    from lungct.lab.results_table import mcnemar_exact
     assert mcnemar_exact(a, b) == pytest.approx(expected, abs=5e-4)
     assert mcnemar_exact(a, b) == mcnemar_exact(b, a)

@@ -21,7 +21,7 @@ from lungct.config import load_config, resolve
 from lungct.inference import Classifier, Prediction
 from lungct.models import create_model, list_shipped, load_model, save_model
 from lungct.models.checkpoint import MODELS_DIR, read_card, write_card
-from lungct.onnx_export import PARITY_TOLERANCE, export_model, parity_check
+from lungct.training.onnx_export import PARITY_TOLERANCE, export_model, parity_check
 from lungct.onnx_runtime import (BUILD_RECORD, ONNX_FILE, OnnxUnavailable, export_record,
                                  file_sha256, load_onnx, runtime_settings)
 
@@ -56,7 +56,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     for arch in ARCHS:
         folder = make_model(tmp / arch, arch)
         if arch == "efficientnet_lite0":
-            rc = cli_main(["export", "--model", str(folder), "--write-card",
+            rc = cli_main(["lab", "export", "--model", str(folder), "--write-card",
                            "--set", f"data.root={tmp / 'no-dataset'}",
                            "--set", f"data.manifest={tmp / 'no-manifest.csv'}"])
             assert rc == 0
@@ -108,7 +108,7 @@ def test_plain_export_leaves_the_card_alone(exported, tmp_path):
     (folder / ONNX_FILE).unlink()
     (folder / BUILD_RECORD).unlink()
     before = (folder / "card.json").read_bytes()
-    assert cli_main(["export", "--model", str(folder),
+    assert cli_main(["lab", "export", "--model", str(folder),
                      "--set", f"data.root={tmp_path / 'no-dataset'}",
                      "--set", f"data.manifest={tmp_path / 'no-manifest.csv'}"]) == 0
     assert (folder / "card.json").read_bytes() == before
@@ -138,7 +138,7 @@ def _shipped_with_onnx() -> list[str]:
 
 
 NO_SHIPPED_ONNX = pytest.mark.skip(reason="no shipped model has a model.onnx "
-                                          "(python -m lungct export)")
+                                          "(python -m lungct lab export)")
 
 
 @pytest.mark.parametrize("name", _shipped_with_onnx() or [pytest.param(None,

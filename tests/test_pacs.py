@@ -26,7 +26,7 @@ from lungct.pacs.client import PacsClient, PacsError
 from lungct.pacs.results import sr_text
 from lungct.pacs.server import LocalOrthanc, OrthancUnavailable, find_orthanc, free_port
 from lungct.pacs.workflow import run_on_study
-from lungct.series import load_study, read_slice
+from lungct.pipeline.series import load_study, read_slice
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "PatientBirthDate": "19600101",
        "AccessionNumber": "ACC-999", "InstitutionName": "St Example Hospital"}
@@ -118,7 +118,7 @@ def test_round_trip_store_search_retrieve_classify_store_back(pacs, classifier):
         assert f"P(malignant) {s['probabilities']['malignant']:.3f}" in text
     body = bytes(pdf.EncapsulatedDocument)
     assert body.startswith(b"%PDF") and pdf.MIMETypeOfEncapsulatedDocument == "application/pdf"
-    from lungct.case_report import pdf_text
+    from lungct.pipeline.report import pdf_text
     drawn = pdf_text(body)
     assert case["verdict"] in drawn and "slice 7" in drawn and "Intended use" in drawn
     for secret in SECRETS:     # the content names no patient (the header files it)
@@ -221,8 +221,8 @@ def test_real_series_round_trip(pacs, classifier):
 
 def test_demo_series_round_trip(pacs, classifier):
     """The synthetic demo series of ``make pacs``: runs on a clone (the real one needs shared/)."""
-    from lungct.demo_series import demo_series
-    from lungct.series import group_series
+    from lungct.data.demo_series import demo_series
+    from lungct.pipeline.series import group_series
 
     files = [read_slice(f"demo{i}.dcm", d) for i, d in enumerate(demo_series(10, size=128))]
     series = group_series(files).default()
@@ -235,7 +235,7 @@ def test_demo_series_round_trip(pacs, classifier):
     listed = {s["modality"]: s for s in pacs.series(study_uid)}
     assert set(listed) == {"CT", "DOC"} and listed["DOC"]["number"] == 9902
     pdf = pacs.retrieve(study_uid, listed["DOC"]["series_uid"])[0]
-    from lungct.case_report import pdf_text
+    from lungct.pipeline.report import pdf_text
     drawn = pdf_text(bytes(pdf.EncapsulatedDocument))
     assert run.case.label in drawn and "slice 10" in drawn
     assert "DEMO" not in drawn and "LUNGCT-DEMO" not in drawn
@@ -373,7 +373,7 @@ def test_pacs_run_stores_the_caution_in_the_sr_and_the_pdf(pacs, orthanc, capsys
     import torch
     from test_caution import drawn_words, lung_window_series
 
-    from lungct.case_report import CAUTION_HEADING
+    from lungct.pipeline.report import CAUTION_HEADING
     from lungct.cli import main
     from lungct.models import create_model, save_model
     torch.manual_seed(0)

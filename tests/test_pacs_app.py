@@ -14,7 +14,7 @@ from test_pacs import PHI, SECRETS, STUDY, orthanc  # noqa: F401  (orthanc: the 
 from streamlit.testing.v1 import AppTest
 
 from lungct.app_support import pacs_view
-from lungct.case import run_case
+from lungct.pipeline.case import run_case
 
 
 def fake_case(n: int = 4, broken: bool = True):
@@ -75,7 +75,7 @@ def test_study_label_names_no_patient():
 def page(models_dir, orthanc, monkeypatch, tmp_path):  # noqa: F811
     from lungct.app_support import cache
     from lungct.pacs.client import PacsClient
-    from lungct.series import read_slice
+    from lungct.pipeline.series import read_slice
 
     monkeypatch.setattr(cache, "guard", lambda key, folder: None)   # synthetic slices
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}")

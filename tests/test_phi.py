@@ -32,7 +32,7 @@ from dicom_factory import ct_dataset
 from PIL import Image
 
 from lungct import guard as ood
-from lungct.guard.cli import main as guard_main
+
 from lungct.config import REPO_ROOT
 from lungct.preprocess import WINDOWS, InvalidImageError, decode_image
 
@@ -286,7 +286,8 @@ def test_ood_check_cli_is_clean(tmp_path, capsys, guard):
     for name, data in (("a.dcm", phi_dicom()), ("b.dcm", phi_dicom(pixels=False))):
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
-    assert guard_main(["check"] + paths) == 0
+    from lungct.cli import main
+    assert main(["guard", "check"] + paths) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
     assert_clean(out, err)
@@ -301,11 +302,11 @@ def test_series_case_sr_and_pdf_carry_no_patient_data(caplog, recwarn):
     from test_case import BatchClassifier
 
     from lungct.app_support.study import export_csv
-    from lungct.case import run_case
-    from lungct.case_report import case_pdf, pdf_text
-    from lungct.demo_series import synthetic_series
+    from lungct.pipeline.case import run_case
+    from lungct.pipeline.report import case_pdf, pdf_text
+    from lungct.data.demo_series import synthetic_series
     from lungct.pacs.results import build_pdf, build_sr, sr_text
-    from lungct.series import read_slice
+    from lungct.pipeline.series import read_slice
 
     phi = {k: v for k, v in PHI.items()}
     datas = synthetic_series(5, phi=phi)

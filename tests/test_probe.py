@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lungct import CLASSES
-from lungct.cv import assign_folds
+from lungct.lab.cv import assign_folds
 from lungct.models.ct_resnet import collapse_depth, load_astra_resnet152
 from lungct.models.weights import PretrainedWeightsUnavailable
-from lungct.probe import cross_validate, external_check
+from lungct.lab.probe import cross_validate, external_check
 
 
 def test_depth_sum_equals_the_3d_convolution_of_a_repeated_slice():

@@ -1,4 +1,4 @@
-"""int8 twin of an exported model (lungct.quantize): built from committed ranges, checked
+"""int8 twin of an exported model (lungct.training.quantize): built from committed ranges, checked
 on this machine, chosen by runtime.precision, refused when stale or off.
 
 A copy of the shipped default student is exported into tmp folders: once with ranges
@@ -20,7 +20,7 @@ from lungct.inference import Classifier
 from lungct.models.checkpoint import MODELS_DIR, read_card
 from lungct.onnx_runtime import INT8_FILE, INT8_RECORD, ONNX_FILE, int8_build, runtime_settings
 from lungct.preprocess import load_image
-from lungct import quantize
+from lungct.training import quantize
 from test_onnx import SAMPLES
 
 SHIPPED = MODELS_DIR / "student_kd"
@@ -35,7 +35,7 @@ def copy_shipped(dst, ranges: bool):
 
 
 def export(folder, tmp):
-    return cli_main(["export", "--model", str(folder), "--set", f"data.root={tmp / 'none'}",
+    return cli_main(["lab", "export", "--model", str(folder), "--set", f"data.root={tmp / 'none'}",
                      "--set", f"data.manifest={tmp / 'none.csv'}"])
 
 
@@ -130,7 +130,7 @@ def test_unknown_precision_is_a_clear_error():
 
 
 def test_quantize_without_the_dataset_says_so(calibrated, tmp_path):
-    rc = cli_main(["quantize", "--model", str(calibrated), "--no-write",
+    rc = cli_main(["lab", "quantize", "--model", str(calibrated), "--no-write",
                    "--set", f"data.root={tmp_path / 'none'}",
                    "--set", f"data.manifest={tmp_path / 'none.csv'}"])
     assert rc == 2

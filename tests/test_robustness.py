@@ -1,4 +1,4 @@
-"""The rendering robustness check (python -m lungct robustness): figures and the command."""
+"""The rendering robustness check (python -m lungct lab robustness): figures and the command."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 from lungct.cli import main as cli_main
 from lungct.config import SAMPLES_DIR
-from lungct.phantoms import OTHER_SOURCE_KINDS
+from lungct.lab.phantoms import OTHER_SOURCE_KINDS
 from lungct.preprocess import load_image
-from lungct.robustness import rendering_figures, rendering_robustness
+from lungct.lab.robustness import rendering_figures, rendering_robustness
 
 
 def test_figures_count_what_they_say():
@@ -51,20 +51,20 @@ def test_every_rendering_kind_is_classified():
 
 def test_the_command_needs_the_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LUNGCT_DATA", str(tmp_path / "absent"))
-    assert cli_main(["robustness", "--model", "student_kd"]) == 2
+    assert cli_main(["lab", "robustness", "--model", "student_kd"]) == 2
     assert "needs the dataset" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SAMPLES_DIR / "normal_1.jpg").exists(), reason="samples missing")
 def test_the_command_on_a_tiny_dataset(samples_as_test_part, capsys):
-    rc = cli_main(["robustness", "--model", "student_kd", "--set", samples_as_test_part])
+    rc = cli_main(["lab", "robustness", "--model", "student_kd", "--set", samples_as_test_part])
     assert rc == 0
     out = capsys.readouterr().out
     assert "student_kd (grouped test, 6 slices)" in out and "lung_window_imitation" in out
 
 
 def test_the_model_readme_lists_other_sources():
-    from lungct.model_card_md import render
+    from lungct.lab.model_card_md import render
     card = {"name": "m", "arch": "a", "input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
             "classes": ["normal", "benign", "malignant"], "protocol": "grouped",
             "external": {"lpcd": {"layout": "Lung-PET-CT-Dx", "lung_slices_accepted": 1.0,

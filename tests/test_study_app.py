@@ -1,4 +1,4 @@
-"""AppTest runs of the Study and PACS pages (thin pages over lungct.case and lungct.pacs)."""
+"""AppTest runs of the Study and PACS pages (thin pages over lungct.pipeline.case and lungct.pacs)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_study_page_without_input(at):
 def test_pacs_page_lists_studies_and_stores_a_result(at, monkeypatch):
     from lungct.pacs.client import PacsClient
     from lungct.pacs.server import LocalOrthanc, OrthancUnavailable, find_orthanc
-    from lungct.series import read_slice
+    from lungct.pipeline.series import read_slice
     try:
         find_orthanc()
     except OrthancUnavailable as err:

@@ -357,7 +357,7 @@ def test_model_config_merges_an_entry(clean_env):
 
 @pytest.fixture
 def captured_train(monkeypatch):
-    """Run `lungct train` through the CLI without training: capture what it would do."""
+    """Run `lungct lab train` through the CLI without training: capture what it would do."""
     import lungct.training.run as run
     calls = []
 
@@ -371,7 +371,7 @@ def captured_train(monkeypatch):
 
 def test_cli_train_set_overrides_win_over_the_model_entry(captured_train, clean_env):
     from lungct.cli import main
-    assert main(["train", "--name", "student_kd", "--set", "train.epochs=2"]) == 0
+    assert main(["lab", "train", "--name", "student_kd", "--set", "train.epochs=2"]) == 0
     call = captured_train[0]
     assert call.cfg["train"]["epochs"] == 2
     assert call.teacher == str(resolve("models") / "teacher_hybrid_vit")
@@ -382,7 +382,7 @@ def test_cli_train_set_overrides_win_over_the_model_entry(captured_train, clean_
 def test_cli_train_smoke_preset_keeps_smoke_runs_short(name, captured_train, clean_env):
     """training/smoke_pipeline.sh trains these with --preset smoke: one epoch at 64 px."""
     from lungct.cli import main
-    assert main(["train", "--name", name, "--preset", "smoke"]) == 0
+    assert main(["lab", "train", "--name", name, "--preset", "smoke"]) == 0
     cfg = captured_train[0].cfg
     assert cfg["train"]["epochs"] == 1 and cfg["train"]["pretrained"] is False
     assert cfg["preprocess"]["image_size"] == 64
@@ -415,14 +415,14 @@ def small_manifest(path: Path, per_part_and_class: int = 4) -> Path:
 
 def test_end_to_end_smoke(real_root, tmp_path, capsys):
     from lungct.cli import main
-    from lungct.evaluate import evaluate
+    from lungct.training.evaluate import evaluate
     from lungct.training.run import train_from_config
 
     reports = tmp_path / "reports"
     common = ["--preset", "smoke", "--limit", "3", "--no-mlflow",
               "--set", f"reports.dir={reports}"]
     teacher = tmp_path / "t"
-    assert main(["train", "--name", "t", "--out", str(teacher),
+    assert main(["lab", "train", "--name", "t", "--out", str(teacher),
                  "--set", "train.model=hybrid_vit_lite0", *common]) == 0
     t_card = json.loads((teacher / "card.json").read_text())
     assert t_card["arch"] == "hybrid_vit_lite0" and t_card["protocol"] == "grouped"
@@ -432,7 +432,7 @@ def test_end_to_end_smoke(real_root, tmp_path, capsys):
     assert (teacher / "history.csv").exists() and not (reports / "history" / "t.csv").exists()
 
     student = tmp_path / "s"
-    assert main(["train", "--name", "s", "--out", str(student), "--teacher", str(teacher),
+    assert main(["lab", "train", "--name", "s", "--out", str(student), "--teacher", str(teacher),
                  *common]) == 0
     s_card = json.loads((student / "card.json").read_text())
     assert s_card["arch"] == "efficientnet_lite0"
@@ -440,7 +440,7 @@ def test_end_to_end_smoke(real_root, tmp_path, capsys):
     assert s_card["training"]["config"]["alpha"] == load_config()["distill"]["alpha"]
     # fine-tuning a saved model starts from its weights, and says so in the card
     tuned = tmp_path / "s3"
-    assert main(["train", "--name", "s3", "--out", str(tuned), "--set",
+    assert main(["lab", "train", "--name", "s3", "--out", str(tuned), "--set",
                  f"train.init_from={student}", *common]) == 0
     assert json.loads((tuned / "card.json").read_text())["pretrained"] == \
         f"fine-tuned from {student}"

@@ -205,7 +205,7 @@ def test_import_card_refuses_a_card_without_history(tmp_path):
 # ------------------------------------------------------- card markdown
 
 def test_card_markdown_shows_recipe_selection_and_storage():
-    from lungct.model_card_md import render
+    from lungct.lab.model_card_md import render
     card = {"name": "m", "arch": "efficientnet_lite0", "input_size": 320, "protocol": "grouped",
             "training": {"history": [{"epoch": 1, "best_epoch": 1}], "device": "cuda:0",
                          "minutes": 1.0, "data": {"n_train": 702, "n_val": 176},

@@ -3,7 +3,7 @@
 #
 #   training/gpu_ship.sh [EPOCHS]
 #
-# Runs the same `python -m lungct train --name ...` commands as the DVC stages,
+# Runs the same `python -m lungct lab train --name ...` commands as the DVC stages,
 # reading each model's entry in params.yaml, on a single CUDA GPU (mixed
 # precision), six runs side by side in phase 1 and two in phase 2:
 #   1. four teacher candidates (how much of the pretrained CNN sits under the
@@ -19,7 +19,7 @@
 # every model's train.epochs and LIMIT=N keeps N images per class and part (quick
 # checks). Logs go to logs/gpu_ship/.
 # MLflow is skipped (--no-mlflow) because GPU boxes often lack it; import the
-# runs into the local store afterwards with `python -m lungct.training.tracking import`.
+# runs into the local store afterwards with `python -m lungct lab tracking import`.
 set -uo pipefail
 PY=${PYTHON:-python3}
 LOGS=logs/gpu_ship
@@ -31,7 +31,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 
 train() {  # train LOGNAME ARGS...
     local log=$1; shift
-    "$PY" -m lungct train "$@" "${COMMON[@]}" > "$LOGS/$log.log" 2>&1
+    "$PY" -m lungct lab train "$@" "${COMMON[@]}" > "$LOGS/$log.log" 2>&1
     local rc=$?
     echo "$log: exit $rc, $(grep -c 'val_loss=' "$LOGS/$log.log") epochs"
     return $rc
@@ -78,6 +78,6 @@ train student_kd --name student_kd &
 train student_kd_paper --name student_kd_paper &
 wait
 for n in teacher_hybrid_vit student_kd student_plain teacher_hybrid_vit_paper student_kd_paper; do
-    "$PY" -m lungct half "$n" --set "train.num_workers=0"
+    "$PY" -m lungct lab half "$n" --set "train.num_workers=0"
 done
 echo "total: $(( $(date +%s) - start )) s"

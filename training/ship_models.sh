@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 for name in ${MODELS:-teacher_hybrid_vit student_kd student_plain teacher_hybrid_vit_paper student_kd_paper vgg16_scratch}; do
   echo "=== $(date -u +%H:%M:%S) train $name"
-  $PY -m lungct train --name "$name" "$@"
+  $PY -m lungct lab train --name "$name" "$@"
 done
 echo "=== $(date -u +%H:%M:%S) done"

@@ -6,7 +6,7 @@
 
 Runs on CUDA with mixed precision when a GPU is present, on the CPU
 otherwise; under torchrun with several GPUs it trains with PyTorch DDP.
-All options of ``python -m lungct train`` apply. A model with a teacher (in
+All options of ``python -m lungct lab train`` apply. A model with a teacher (in
 params.yaml or ``--teacher``) is distilled: L = alpha*CE +
 (1-alpha)*T^2*KL(teacher/T || student/T), alpha and T from ``distill:``; the
 teacher must come from the same protocol (grouped or paper) as the student.

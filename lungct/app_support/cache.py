@@ -67,7 +67,7 @@ def analyse(_classifier, key: str, files: tuple[tuple[str, bytes], ...], window:
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Reading the study...")
 def study_series(files: tuple[tuple[str, bytes], ...]) -> tuple[list[str], int | None, list]:
     """(series labels, index of the default series, unreadable files) of an upload."""
-    from lungct.series import load_study
+    from lungct.pipeline.series import load_study
     study = load_study(list(files))
     default = study.default()
     return ([s.label() for s in study.series],
@@ -78,8 +78,8 @@ def study_series(files: tuple[tuple[str, bytes], ...]) -> tuple[list[str], int |
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Classifying the series...")
 def study_case(_classifier, key: str, files: tuple[tuple[str, bytes], ...], series: int,
                window: str, _guard=None, guard_key: str = ""):
-    """``lungct.case.run_case`` on one series of an upload (a ``Case``)."""
-    from lungct.case import run_case
+    """``lungct.pipeline.case.run_case`` on one series of an upload (a ``Case``)."""
+    from lungct.pipeline.case import run_case
     return run_case(list(files), _classifier, _guard, window, series=series)
 
 

@@ -1,7 +1,7 @@
 """The clinical pages' view of a case: upload handling, the case table and its CSV, and how
 a probability reads on screen (``percent``, ``probabilities_text``).
 
-The pipeline itself (decode, guard, classify, verdict) is ``lungct.case``.
+The pipeline itself (decode, guard, classify, verdict) is ``lungct.pipeline.case``.
 Privacy: on exports a file is referred to only by its position in the upload
 and its extension ("file 3 of 7 (.dcm)"); no DICOM tag is read, and nothing
 built from ``SliceResult.as_dict`` or ``title`` (table, CSV, report) carries a
@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from lungct import CLASSES
-from lungct.case import (ACCEPTED_EXTENSIONS, ACCEPTED_HELP, CASE_RULE, MALIGNANT_THRESHOLD,
+from lungct.pipeline.case import (ACCEPTED_EXTENSIONS, ACCEPTED_HELP, CASE_RULE, MALIGNANT_THRESHOLD,
                          SliceResult, analyse_slices, case_verdict, most_suspicious_first,
                          predict, screen, suspicion)
 from lungct.preprocess import WINDOWS, InvalidImageError, is_dicom
-from lungct.series import read_slice
+from lungct.pipeline.series import read_slice
 
 WINDOW_CHOICES = (*WINDOWS, "file")
 WINDOW_HELP = ("Applied to DICOM files before the model: lung (W1500/L-600), mediastinal "
@@ -97,7 +97,7 @@ def rejection(guard, data: bytes, gray: np.ndarray) -> str | None:
 def analyse_files(classifier, files: list[tuple[str, bytes]], window: str = "lung",
                   max_pixels: int | None = None, examples: bool = False,
                   guard=None) -> list[SliceResult]:
-    """The case pipeline (``lungct.case``) on an upload, in upload order.
+    """The case pipeline (``lungct.pipeline.case``) on an upload, in upload order.
 
     ``examples`` keeps the (public) sample names. Each file's failure stays its own.
     """

@@ -13,7 +13,7 @@ import pandas as pd
 from lungct import CLASSES
 from lungct.app_support.catalog import NOT_EVALUATED, ModelEntry
 from lungct.app_support.reference import PAPER_RESULTS
-from lungct.metrics import reliability_curve
+from lungct.training.metrics import reliability_curve
 
 PROTOCOLS = {"grouped": "grouped (pseudo-patient split, no near-twins across parts)",
              "paper": "paper (image-level split, as published: leaks near-duplicate slices)"}
@@ -83,9 +83,9 @@ POINTING_METHODS = ("Grad-CAM", "Grad-CAM++", "EigenCAM", "LayerCAM")
 
 def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
     """Per model, what its card says about another source's chest CT (``python -m lungct
-    external``), the pointing game on its tumour boxes (``python -m lungct pointing``):
+    external``), the pointing game on its tumour boxes (``python -m lungct lab pointing``):
     hit rate / share of heatmap energy inside the boxes, per heatmap method, and whether
-    a mass painted into its normal test slices moves it (``python -m lungct lesion-check``)."""
+    a mass painted into its normal test slices moves it (``python -m lungct lab lesion-check``)."""
     rows = []
     for e in entries:
         ext = next(iter((e.card.get("external") or {}).values()), None)
@@ -94,7 +94,7 @@ def external_table(entries: list[ModelEntry]) -> pd.DataFrame:
         if not ext and not pointing and not lesion.get("n"):
             continue
         row = {"model": e.name, "view": e.card.get("view", "full")}
-        if lesion.get("n"):   # python -m lungct lesion-check: does a painted mass move it?
+        if lesion.get("n"):   # python -m lungct lab lesion-check: does a painted mass move it?
             row.update({
                 "normal slices called malignant": _get(lesion, "called_malignant", "plain"),
                 "the same with a painted mass": _get(lesion, "called_malignant", "painted"),
@@ -128,7 +128,7 @@ RENDERING_KINDS = ("lung_window_imitation", "mediastinal_window_imitation", "scr
 
 def rendering_table(entries: list[ModelEntry]) -> pd.DataFrame:
     """Per model, its test slices plain and as other hospitals render them (``python -m
-    lungct robustness``): accuracy and the share of normal slices called malignant."""
+    lungct lab robustness``): accuracy and the share of normal slices called malignant."""
     rows = []
     for e in entries:
         r = e.card.get("rendering_robustness")

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-TRAIN_COMMAND = "python -m lungct train --name student_kd"
+TRAIN_COMMAND = "python -m lungct lab train --name student_kd"
 
 
 def import_shipped_runs(cfg: dict, folder: str | Path | None = None) -> list[str]:

@@ -6,7 +6,7 @@ the function cannot be replayed. So the heatmaps live in this small store
 (kept by ``cache.heatmap_store``, one per process), and ``explain`` runs
 outside any Streamlit cache, free to move a bar.
 
-Time estimates for the slow methods come from ``python -m lungct.bench_app cam``
+Time estimates for the slow methods come from ``python -m lungct lab bench-app cam``
 (``reports/cam_seconds.json``), never from a constant.
 """
 
@@ -27,7 +27,7 @@ from lungct.config import load_config, report_path
 from lungct.explain import CLASS_AGNOSTIC, SLOW_METHODS, explain
 
 CAM_SECONDS_FILE = "cam_seconds.json"
-"""Seconds per CAM method and model, written by ``python -m lungct.bench_app cam``."""
+"""Seconds per CAM method and model, written by ``python -m lungct lab bench-app cam``."""
 
 
 class HeatmapStore:
@@ -94,9 +94,9 @@ def slow_note(method: str, model_name: str) -> str:
     """How long ``method`` takes for this model, from the benchmark, for labels and bars."""
     seconds = measured_seconds(model_name).get(method)
     if seconds is None:
-        return f"{method}: slow, not timed for {model_name} (python -m lungct.bench_app cam)"
+        return f"{method}: slow, not timed for {model_name} (python -m lungct lab bench-app cam)"
     return (f"{method}: about {max(1, round(seconds))} s "
-            "(measured by python -m lungct.bench_app cam)")
+            "(measured by python -m lungct lab bench-app cam)")
 
 
 def progress_bar(container, method: str, model_name: str) -> Callable[[float], None] | None:
@@ -121,7 +121,7 @@ def progress_bar(container, method: str, model_name: str) -> Callable[[float], N
 def what_it_shows(card: dict, method: str) -> str | None:
     """One line from the model card on how far this model's heatmaps can be trusted to
     point at a lesion: the pointing game on Lung-PET-CT-Dx's tumour boxes (``python -m
-    lungct pointing``) and whether a painted mass moves its score (``python -m lungct
+    lungct lab pointing``) and whether a painted mass moves its score (``python -m lungct
     lesion-check``). None when the card holds neither figure."""
     parts = []
     point = ((card.get("pointing_game") or {}).get("methods") or {}).get(method)

@@ -7,7 +7,7 @@ is freed glibc raises the size above which it maps memory directly, so later
 large tensors land in heaps that never shrink. The server's RSS only grows.
 So the app (1) caps the arenas and pins the direct-mapping threshold, which
 makes large tensors go back to the system when freed, and (2) trims the heaps
-after each heatmap and page run. Measured by ``python -m lungct.bench_app memory``.
+after each heatmap and page run. Measured by ``python -m lungct lab bench-app memory``.
 Elsewhere than glibc (macOS, musl) both are no-ops.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lungct.case_report import caution_summary
+from lungct.pipeline.report import caution_summary
 
 from lungct.app_support.case import MISSING, probabilities_text
 

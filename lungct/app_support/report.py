@@ -18,7 +18,7 @@ from PIL import Image
 from lungct import CLASSES
 from lungct.app_support.case import SliceResult, case_verdict, most_suspicious_first
 from lungct.app_support.reference import DATASET_CREDIT, DISCLAIMER
-from lungct.case_report import caution_summary
+from lungct.pipeline.report import caution_summary
 from lungct.explain import caption
 
 MAX_SIDE = 512

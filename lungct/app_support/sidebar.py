@@ -21,7 +21,7 @@ def model_selector(cfg: dict | None = None) -> str | None:
     with st.sidebar:
         if not names:
             st.warning(f"No model with weights in `{folder}`. Train one with "
-                       "`python -m lungct train --name student_kd`.")
+                       "`python -m lungct lab train --name student_kd`.")
             return None
         if st.session_state.get(MODEL_KEY) not in names:
             st.session_state[MODEL_KEY] = catalog.default_model(
@@ -59,7 +59,7 @@ def active_classifier(cfg: dict):
     entry = active_entry(cfg)
     if entry is None:
         st.info("No model is available: train one with "
-                "`python -m lungct train --name student_kd`.")
+                "`python -m lungct lab train --name student_kd`.")
         st.stop()
     return load_classifier(entry, cfg), entry
 

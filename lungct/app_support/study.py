@@ -1,6 +1,6 @@
 """The Study view's logic: display windows, lung outline, heatmap overlay, the malignancy profile.
 
-The case itself comes from ``lungct.case`` (one pipeline). The user's file
+The case itself comes from ``lungct.pipeline.case`` (one pipeline). The user's file
 names appear only in ``session_table`` (their own screen); ``export_csv``
 carries slice positions only, like the PDF report and the SR.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 
 from lungct import CLASSES
 from lungct.app_support.case import MISSING, percent
-from lungct.case import MALIGNANT_THRESHOLD
+from lungct.pipeline.case import MALIGNANT_THRESHOLD
 
 WL_PRESETS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 50.0), "bone": (2000.0, 300.0)}
 """Display windows (width, level) in HU; "as classified" shows the model's input."""
@@ -26,7 +26,7 @@ STATUS_COLOURS = {"classified": "#1f77b4", "outside_lungs": "#9e9e9e", "refused"
 
 def slice_bytes(files, name: str | None) -> bytes | None:
     """The bytes of the upload's slice ``name``: an uploaded file's own, or a .zip member's
-    re-read from its archive (``lungct.series`` names a member "archive.zip/member")."""
+    re-read from its archive (``lungct.pipeline.series`` names a member "archive.zip/member")."""
     if not name:
         return None
     uploads = dict(files)
@@ -49,7 +49,7 @@ def slice_bytes(files, name: str | None) -> bytes | None:
 
 def hu_slice(data: bytes) -> np.ndarray | None:
     """Hounsfield units of a CT DICOM slice (None for raster files or non-CT data)."""
-    from lungct.series import read_slice
+    from lungct.pipeline.series import read_slice
 
     sf = read_slice("slice", data)
     ds = sf.dataset
@@ -147,7 +147,7 @@ def session_table(case, top: int | None = None) -> pd.DataFrame:
 
     Every cell is text, "—" where there is no value: a reader never sees None or nan.
     """
-    from lungct.case import most_suspicious_first
+    from lungct.pipeline.case import most_suspicious_first
 
     rows = []
     for r in most_suspicious_first(case.slices)[:top]:

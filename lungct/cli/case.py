@@ -3,10 +3,10 @@
 PATH is any mix of DICOM files, folders and .zip archives (or raster slices).
 The slices are grouped into series (the default one, or ``--series N`` from
 ``--list-series``), ordered anatomically and run through the case pipeline
-(:mod:`lungct.case`). ``--json`` prints ONE JSON object (``Case.as_dict``:
+(:mod:`lungct.pipeline.case`). ``--json`` prints ONE JSON object (``Case.as_dict``:
 verdict, rule, slices by position, series facts, model and version; no file
 names, no patient tags); without it a short table, with the user's own file
-names beside each slice (``lungct.case_report.format_case``). Exit status: 0
+names beside each slice (``lungct.pipeline.report.format_case``). Exit status: 0
 when at least one slice was classified, 1 when none could be, 2 on misuse.
 """
 
@@ -17,13 +17,13 @@ import os
 import sys
 
 from lungct.config import config_from_args
-from lungct.model_options import add_model_options, findings_option, load_model_and_guard
+from lungct.pipeline.options import add_model_options, findings_option, load_model_and_guard
 
 
 def cmd_case(args) -> int:
-    from lungct.case import REFUSED_RULE, classify_series
-    from lungct.case_report import format_case
-    from lungct.series import load_study
+    from lungct.pipeline.case import REFUSED_RULE, classify_series
+    from lungct.pipeline.report import format_case
+    from lungct.pipeline.series import load_study
 
     cfg = config_from_args(args)
     study = load_study(args.paths, cfg)

@@ -24,7 +24,7 @@ def cmd_train(args) -> int:
 
 def cmd_cards(args) -> int:
     from lungct.config import models_dir
-    from lungct.model_card_md import write_markdown
+    from lungct.lab.model_card_md import write_markdown
     from lungct.models import list_shipped
     for name in args.models or list_shipped():
         print(f"wrote {write_markdown(models_dir() / name)}")
@@ -47,8 +47,8 @@ def cmd_half(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from lungct.evaluate import evaluate
-    from lungct.metrics import format_operating_point, format_report
+    from lungct.training.evaluate import evaluate
+    from lungct.training.metrics import format_operating_point, format_report
 
     cfg = config_from_args(args)
     card = evaluate(args.model, cfg, protocol=args.split, write=not args.no_write)

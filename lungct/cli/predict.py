@@ -1,6 +1,6 @@
 """``python -m lungct predict FILES...``: classify image and DICOM files and folders.
 
-Files go in batches through ``lungct.batch.predict_paths`` (the case
+Files go in batches through ``lungct.pipeline.batch.predict_paths`` (the case
 pipeline, decoding overlapped with inference); results come out in input
 order, one line (or JSON object, or CSV row) each. A bad file gives
 ``{"file", "error"}`` and the rest go on. The exit status is 2 on misuse
@@ -15,9 +15,9 @@ import json
 import sys
 
 from lungct import CLASSES
-from lungct.batch import error_reason, expand_inputs, parallel_processes, predict_paths
+from lungct.pipeline.batch import error_reason, expand_inputs, parallel_processes, predict_paths
 from lungct.config import config_from_args
-from lungct.model_options import add_model_options, findings_option, load_model_and_guard
+from lungct.pipeline.options import add_model_options, findings_option, load_model_and_guard
 
 CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
                "ood_score", "error", "caution")
@@ -69,7 +69,7 @@ def cmd_predict(args) -> int:
     # an explicit --threads alone asks for one process with that many threads
     processes = (1 if args.threads is not None and args.processes is None
                  else parallel_processes(len(paths), args.processes))
-    if processes > 1:   # one thread per process: see lungct.batch.predict_paths
+    if processes > 1:   # one thread per process: see lungct.pipeline.batch.predict_paths
         args.threads = 1
         cfg["runtime"]["threads"] = 1
     clf, guard = load_model_and_guard(args, cfg)

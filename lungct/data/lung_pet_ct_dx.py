@@ -10,7 +10,7 @@ Layout (as TCIA's downloads and the project's sample keep it)::
 
 Patient IDs carry the diagnosis: A adenocarcinoma, B small cell, E large
 cell, G squamous cell carcinoma, all malignant. Used by the guard's fit, the
-heatmap pointing game and ``python -m lungct external``. Nothing here keeps
+heatmap pointing game and ``python -m lungct lab external``. Nothing here keeps
 patient tags: a slice is its series folder, index, position and pixels.
 """
 

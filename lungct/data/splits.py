@@ -112,7 +112,7 @@ def read_manifest(path: str | Path) -> list[dict]:
     """Read the manifest; raises FileNotFoundError naming the command that makes it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m lungct split`")
+        raise FileNotFoundError(f"{path} not found: run `python -m lungct lab split`")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)

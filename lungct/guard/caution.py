@@ -9,13 +9,13 @@ a probabilistic-PCA Gaussian (``density.PPCAGaussian``) of the guard extractor's
 ``blocks.3`` features (texture and intensity: a window, a kernel, a frame change them),
 from the same forward pass machinery the guard already runs. Its limit is the 99th
 percentile of the grouped **val** slices' scores. A slice above it is still classified,
-and its answer carries a caution (``lungct.case.slice_caution``) and is flagged unsure;
+and its answer carries a caution (``lungct.pipeline.case.slice_caution``) and is flagged unsure;
 acceptance is unchanged.
 
 ``python -m lungct guard caution`` fits it, writes ``caution.safetensors`` beside the
 guard and the ``caution`` section of ``guard.json`` (limit, rule, and the rates it gives
 on IQ-OTH/NCCD test, Lung-PET-CT-Dx and other renderings of the test slices);
-``python -m lungct safety-report --caution`` prints those rates again from the files.
+``python -m lungct lab safety-report --caution`` prints those rates again from the files.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def calibrate(guard, cfg: dict, external: str | Path | None = None,
     """Fit the rendering score on IQ-OTH/NCCD grouped train, choose its limit on grouped
     val, measure it on the other sets; save it beside ``guard`` (its folder) and return the
     card section. ``variants_of(gray, seed)``: other renderings of a test slice to measure
-    too (``lungct.phantoms.other_source_variants``, which lives above the guard; the
+    too (``lungct.lab.phantoms.other_source_variants``, which lives above the guard; the
     safety report passes it)."""
     from lungct.config import resolve
     from lungct.data.lung_pet_ct_dx import read_all
@@ -115,7 +115,7 @@ def calibrate(guard, cfg: dict, external: str | Path | None = None,
     iq = {p: [load_image(root / r["path"]) for r in rows if r["grouped_split"] == p]
           for p in ("train", "val", "test")}
     if not iq["train"] or not iq["val"]:
-        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct split`")
+        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct lab split`")
     size, pct = guard.size, float(params.get("caution_percentile", 99.0))
 
     def feats(extractor, grays: Sequence[np.ndarray]) -> np.ndarray:

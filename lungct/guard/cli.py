@@ -1,11 +1,13 @@
 """``python -m lungct guard fit|check``: fit the input guard, or ask it about files.
 
-Also runs as ``python -m lungct.guard fit|check`` (dvc.yaml's guard stage). An
+Also runs as ``python -m lungct guard fit|check`` (dvc.yaml's guard stage). An
 unusable guard or fit data is one ``error:`` line and exit status 2
 (``lungct.errors.run_command``).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import json
 import sys
@@ -13,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 from lungct.config import config_from_args, config_options
-from lungct.entry_points import entry_points
 from lungct.guard.model import CARD_FILE, WEIGHTS_FILE, InputGuard
 
 EXPORT_RECORD = "extractor.json"
@@ -129,5 +130,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.guard", "guard", add_arguments, __doc__,
-                                 "the input guard: fit it, or check files (JSON lines)")
+def add_command(sub, common) -> None:
+    """Register ``guard`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("guard", parents=[common], help="the input guard: fit it, or check files (JSON lines)",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

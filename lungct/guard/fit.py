@@ -171,7 +171,7 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
     rows = read_manifest(resolve(cfg["data"]["manifest"]))
     parts = {p: [r for r in rows if r["grouped_split"] == p] for p in ("train", "val")}
     if not parts["train"] or not parts["val"]:
-        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct split`")
+        raise ValueError("the manifest has no grouped train/val rows: run `python -m lungct lab split`")
     iq = {p: [_u8(load_image(root / r["path"])).astype(np.float32) / 255 for r in rs]
           for p, rs in parts.items()}
     log(f"decoded {len(iq['train'])} train / {len(iq['val'])} val IQ-OTH/NCCD slices "

@@ -326,7 +326,7 @@ class InputGuard:
         weights, card_path = folder / WEIGHTS_FILE, folder / CARD_FILE
         if not weights.exists() or not card_path.exists():
             raise GuardLoadError(f"no input guard in {folder} (need {WEIGHTS_FILE} and "
-                                 f"{CARD_FILE}; `python -m lungct.guard fit` makes them)")
+                                 f"{CARD_FILE}; `python -m lungct guard fit` makes them)")
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
             tensors = load_file(str(weights))
@@ -337,7 +337,7 @@ class InputGuard:
         if card.get("kind") != KIND:
             raise GuardLoadError(f"{card_path} is not an input guard card of this version "
                                  f"(kind {card.get('kind')!r}); refit with "
-                                 "`python -m lungct.guard fit`")
+                                 "`python -m lungct guard fit`")
         from lungct.onnx_runtime import runtime_settings
 
         params = guard_config(cfg)

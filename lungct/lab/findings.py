@@ -24,7 +24,7 @@ import numpy as np
 from lungct.findings import FEATURES, SCORER_DIR, Finding, Scorer, candidates
 
 POINT_TOLERANCE = 15
-"""Pixels around a box that still count as a pointing-game hit (as ``lungct pointing``)."""
+"""Pixels around a box that still count as a pointing-game hit (as ``lungct lab pointing``)."""
 FP_RATES = (0.5, 1.0, 2.0)
 """False findings per slice at which the FROC sensitivity is read."""
 SCORER_FEATURES = ("thickness_mm", "log_area", "solidity", "rel_area", "enclosure")
@@ -145,7 +145,7 @@ def measure(scorer: Scorer, slices: list[SliceCands]) -> dict:
     """The findings layer's figures on ``slices`` (one patient's, or normal slices)."""
     from sklearn.metrics import roc_auc_score
 
-    from lungct.metrics import wilson
+    from lungct.training.metrics import wilson
 
     boxed = [s for s in slices if s.boxes]
     unboxed = [s for s in slices if not s.boxes]
@@ -312,7 +312,7 @@ def cmd_findings(args) -> int:
           f"{sh['normal_test_false_findings_per_slice']} false findings per IQ-OTH/NCCD normal "
           "test slice")
     if args.verdict:
-        from lungct.case import load_guard
+        from lungct.pipeline.case import load_guard
         from lungct.inference import Classifier
 
         if not iq:
@@ -343,7 +343,7 @@ MIN_FINDING_MM = 10.0
 def _malignant_probabilities(clf, guard, paths: list[str]) -> dict[str, float]:
     """P(malignant) of each file as users get it (the case pipeline, guard on, no findings);
     refused slices are left out."""
-    from lungct.case import run_case
+    from lungct.pipeline.case import run_case
 
     out = {}
     folders: dict[str, list[str]] = {}

@@ -24,7 +24,7 @@ from lungct.models.registry import create_model
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 PREDICTIONS_FILE = "test_predictions.json"
-"""Per-image test predictions written by ``python -m lungct evaluate`` (``{part}`` = test)."""
+"""Per-image test predictions written by ``python -m lungct lab evaluate`` (``{part}`` = test)."""
 
 
 def __getattr__(name: str):

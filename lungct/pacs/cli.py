@@ -28,6 +28,9 @@ def cmd_pacs(args) -> int:
     from lungct.pacs.client import PacsError
 
     cfg = config_from_args(args)
+    if args.pacs_command == "serve":
+        from lungct.pacs.server import serve
+        return serve(args.port, args.folder, demo=not args.no_demo)
     try:
         client = _client(args, cfg)
         if args.pacs_command == "studies":
@@ -58,8 +61,8 @@ def cmd_pacs(args) -> int:
 
 
 def _run(args, cfg, client) -> int:
-    from lungct.case_report import format_case
-    from lungct.model_options import load_model_and_guard
+    from lungct.pipeline.report import format_case
+    from lungct.pipeline.options import load_model_and_guard
     from lungct.pacs.client import PacsError
     from lungct.pacs.workflow import run_on_study
 
@@ -85,7 +88,7 @@ def _run(args, cfg, client) -> int:
 
 
 def add_command(sub, common) -> None:
-    from lungct.model_options import add_model_options
+    from lungct.pipeline.options import add_model_options
     from lungct.pacs.workflow import STORE_KINDS
 
     p = sub.add_parser("pacs", parents=[common], help="search a PACS (DICOMweb), classify a "
@@ -110,4 +113,10 @@ def add_command(sub, common) -> None:
     q.add_argument("--replace", action="store_true",
                    help="delete lungct's earlier result series of this study once the new one "
                         "is stored (Orthanc only; default: keep them, the new one is the next run)")
+    q = verbs.add_parser("serve", parents=[common],
+                         help="start a local Orthanc with DICOMweb on 127.0.0.1 and a demo "
+                              "study (Debian packages orthanc, orthanc-dicomweb); Ctrl-C stops it")
+    q.add_argument("--port", type=int, help="HTTP port (default: pacs.local_port)")
+    q.add_argument("--folder", default=".pacs", help="run folder (git-ignored)")
+    q.add_argument("--no-demo", action="store_true", help="do not load the demo study")
     p.set_defaults(func=cmd_pacs)

@@ -1,7 +1,7 @@
 """The case result as DICOM objects in the source study: a Comprehensive SR and an Encapsulated PDF.
 
 Both are built with highdicom (the SR with ``highdicom.sr.ComprehensiveSR``,
-the PDF on ``highdicom.base.SOPClass``) from ``lungct.case_report``'s sections,
+the PDF on ``highdicom.base.SOPClass``) from ``lungct.pipeline.report``'s sections,
 so they say the same as the PDF report: verdict and rule, counts, findings by
 slice position, series facts, model name, version and card summary, and the
 intended-use statement. Each goes into the study as a new series.
@@ -20,7 +20,7 @@ import warnings
 from contextlib import contextmanager
 
 from lungct import __version__
-from lungct.case_report import (CAUTION_HEADING, FINDINGS_HEADING, TITLE, case_pdf,
+from lungct.pipeline.report import (CAUTION_HEADING, FINDINGS_HEADING, TITLE, case_pdf,
                                 report_sections)
 
 MANUFACTURER = "lungct (research software, not a medical device)"

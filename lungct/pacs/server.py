@@ -6,12 +6,11 @@ orthanc orthanc-dicomweb``). The configuration is generated into a run folder
 HTTP on 127.0.0.1 only, no DICOM (DIMSE) port, no remote access, storage in
 that folder. Nothing tracked is rewritten.
 
-    python -m lungct.pacs.server [--port 8042] [--folder .pacs] [--demo PATH]
+    python -m lungct pacs serve [--port 8042] [--folder .pacs] [--no-demo]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -132,37 +131,31 @@ class LocalOrthanc:
 def demo_series() -> list:
     """The demo study: ``../shared/data/lung-pet-ct-dx-sample/`` when present, else synthetic."""
     from lungct.config import REPO_ROOT
-    from lungct.series import load_study
+    from lungct.pipeline.series import load_study
 
     sample = REPO_ROOT.parent / "shared" / "data" / "lung-pet-ct-dx-sample"
     if sample.is_dir():
         folders = sorted(p for p in sample.iterdir() if p.is_dir() and p.name.startswith("Lung"))
         study = load_study(folders[:2])
         return [f.dataset for s in study.series for f in s.files]
-    from lungct.demo_series import demo_series
-    from lungct.series import read_slice
+    from lungct.data.demo_series import demo_series
+    from lungct.pipeline.series import read_slice
     return [read_slice(f"demo{i}.dcm", d).dataset for i, d in enumerate(demo_series())]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungct.pacs.server",
-                                     description="start a local Orthanc with DICOMweb and a "
-                                                 "demo study; Ctrl-C stops it")
-    parser.add_argument("--port", type=int, help="HTTP port (default: pacs.local_port)")
-    parser.add_argument("--folder", default=".pacs", help="run folder (git-ignored)")
-    parser.add_argument("--no-demo", action="store_true", help="do not load the demo study")
-    args = parser.parse_args(argv)
+def serve(port: int | None = None, folder: str = ".pacs", demo: bool = True) -> int:
+    """Run a local Orthanc (``pacs serve``) until Ctrl-C; with ``demo``, load the demo study."""
     from lungct.config import load_config
     from lungct.pacs.client import PacsClient
 
-    port = args.port or int((load_config().get("pacs") or {}).get("local_port", 8042))
+    port = port or int((load_config().get("pacs") or {}).get("local_port", 8042))
     try:
-        server = LocalOrthanc(port, args.folder).start()
+        server = LocalOrthanc(port, folder).start()
     except OrthancUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        if not args.no_demo:
+        if demo:
             datasets = demo_series()
             PacsClient(server.dicomweb_url).store(datasets)
             print(f"loaded a demo study ({len(datasets)} instances)")
@@ -175,7 +168,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

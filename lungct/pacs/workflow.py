@@ -1,7 +1,7 @@
 """Study in the PACS -> case pipeline -> result stored back into the same study.
 
 ``run_on_study`` retrieves the CT series (one given, or all of them, then the
-default as ``lungct.series.Study.default`` picks it), runs ``lungct.case`` on
+default as ``lungct.pipeline.series.Study.default`` picks it), runs ``lungct.pipeline.case`` on
 it and stores an SR and/or an Encapsulated PDF (``lungct.pacs.results``) into
 the study as new series. Nothing is stored unless at least one slice was
 classified: a wrong study, a non-CT series, a study without images or an
@@ -37,7 +37,7 @@ STORE_KINDS = ("sr", "pdf")
 class PacsRun:
     """What ``run_on_study`` did: the case, and the objects stored (kind -> SOPInstanceUID)."""
 
-    case: object                     # lungct.case.Case
+    case: object                     # lungct.pipeline.case.Case
     study_uid: str
     series_uid: str
     stored: dict = field(default_factory=dict)
@@ -59,7 +59,7 @@ def earlier_results(client: PacsClient, study_uid: str, listed: list | None = No
 
     ``listed``: the study's series as ``client.series`` gave them (saves a search).
     """
-    from lungct.case_report import TITLE
+    from lungct.pipeline.report import TITLE
     from lungct.pacs.results import MANUFACTURER
 
     out = []
@@ -73,7 +73,7 @@ def earlier_results(client: PacsClient, study_uid: str, listed: list | None = No
 
 def result_version(ds, kind: str, version: int) -> None:
     """Label a built SR/PDF as run ``version`` of the study's result (run 1: as built)."""
-    from lungct.case_report import TITLE
+    from lungct.pipeline.report import TITLE
     from lungct.pacs.results import PDF_SERIES_NUMBER, SR_SERIES_NUMBER
 
     if version <= 1:
@@ -87,7 +87,7 @@ def _as_slices(datasets: list) -> list:
     """Retrieved instances -> ``SliceFile``s through the one DICOM reading path (quiet, safe)."""
     import pydicom
 
-    from lungct.series import SliceFile, read_slice
+    from lungct.pipeline.series import SliceFile, read_slice
 
     out = []
     for i, ds in enumerate(datasets, start=1):
@@ -135,8 +135,8 @@ def run_on_study(client: PacsClient, study_uid: str, classifier, guard=None,
     (Orthanc only, checked before anything is done) the earlier result series
     of the stored kinds are deleted once the new ones are in.
     """
-    from lungct.case import classify_series
-    from lungct.series import group_series
+    from lungct.pipeline.case import classify_series
+    from lungct.pipeline.series import group_series
 
     unknown = set(store) - set(STORE_KINDS)
     if unknown:

@@ -1,6 +1,6 @@
 """Train (or distill) one model from the config and save it with its card.
 
-This is what ``python -m lungct train``, ``training/train.py``, the DVC stages
+This is what ``python -m lungct lab train``, ``training/train.py``, the DVC stages
 and the CI smoke run all call. Only the train and val parts of the chosen
 protocol are read here; test images stay untouched until ``evaluate``.
 """
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from lungct import CLASSES, __version__
 from lungct.config import models_dir, reports_dir, resolve
 from lungct.data.splits import read_manifest, select
-from lungct.metrics import classification_report
+from lungct.training.metrics import classification_report
 from lungct.models import create_model, load_model, save_model
 from lungct.training.datasets import (LungWindowRerender, SliceDataset, balanced_sampler,
                                      preload, preload_lung_masks, preload_raw,

@@ -8,12 +8,13 @@ store. Nothing about uploaded images ever reaches MLflow: only training runs log
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 from pathlib import Path
 
 from lungct import CLASSES
 from lungct.config import config_from_args, config_options, resolve
-from lungct.entry_points import entry_points
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -162,9 +163,8 @@ def cmd_import(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.training.tracking", "tracking", add_arguments, __doc__,
-                                 "MLflow: log models trained without it from their cards")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_command(sub, common) -> None:
+    """Register ``tracking`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("tracking", parents=[common], help="MLflow: log models trained without it from their cards",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

@@ -1,6 +1,6 @@
 """Normalised inputs of a model's own validation split, for checks that must not see test.
 
-Used by ``python -m lungct half`` (``lungct.models.half.store_half``): the float16
+Used by ``python -m lungct lab half`` (``lungct.models.half.store_half``): the float16
 rounding is checked on these images.
 """
 

@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lungct import CLASSES
-from lungct.case import CASE_RULE, case_label
-from lungct.metrics import expected_calibration_error, roc_auc_ovr
+from lungct.pipeline.case import CASE_RULE, case_label
+from lungct.training.metrics import expected_calibration_error, roc_auc_ovr
 from lungct.onnx_runtime import calibrated_softmax
 
 MALIGNANT, BENIGN = CLASSES.index("malignant"), CLASSES.index("benign")
@@ -102,11 +102,11 @@ softmax = calibrated_softmax
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the NLL of softmax(logits / T): ``lungct.evaluate``'s fit
+    """The temperature minimising the NLL of softmax(logits / T): ``lungct.training.evaluate``'s fit
     on numpy arrays."""
     import torch
 
-    from lungct.evaluate import fit_temperature as fit
+    from lungct.training.evaluate import fit_temperature as fit
 
     return fit(torch.as_tensor(np.asarray(logits), dtype=torch.float32),
                torch.as_tensor(np.asarray(y), dtype=torch.long))

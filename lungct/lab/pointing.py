@@ -7,7 +7,7 @@ energy inside the boxes, against the share of the image the boxes cover
 (chance). Heatmaps are made for the class "malignant" on the slice as users
 upload it (DICOM, lung window by default), through ``lungct.explain``.
 
-    python -m lungct pointing [--model NAME ...] [--methods Grad-CAM ...] [--write-cards]
+    python -m lungct lab pointing [--model NAME ...] [--methods Grad-CAM ...] [--write-cards]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def pointing_game(model, slices, method: str = "Grad-CAM", target: str = "malign
     n = len(hits)
     if not n:
         return {"n": 0}
-    from lungct.metrics import wilson
+    from lungct.training.metrics import wilson
     k = int(sum(hits))
     return {"n": n, "hits": k, "pointing_game": round(k / n, 4),
             "pointing_game_ci95": [round(v, 4) for v in wilson(k, n)],

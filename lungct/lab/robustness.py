@@ -1,9 +1,9 @@
 """Does a model's answer survive another hospital's rendering of the same slice?
 
-    python -m lungct robustness [--model NAME ...] [--every N] [--write-cards]
+    python -m lungct lab robustness [--model NAME ...] [--every N] [--write-cards]
 
 Each test slice of the model's own protocol is re-rendered once per kind of
-``lungct.phantoms.other_source_variants`` (display curve, contrast, crop,
+``lungct.lab.phantoms.other_source_variants`` (display curve, contrast, crop,
 256 and 768 px, a viewer screenshot, JPEG q40, lung- and mediastinal-window
 imitations), and classified as users run it (``Classifier.predict_gray``,
 the model's own view). Per kind: accuracy, malignant recall, the share of
@@ -52,7 +52,7 @@ def rendering_figures(labels: list[str], plain: list[str], per_kind: dict[str, l
 def rendering_robustness(clf, grays: list[np.ndarray], labels: list[str],
                          seed: int = SEED) -> dict:
     """``rendering_figures`` of one classifier on decoded slices and their true labels."""
-    from lungct.phantoms import OTHER_SOURCE_KINDS, other_source_variants
+    from lungct.lab.phantoms import OTHER_SOURCE_KINDS, other_source_variants
 
     plain = [p.label for p in clf.predict_many(grays)]
     per_kind: dict[str, list[str]] = {k: [] for k in OTHER_SOURCE_KINDS}
@@ -90,7 +90,7 @@ def each_model_test_part(args, cfg: dict, label: str | None = None, every: int =
     manifest = resolve(cfg["data"]["manifest"])
     if not manifest.exists() or not root.is_dir():
         raise ValueError(f"needs the dataset ({root}) and its manifest ({manifest}); set "
-                         "LUNGCT_DATA and run `python -m lungct split`")
+                         "LUNGCT_DATA and run `python -m lungct lab split`")
     rows = read_manifest(manifest)
     for name in args.model or list_with_weights():
         clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)

@@ -2,7 +2,7 @@
 
 Each file is read once: its bytes, and for DICOM one parsed dataset
 (``lungct.preprocess.read_dicom_safely``) from which the slice's place and the
-series it belongs to are taken; the case pipeline (:mod:`lungct.case`) turns
+series it belongs to are taken; the case pipeline (:mod:`lungct.pipeline.case`) turns
 that same dataset into pixels. Slices are grouped by SeriesInstanceUID and
 sorted along the slice normal (ImagePositionPatient projected on the cross
 product of ImageOrientationPatient's row and column directions; InstanceNumber

@@ -1,4 +1,4 @@
-"""Integer (int8) twin of an exported classifier: ``python -m lungct quantize``.
+"""Integer (int8) twin of an exported classifier: ``python -m lungct lab quantize``.
 
 Why: on a small CPU the classifier is most of a slice's time. The 320 px
 EfficientNet-Lite student costs 18.6 CPU-ms per image in float32 on ONNX
@@ -8,7 +8,7 @@ EfficientNet-Lite was designed to be quantised (ReLU6, no squeeze-excite).
 Static quantisation needs activation ranges, and those need data, which a
 user's clone does not have. So the work is split:
 
-1. ``python -m lungct quantize --model NAME`` (with the dataset, when a model
+1. ``python -m lungct lab quantize --model NAME`` (with the dataset, when a model
    ships) runs the float32 ONNX model over slices of the model's own
    training part, records every activation's minimum and maximum in
    ``models/NAME/int8_calibration.json`` (ONNX Runtime's calibration cache, about
@@ -67,7 +67,7 @@ def _prepared(folder: Path) -> Path:
     """``model.onnx`` after ONNX Runtime's quantisation pre-processing, in a temporary folder."""
     src = folder / ONNX_FILE
     if not src.exists():
-        raise QuantizeError(f"{src} not found: `python -m lungct export --model {folder.name}` "
+        raise QuantizeError(f"{src} not found: `python -m lungct lab export --model {folder.name}` "
                             "writes it")
     return prepared_for_int8(src)
 
@@ -86,14 +86,14 @@ def _quantize(pre: Path, calibration: Path, out: Path) -> None:
     try:
         quantize_with_ranges(pre, calibration, out, float_nodes)
     except OnnxUnavailable as err:
-        raise QuantizeError(f"{err}: run `python -m lungct quantize` again") from None
+        raise QuantizeError(f"{err}: run `python -m lungct lab quantize` again") from None
 
 
 def compare(float_clf, int8_session, grays: list[np.ndarray], labels=None,
             batch_size: int = 32) -> dict:
     """float32 vs int8 on the same inputs: labels changed, |dp|, and with ``labels`` the
     accuracy, malignant recall and malignant AUC of both."""
-    from lungct.metrics import roc_auc_ovr
+    from lungct.training.metrics import roc_auc_ovr
 
     pf, pi = [], []
     name = int8_session.session.get_inputs()[0].name
@@ -132,7 +132,7 @@ def build_int8(folder: str | Path, float_clf, paths: list[Path], source: str,
     folder = Path(folder)
     calibration = folder / CALIBRATION_FILE
     if not calibration.exists():
-        raise QuantizeError(f"{calibration} not found: `python -m lungct quantize --model "
+        raise QuantizeError(f"{calibration} not found: `python -m lungct lab quantize --model "
                             f"{folder.name}` (with the dataset) records the ranges")
     pre = _prepared(folder)
     try:

@@ -1,6 +1,6 @@
 """Images that are not lung CT slices, and lung CT slices as other sources render them.
 
-The input guard's test material (``python -m lungct.safety_report``, the test
+The input guard's test material (``python -m lungct lab safety-report``, the test
 suite and ``tests/make_corpus.py``): procedural brain-CT, abdominal-CT and
 chest X-ray phantoms, two-tone chest segmentation masks, rendered documents, scikit-image's sample photos, noise
 and patterns (``non_ct_set``); lung CT slices re-windowed, cropped, resized,

@@ -14,7 +14,7 @@ the AUC of P(malignant) painted against plain (0.5: the mass plays no part,
 1.0: every painted slice scores above every plain one), mean P(malignant) and
 the share of slices called malignant, both ways.
 
-    python -m lungct lesion-check [--model NAME ...] [--write-cards]
+    python -m lungct lab lesion-check [--model NAME ...] [--write-cards]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def add_command(sub, common) -> None:
 
 def cmd_lesion_check(args) -> int:
     from lungct.config import config_from_args
-    from lungct.robustness import each_model_test_part, store_in_card
+    from lungct.lab.robustness import each_model_test_part, store_in_card
 
     cfg = config_from_args(args)
     for clf, protocol, _, grays in each_model_test_part(args, cfg, label="normal"):

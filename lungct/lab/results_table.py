@@ -1,19 +1,20 @@
 """The results table of README.md, built from the model cards.
 
-    python -m lungct results-table      (or python -m lungct.results_table)
+    python -m lungct lab results-table      (or python -m lungct lab results-table)
 
-Every figure comes from a card written by ``python -m lungct evaluate`` and
-``python -m lungct.bench --write-cards``; nothing is typed in by hand.
+Every figure comes from a card written by ``python -m lungct lab evaluate`` and
+``python -m lungct lab bench --write-cards``; nothing is typed in by hand.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import json
 import math
 
 from lungct import CLASSES
 from lungct.config import LEAKAGE_REPORT, config_from_args, load_config, models_dir, report_path
-from lungct.entry_points import entry_points
 from lungct.models import list_shipped
 from lungct.models.checkpoint import PREDICTIONS_FILE, read_card
 
@@ -133,9 +134,8 @@ def cmd_results_table(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.results_table", "results-table", add_arguments, __doc__,
-                                 "the README's results tables, from the model cards")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_command(sub, common) -> None:
+    """Register ``results-table`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("results-table", parents=[common], help="the README's results tables, from the model cards",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

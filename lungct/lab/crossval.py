@@ -1,10 +1,10 @@
 """Train a shipped recipe k times, once per grouped fold, and report it out of fold.
 
-``python -m lungct cv --model student_lungs`` trains the recipe of
+``python -m lungct lab cv --model student_lungs`` trains the recipe of
 ``models.student_lungs`` in params.yaml on each fold's train part (early
-stopping and model selection on the next fold, ``lungct.cv``), predicts the
+stopping and model selection on the next fold, ``lungct.lab.cv``), predicts the
 fold's test part through the app's preprocessing, and reports all images
-out of fold (``lungct.cv.cv_report``): accuracy, malignant and benign recall,
+out of fold (``lungct.lab.cv.cv_report``): accuracy, malignant and benign recall,
 malignant AUC and case accuracy with patient-level intervals, and the
 calibration temperature fitted on out-of-fold logits with its ECE.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from lungct import CLASSES
 from lungct.config import model_config, report_path, resolve
-from lungct.cv import assign_folds, cv_report, fold_manifest, fold_part, format_cv
+from lungct.lab.cv import assign_folds, cv_report, fold_manifest, fold_part, format_cv
 from lungct.data.splits import read_manifest
 
 
@@ -47,7 +47,7 @@ def run_cv(cfg: dict, name: str, k: int = 5, use_teacher: bool = True,
            epochs: int | None = None, only: list[int] | None = None,
            cache: str | Path = "data/cache/cv") -> dict | None:
     """Train and predict every fold (or ``only`` these); the report once all folds exist."""
-    from lungct.evaluate import collect_logits
+    from lungct.training.evaluate import collect_logits
     from lungct.models import load_model
     from lungct.training.run import train_from_config
 
@@ -116,7 +116,7 @@ def load_oof(tag: str, k: int = 5, cache: str | Path = "data/cache/cv"):
 def compare_runs(cfg: dict, tag_a: str, tag_b: str, k: int = 5,
                  cache: str | Path = "data/cache/cv") -> dict:
     """Paired out-of-fold comparison of two finished runs (same folds, same images)."""
-    from lungct.cv import paired_difference
+    from lungct.lab.cv import paired_difference
 
     groups = {r["path"]: r["group"] for r in read_manifest(resolve(cfg["data"]["manifest"]))}
     paths_a, y, logits_a = load_oof(tag_a, k, cache)

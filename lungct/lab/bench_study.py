@@ -1,14 +1,14 @@
 """How long the Study view makes a radiologist wait: a whole series, then one heatmap.
 
-    python -m lungct bench-study [--slices 64] [--model student_kd] [--repeats 3]
+    python -m lungct lab bench-study [--slices 64] [--model student_kd] [--repeats 3]
 
-(or ``python -m lungct.bench_study ...``).
+(or ``python -m lungct lab bench-study ...``).
 
 Times, warm (model, guard and PyTorch weights loaded by a first run), the case
 pipeline on a series of ``--slices`` 512x512 CT slices read from memory
-(decode, input guard, batched classification, findings: ``lungct.case.run_case``), the
+(decode, input guard, batched classification, findings: ``lungct.pipeline.case.run_case``), the
 same without the findings stage (their cost per slice is the difference), and
-one Grad-CAM heatmap of the most suspicious slice (``lungct.case.heatmap``).
+one Grad-CAM heatmap of the most suspicious slice (``lungct.pipeline.case.heatmap``).
 The series is the first Lung-PET-CT-Dx sample series under
 ``../shared/data/lung-pet-ct-dx-sample`` when present (real scanner DICOM),
 else a synthetic one from the shipped sample slices. Targets (issue 11):
@@ -17,12 +17,13 @@ series <= 10 s, heatmap <= 1 s on the 2-core CPU; findings <= 20 ms per slice (i
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import statistics
 import time
 
 from lungct.config import config_from_args
-from lungct.entry_points import entry_points
 from lungct.errors import LungctError
 
 SERIES_TARGET_S, HEATMAP_TARGET_S, FINDINGS_TARGET_MS = 10.0, 1.0, 20.0
@@ -38,14 +39,14 @@ def bench_files(n: int) -> tuple[list[tuple[str, bytes]], str]:
         paths = sorted(folders[0].glob("*.dcm"))[:n]
         if len(paths) == n:
             return [(p.name, p.read_bytes()) for p in paths], f"{folders[0].name} (real DICOM)"
-    from lungct.demo_series import demo_series
+    from lungct.data.demo_series import demo_series
     return [(f"{i}.dcm", d) for i, d in enumerate(demo_series(n, size=512))], \
         "synthetic series from samples/"
 
 
 def run(slices: int = 64, model: str | None = None, repeats: int = 3, guard: bool = True,
         cfg: dict | None = None) -> dict:
-    from lungct.case import heatmap, load_guard, run_case
+    from lungct.pipeline.case import heatmap, load_guard, run_case
     from lungct.config import load_config
     from lungct.inference import Classifier
 
@@ -117,9 +118,8 @@ def cmd_bench_study(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.bench_study", "bench-study", add_arguments, __doc__,
-                                 "how long the Study view waits: a series, one heatmap")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_command(sub, common) -> None:
+    """Register ``bench-study`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("bench-study", parents=[common], help="how long the Study view waits: a series, one heatmap",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

@@ -3,7 +3,7 @@
 Latency is end to end from file bytes (decode, preprocess, forward) for one
 image, the delay a radiologist feels; median of repeated runs after warm-up.
 Figures depend on the machine and on whatever else runs on it: the
-benchmark (``python -m lungct.bench``) is the place to compare them.
+benchmark (``python -m lungct lab bench``) is the place to compare them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Benchmark: size and CPU speed of every shipped model on both backends, VGG16 as the reference.
 
-    python -m lungct bench [--write-cards] [--repeats 20] [--batch 32] [--models NAME ...]
+    python -m lungct lab bench [--write-cards] [--repeats 20] [--batch 32] [--models NAME ...]
 
-(or ``python -m lungct.bench ...``, as dvc.yaml runs it).
+(or ``python -m lungct lab bench ...``, as dvc.yaml runs it).
 
 Per model and backend (PyTorch eager, ONNX Runtime): parameters, FLOPs,
 weight file size, median single-image latency end to end from file bytes
@@ -21,6 +21,8 @@ Run it on a quiet machine: numbers are only comparable within one run.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 import os
@@ -33,11 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungct.batch import PROCESS_BATCH
+from lungct.pipeline.batch import PROCESS_BATCH
 from lungct.config import config_from_args, load_config, resolve
-from lungct.entry_points import entry_points
 from lungct.inference import Classifier
-from lungct.model_stats import count_flops
+from lungct.models.stats import count_flops
 from lungct.models import create_model, list_shipped, load_model
 from lungct.config import models_dir
 from lungct.models.checkpoint import WEIGHTS_FILE, model_card_base, read_card, write_card
@@ -89,7 +90,7 @@ def onnx_classifier(model, name: str, folder: Path | None, card: dict, tmp: Path
             return Classifier(None, onnx=onnx, card=card, folder=folder), onnx.path.name
         except OnnxUnavailable as err:
             print(f"note: {name}: {err}; benchmarking a temporary export instead")
-    from lungct.onnx_export import export_onnx
+    from lungct.training.onnx_export import export_onnx
 
     out = tmp / name.split(" ")[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     ``predict`` does by default. The findings stage runs as params ``findings.enabled``
     says (``--set findings.enabled=false``: the classification-only rate).
     """
-    from lungct.batch import expand_inputs, forked_processes, parallel_processes, predict_paths
+    from lungct.pipeline.batch import expand_inputs, forked_processes, parallel_processes, predict_paths
 
     findings = "shipped" if (cfg.get("findings") or {}).get("enabled", True) else None
 
@@ -217,8 +218,8 @@ def _on(r: dict) -> str:
 
 def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> dict:
     """One image end to end as users run it: file bytes -> decode -> input guard ->
-    classify (``lungct.case.run_case``, the app's and ``case``'s path), warm, median."""
-    from lungct.case import load_guard, run_case
+    classify (``lungct.pipeline.case.run_case``, the app's and ``case``'s path), warm, median."""
+    from lungct.pipeline.case import load_guard, run_case
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
     guard = load_guard(cfg)
@@ -264,9 +265,9 @@ def stage_ms(clf: Classifier, guard, data: bytes, repeats: int = 20) -> dict:
 def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
     """What a radiologist waits for in the app, warm: decode, input guard, classify, Grad-CAM, overlay.
 
-    The app's own path: ``lungct.case.run_case`` then ``lungct.case.heatmap``.
+    The app's own path: ``lungct.pipeline.case.run_case`` then ``lungct.pipeline.case.heatmap``.
     """
-    from lungct.case import heatmap, load_guard, run_case
+    from lungct.pipeline.case import heatmap, load_guard, run_case
     from lungct.errors import LungctError
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
@@ -425,7 +426,7 @@ def store_in_cards(report: dict) -> None:
                  "cpu_throughput_ips": head["throughput_ips"],
                  "speedup_vs_vgg16": head["speedup_vs_vgg16"], "cpu_backend": head["backend"],
                  "backends": per_backend,
-                 "measured_with": "python -m lungct.bench", "threads": torch.get_num_threads(),
+                 "measured_with": "python -m lungct lab bench", "threads": torch.get_num_threads(),
                  "onnx_threads": report["onnx_threads"], "load_avg_1m": report["load_avg_1m"]}
         for cli in report["cli_folder"]:
             if cli["model"] == name and cli["backend"] == default:
@@ -521,9 +522,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.bench", "bench", add_arguments, __doc__,
-                                 "size and CPU speed of every shipped model vs VGG16")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_command(sub, common) -> None:
+    """Register ``bench`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("bench", parents=[common], help="size and CPU speed of every shipped model vs VGG16",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

@@ -104,7 +104,7 @@ def render(card: dict) -> str:
             lines.append(f"- For scale, a pixel 1-NN with no learning scores "
                          f"{_pct(probe['pixel_1nn_accuracy'])} on the same split")
     else:
-        lines += ["", "Not evaluated on a test split yet (`python -m lungct evaluate`)."]
+        lines += ["", "Not evaluated on a test split yet (`python -m lungct lab evaluate`)."]
     s = card.get("stats", {})
     if s:
         lines += ["", "## Size and speed", "",
@@ -113,7 +113,7 @@ def render(card: dict) -> str:
                   f"{s.get('weights_mb')} MB",
                   f"- CPU latency {s.get('cpu_latency_ms')} ms per image end to end on "
                   f"{s.get('cpu_backend', 'torch')} ({s.get('threads')} threads; "
-                  "`python -m lungct.bench --write-cards`)"]
+                  "`python -m lungct lab bench --write-cards`)"]
         if s.get("cli_folder_marginal_ips") is not None:
             lines.append(f"- `python -m lungct predict` on a folder, guard on: "
                          f"{s['cli_folder_marginal_ips']} images/s marginal "
@@ -123,7 +123,7 @@ def render(card: dict) -> str:
     st = card.get("storage")
     if st:
         c = st.get("check", {})
-        lines.append(f"- Stored in {st.get('dtype')} (`python -m lungct half`): on "
+        lines.append(f"- Stored in {st.get('dtype')} (`python -m lungct lab half`): on "
                      f"{c.get('images')} {c.get('split')} images, {c.get('label_changes')} "
                      f"label changes, largest probability change {c.get('max_prob_diff')}; "
                      "computes in float32")
@@ -137,7 +137,7 @@ def render(card: dict) -> str:
                 parts.append(f"{label} {c['labels_changed']} of {c['n']} labels changed, "
                              f"accuracy {_pct(c['float32']['accuracy'])} -> "
                              f"{_pct(c['int8']['accuracy'])}")
-        lines.append(f"- ONNX Runtime runs it in int8 by default (`python -m lungct quantize`, "
+        lines.append(f"- ONNX Runtime runs it in int8 by default (`python -m lungct lab quantize`, "
                      f"`runtime.precision`; {q.get('format')}): against float32, "
                      + "; ".join(parts))
     lines += _other_sources(card)
@@ -155,7 +155,7 @@ def _other_sources(card: dict) -> list[str]:
         if not isinstance(ext, dict) or ext.get("layout") != "Lung-PET-CT-Dx":
             continue
         n = len(ext.get("series") or {})
-        lines.append(f"- {name} (`python -m lungct external`, guard on): lung slices accepted "
+        lines.append(f"- {name} (`python -m lungct lab external`, guard on): lung slices accepted "
                      f"{_pct(ext.get('lung_slices_accepted'))}; tumour-box slices called "
                      f"malignant {_pct(ext.get('boxed_slices_called_malignant'))}; other lung "
                      f"slices called malignant {_pct(ext.get('other_slices_called_malignant'))}; "
@@ -165,7 +165,7 @@ def _other_sources(card: dict) -> list[str]:
                         is not None else ""))
     methods = (card.get("pointing_game") or {}).get("methods") or {}
     if methods:
-        lines.append("- Pointing game on the tumour boxes (`python -m lungct pointing`; heatmap "
+        lines.append("- Pointing game on the tumour boxes (`python -m lungct lab pointing`; heatmap "
                      "maximum within 15 px / energy inside the boxes; hits per series): "
                      + "; ".join(
                          f"{m} {_pct(r.get('pointing_game'))} / {_pct(r.get('energy_in_box'))}"
@@ -178,7 +178,7 @@ def _other_sources(card: dict) -> list[str]:
         called = lesion["called_malignant"]
         lines.append(f"- A mass (up to 3-7 cm, within a lung field) painted into {lesion['n']} "
                      f"{lesion.get('data', 'normal test slices')} "
-                     f"(`python -m lungct lesion-check`): called malignant "
+                     f"(`python -m lungct lab lesion-check`): called malignant "
                      f"{_pct(called['plain'])} plain, {_pct(called['painted'])} with the mass; "
                      f"AUC of P(malignant) painted vs plain {lesion['auc_painted_vs_plain']:.3f}")
     rob = card.get("rendering_robustness") or {}

@@ -1,6 +1,6 @@
-"""Clinical-safety figures in one command: ``python -m lungct safety-report``.
+"""Clinical-safety figures in one command: ``python -m lungct lab safety-report``.
 
-(or ``python -m lungct.safety_report``).
+(or ``python -m lungct lab safety-report``).
 
 Prints and writes ``reports/safety.json``:
 
@@ -13,14 +13,16 @@ Prints and writes ``reports/safety.json``:
    cropped, resized, saved as 8-bit screenshots with a border, plus pydicom's
    real CT_small.dcm;
 4. ECE before/after temperature calibration of every shipped model (from
-   the cards' ``calibration`` section, written by ``python -m lungct evaluate``);
+   the cards' ``calibration`` section, written by ``python -m lungct lab evaluate``);
 5. memory (RSS) over 200 consecutive classifications + Grad-CAM heatmaps with
    the default model.
 
-The images come from ``lungct.phantoms``, the statistics from ``lungct.metrics``.
+The images come from ``lungct.lab.phantoms``, the statistics from ``lungct.training.metrics``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import io
 import json
@@ -32,9 +34,8 @@ import numpy as np
 from PIL import Image
 
 from lungct.config import REPO_ROOT, config_from_args, models_dir, reports_dir, resolve
-from lungct.entry_points import entry_points
-from lungct.metrics import rate, wilson, wilson_text
-from lungct.phantoms import (OTHER_SOURCE_KINDS, ct_small, non_ct_set,  # noqa: F401
+from lungct.training.metrics import rate, wilson, wilson_text
+from lungct.lab.phantoms import (OTHER_SOURCE_KINDS, ct_small, non_ct_set,  # noqa: F401
                              other_source_variants)
 from lungct.resources import has_psutil, rss_mb
 
@@ -120,7 +121,7 @@ def calibration_figures(log=print) -> dict:
         cal = card.get("calibration")
         if not cal:
             out[name] = None
-            log(f"  {name:26s} not evaluated yet (python -m lungct evaluate --model {name})")
+            log(f"  {name:26s} not evaluated yet (python -m lungct lab evaluate --model {name})")
             continue
         out[name] = {"temperature": cal.get("temperature"), "ece_before": cal.get("ece_before"),
                      "ece_after": cal.get("ece_after"),
@@ -424,9 +425,8 @@ def cmd_safety_report(args) -> int:
     return 0
 
 
-add_command, main = entry_points("lungct.safety_report", "safety-report", add_arguments, __doc__,
-                                 "clinical-safety figures: guard rejections, calibration, memory")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_command(sub, common) -> None:
+    """Register ``safety-report`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("safety-report", parents=[common], help="clinical-safety figures: guard rejections, calibration, memory",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

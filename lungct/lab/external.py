@@ -1,6 +1,6 @@
 """External evaluation: how a shipped model and the guard do on another source's chest CT.
 
-    python -m lungct external DIR [--model NAME] [--json] [--write-card]
+    python -m lungct lab external DIR [--model NAME] [--json] [--write-card]
 
 Two layouts:
 
@@ -10,9 +10,9 @@ Two layouts:
   Prints the guard's acceptance per class, the confusion matrix of accepted
   slices, and the malignant-vs-normal AUC of P(malignant);
 - **Lung-PET-CT-Dx** (series folders + ``annotations/``): per series the
-  guard's verdicts, the case verdict (``lungct.case``), the share of
+  guard's verdicts, the case verdict (``lungct.pipeline.case``), the share of
   tumour-box slices labelled malignant, and the pointing game of the
-  model's heatmaps on the boxes (``lungct.pointing``).
+  model's heatmaps on the boxes (``lungct.lab.pointing``).
 
 Everything runs the product path (decode, guard on, default settings), so
 the figures are what a user would see. ``--write-card`` stores them in the
@@ -59,7 +59,7 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
 
 def evaluate_class_folders(root: Path, clf, guard, window: str = "lung") -> dict:
     """Acceptance, confusion and AUC over ``root/<class>/`` folders."""
-    from lungct.case import run_case
+    from lungct.pipeline.case import run_case
 
     out: dict = {"layout": "class folders", "classes": {}}
     y_true, probs = [], []
@@ -78,7 +78,7 @@ def evaluate_class_folders(root: Path, clf, guard, window: str = "lung") -> dict
                 y_true.append(CLASSES.index(label))
                 probs.append([r.prediction.probabilities[c] for c in CLASSES])
     if probs:
-        from lungct.metrics import confusion
+        from lungct.training.metrics import confusion
         y, p = np.asarray(y_true), np.asarray(probs)
         out["confusion"] = confusion(y, p.argmax(1)).tolist()
         out["accuracy_accepted"] = round(float((p.argmax(1) == y).mean()), 4)
@@ -93,10 +93,10 @@ def evaluate_class_folders(root: Path, clf, guard, window: str = "lung") -> dict
 def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
                             methods: tuple[str, ...] = ("Grad-CAM",)) -> dict:
     """Per series: guard verdicts, case verdict, boxed slices called malignant; pointing game."""
-    from lungct.case import run_case
+    from lungct.pipeline.case import run_case
     from lungct.data.lung_pet_ct_dx import read_all
     from lungct.guard.anatomy import hu_shows_lung
-    from lungct.pointing import pointing_game
+    from lungct.lab.pointing import pointing_game
 
     slices = read_all(root)
     out: dict = {"layout": "Lung-PET-CT-Dx", "series": {}}

@@ -20,9 +20,9 @@ import torch
 from lungct import CLASSES
 from lungct.config import LEAKAGE_REPORT, report_path, reports_dir, resolve
 from lungct.data.splits import read_manifest, select
-from lungct.metrics import (classification_report, expected_calibration_error,
+from lungct.training.metrics import (classification_report, expected_calibration_error,
                             sensitivity_operating_point)
-from lungct.model_stats import model_stats
+from lungct.models.stats import model_stats
 from lungct.models import load_model
 from lungct.models.checkpoint import resolve_model_dir, write_card
 from lungct.preprocess import load_image, to_tensor

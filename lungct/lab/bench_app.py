@@ -1,10 +1,10 @@
 """What the app costs: seconds per CAM method, and the server's memory after one session.
 
-    python -m lungct bench-app cam [--models NAME ...] [--sample FILE] [--threads N]
-    python -m lungct bench-app fidelity [--models NAME ...] [--samples FILE ...]
-    python -m lungct bench-app memory
+    python -m lungct lab bench-app cam [--models NAME ...] [--sample FILE] [--threads N]
+    python -m lungct lab bench-app fidelity [--models NAME ...] [--samples FILE ...]
+    python -m lungct lab bench-app memory
 
-(or ``python -m lungct.bench_app ...``, the name the reports record).
+(or ``python -m lungct lab bench-app ...``, the name the reports record).
 
 ``cam`` times every CAM method once per model with weights on one sample slice
 (after a warm-up heatmap), prints wall-clock seconds per method and this
@@ -30,13 +30,14 @@ Run on a quiet machine: both figures move with the load.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import platform
 import time
 from pathlib import Path
 
 from lungct.config import REPO_ROOT, config_from_args, config_options, report_path
-from lungct.entry_points import entry_points
 from lungct.explain import SLOW_CHANNELS
 from lungct.resources import peak_rss_mb, rss_mb
 
@@ -125,7 +126,7 @@ def run_cam(args) -> int:
     for name, row in seconds.items():
         print(f"{name:<26}" + "".join(f"{f'{row[m]:.1f} / {cpu[name][m]:.1f}':>15}"
                                       for m in methods))
-    command = "python -m lungct.bench_app cam" + (f" --threads {args.threads}"
+    command = "python -m lungct lab bench-app cam" + (f" --threads {args.threads}"
                                                    if args.threads else "")
     path = _write(cfg, CAM_SECONDS_FILE, {
         "command": command, "machine": machine(), "torch_threads": torch.get_num_threads(),
@@ -144,7 +145,7 @@ def run_fidelity(args) -> int:
         print(f"{r['model']:<22}{r['sample']:<18}{r['method']:<13}{r['pearson_r']:>8.4f}"
               f"{r['cpu_s_fast']:>12.1f}{r['cpu_s_full']:>12.1f}")
     path = _write(config_from_args(args), CAM_FIDELITY_FILE, {
-        "command": "python -m lungct.bench_app fidelity", "channels": SLOW_CHANNELS,
+        "command": "python -m lungct lab bench-app fidelity", "channels": SLOW_CHANNELS,
         "machine": machine(), "torch_threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {path}")
     return 0
@@ -155,7 +156,7 @@ def run_memory(args) -> int:
     steps = app_session(timeout=args.timeout)
     for step, mb in steps:
         print(f"{step:<58} RSS {mb:7.0f} MB")
-    report = {"command": "python -m lungct.bench_app memory", "machine": machine(),
+    report = {"command": "python -m lungct lab bench-app memory", "machine": machine(),
               "steps": [{"step": s, "rss_mb": round(mb)} for s, mb in steps],
               "rss_mb": round(steps[-1][1]), "peak_rss_mb": round(peak_rss_mb())}
     print(f"after the session: RSS {report['rss_mb']} MB (peak {report['peak_rss_mb']} MB)")
@@ -192,7 +193,7 @@ def app_session(timeout: float = 600) -> list[tuple[str, float]]:
     for method in CAM_METHODS:
         at.selectbox(key="gradcam_class_method").select(method).run()
     steps.append(("Grad-CAM page: each class under every method", rss_mb()))
-    from lungct.bench_study import bench_files
+    from lungct.lab.bench_study import bench_files
     files, _ = bench_files(64)
     at.session_state["study_files"] = tuple(files)
     page(at, "study")
@@ -226,9 +227,8 @@ def add_arguments(parser) -> None:
     memory.set_defaults(func=run_memory)
 
 
-add_command, main = entry_points("lungct.bench_app", "bench-app", add_arguments, __doc__,
-                                 "what the app costs: CAM seconds, CAM fidelity, memory")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_command(sub, common) -> None:
+    """Register ``bench-app`` on the parser of ``lungct.cli``."""
+    add_arguments(sub.add_parser("bench-app", parents=[common], help="what the app costs: CAM seconds, CAM fidelity, memory",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))

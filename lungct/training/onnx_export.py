@@ -1,4 +1,4 @@
-"""Export saved models to ONNX and prove the export right: ``python -m lungct export``.
+"""Export saved models to ONNX and prove the export right: ``python -m lungct lab export``.
 
 For each model folder with weights this writes ``model.onnx`` (raw logits,
 dynamic batch axis, opset 17, the TorchScript exporter: the dynamo one needs
@@ -181,7 +181,7 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
     if parity["passed"]:
         # the runtime's own checks accept it
         load_onnx(folder, fresh, settings.threads, parity_max_diff=settings.parity_max_diff)
-        from lungct.quantize import CALIBRATION_FILE, QuantizeError, build_int8
+        from lungct.training.quantize import CALIBRATION_FILE, QuantizeError, build_int8
         if (folder / CALIBRATION_FILE).exists():
             try:
                 return {**section, "int8": build_int8(folder, onnx_clf, paths, source)}

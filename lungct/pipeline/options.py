@@ -38,7 +38,7 @@ def load_model_and_guard(args, cfg: dict) -> tuple:
     Raises a ``LungctError`` (``ModelLoadError``, ``OnnxUnavailable``,
     ``GuardLoadError``) that the command line prints as one ``error:`` line.
     """
-    from lungct.case import load_guard
+    from lungct.pipeline.case import load_guard
     from lungct.guard import GuardLoadError
     from lungct.inference import Classifier
 

@@ -6,11 +6,11 @@ the ImageNet EfficientNet-Lite0 every shipped model starts from. Fine-tuning
 a ResNet-152 on this CPU is out of reach, so both backbones are compared the
 cheap, fair way: frozen features of the lung view (``lungct.lungs``), a
 logistic regression on top, 5-fold cross-validation grouped by pseudo-patient
-(``lungct.cv``); then a probe fitted on all of IQ-OTH/NCCD is asked about
+(``lungct.lab.cv``); then a probe fitted on all of IQ-OTH/NCCD is asked about
 the Lung-PET-CT-Dx slices the guard accepts (do tumour-box slices score
 higher than the same patients' other lung slices?).
 
-``python -m lungct probe --backbone imagenet astra`` prints both and writes
+``python -m lungct lab probe --backbone imagenet astra`` prints both and writes
 ``reports/backbone_probe.json``. Features are cached under ``data/cache/probe``.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct import CLASSES
-from lungct.cv import assign_folds, cv_report, format_cv, fold_part
+from lungct.lab.cv import assign_folds, cv_report, format_cv, fold_part
 
 BACKBONES = ("imagenet", "astra")
 SIZE = 224

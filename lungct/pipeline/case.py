@@ -1,6 +1,6 @@
 """One slice-to-case pipeline for the app, the CLI, the benchmark and the PACS integration.
 
-    files -> read once (lungct.series) -> decode -> input guard -> batched
+    files -> read once (lungct.pipeline.series) -> decode -> input guard -> batched
     classification -> case verdict under a stated rule; heatmaps on demand.
 
 >>> import lungct
@@ -32,7 +32,7 @@ import numpy as np
 
 from lungct import CLASSES, MALIGNANT_THRESHOLD, slice_label
 from lungct.preprocess import MAX_PIXELS, InvalidImageError, decode_image
-from lungct.series import Series, SliceFile, Study, load_study
+from lungct.pipeline.series import Series, SliceFile, Study, load_study
 
 CASE_RULE = (f"malignant if any slice has P(malignant) >= {MALIGNANT_THRESHOLD:.2f}; "
              "otherwise benign if any slice is labelled benign; otherwise normal. A slice "
@@ -361,7 +361,7 @@ card's ``rendering_robustness``) from which a lung-window slice's answer is flag
 
 def rendering_caution(classifier) -> str | None:
     """The warning every lung-window slice's answer carries when the model's own card shows
-    it fails on that rendering (``python -m lungct robustness``), else None.
+    it fails on that rendering (``python -m lungct lab robustness``), else None.
 
     Most hospitals export chest CT in a lung window; a model that learned a narrow-window
     export may call nearly every such slice malignant. Its answer is still shown, flagged
@@ -559,7 +559,7 @@ def prefetch(items: Iterable, fn: Callable, workers: int = 1, ahead: int = 64) -
     and numpy release the GIL, so decoding overlaps the model's forward pass);
     at most ``ahead`` results wait in memory. Exceptions are re-raised at the
     item's turn. ``workers`` 0: in this thread, one item at a time (a worker
-    process of ``lungct.batch`` has one core and nothing to overlap).
+    process of ``lungct.pipeline.batch`` has one core and nothing to overlap).
     """
     if workers < 1:
         yield from map(fn, items)

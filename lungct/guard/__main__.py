@@ -1,5 +1,0 @@
-import sys
-
-from lungct.guard.cli import main
-
-sys.exit(main())

@@ -104,19 +104,19 @@ for r in most_suspicious_first(results):
             st.error(f"{r.title} could not be classified: {r.error}")
             continue
         pred = r.prediction
+        lungs = lung_outline(r.seg) if outline and r.seg is not None else None
         with st.spinner(f"{method} heatmap..."):
             try:
                 # the shown label is explained (ONNX may have computed it)
-                heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r.gray,
+                heat, explained = cache.heatmap(clf.model, catalog.model_key(entry), r,
                                                 method, target_class or pred.label, None,
                                                 heatmaps.progress_bar(st, method, entry.name))
-                overlays[r.position] = compose(r.gray, lung_outline(r.gray) if outline
-                                               else None, heat, opacity)
+                overlays[r.position] = compose(r.gray, lungs, heat, opacity)
             except Exception as err:  # a heatmap failure must not hide the label
                 explained = None
                 st.error(f"Heatmap failed ({type(err).__name__}); the label is unaffected.")
         left, mid, found, right = st.columns([1, 1, 1, 1.2])
-        left.image(compose(r.gray, lung_outline(r.gray)) if outline else to_uint8(r.gray),
+        left.image(compose(r.gray, lungs) if lungs is not None else to_uint8(r.gray),
                    caption="slice" + (" with lung outline" if outline else ""), width="stretch")
         if r.position in overlays:
             mid.image(overlays[r.position], caption=caption(method, explained), width="stretch")

@@ -5,11 +5,11 @@ import streamlit as st
 
 from lungct import CLASSES
 from lungct.app_support import cache, catalog, charts, comparison, findings_view, inputs
-from lungct.app_support.case import predict
 from lungct.app_support.reference import PAPER_NOTE, leakage_reference
 from lungct.app_support.report import to_uint8
 from lungct.config import load_config
 from lungct.explain import overlay
+from lungct.pipeline import reclassify
 
 cfg = load_config()
 st.title("Model comparison")
@@ -127,20 +127,30 @@ if upload is not None:
     name, data = inputs.upload_name(upload), upload.getvalue()
 else:
     data = catalog.read_sample(name)
-gray = inputs.one_slice(data, name, cfg["preprocess"]["dicom_window"])
+first = cache.classifier(catalog.model_key(runnable[0]), str(runnable[0].folder),
+                         float(cfg["app"]["unsure_below"]))
+# the Classify page's pipeline once (read, guard, segmentation, findings), then each model
+result = inputs.one_result(first, catalog.model_key(runnable[0]), data, name,
+                           cfg["preprocess"]["dicom_window"],
+                           int(cfg["preprocess"].get("max_pixels", 40_000_000)))
+gray = result.gray
 cells = [c for _ in range(0, len(runnable) + 1, 4) for c in st.columns(4)]
 cells[0].image(to_uint8(gray), caption=name, width="stretch")
 for column, e in zip(cells[1:], runnable):
     try:
         clf = cache.classifier(catalog.model_key(e), str(e.folder),
                                float(cfg["app"]["unsure_below"]))
-        pred = predict(clf, gray)
-        heat, _ = cache.heatmap(clf.model, catalog.model_key(e), gray, "Grad-CAM", pred.label,
+        r = result if e is runnable[0] else reclassify(result, clf)
+        if not r.ok:
+            raise RuntimeError(r.error or "no prediction")
+        pred = r.prediction
+        heat, _ = cache.heatmap(clf.model, catalog.model_key(e), r, "Grad-CAM", pred.label,
                                 None)
     except Exception as err:  # one broken model must not hide the others
         column.error(f"{e.name} failed ({type(err).__name__}: {str(err)[:200]})")
         continue
-    column.markdown(f"**{e.name}**: {pred.label}" + (" (unsure)" if pred.unsure else ""))
+    column.markdown(f"**{e.name}**: {pred.label}" + (" (unsure)" if pred.unsure else "")
+                    + (" — caution" if r.caution else ""))
     column.image(overlay(gray, heat), caption=f"Grad-CAM, {pred.label}", width="stretch")
     column.plotly_chart(charts.probability_bar(pred.probabilities, clf.unsure_below, 160),
                         key=f"run_{e.name}")

@@ -61,7 +61,7 @@ st.caption(findings_view.CAPTION)
 
 def show(column, method: str, cls: str, caption: str, key: str) -> None:
     try:
-        heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), gray, method, cls, layer,
+        heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), result, method, cls, layer,
                                 heatmaps.progress_bar(column, method, entry.name))
     except Exception as err:  # one method failing must not hide the others
         column.error(f"{method} failed ({type(err).__name__})")

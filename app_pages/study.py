@@ -10,7 +10,7 @@ from lungct.app_support import cache, catalog, findings_view, sidebar, study
 from lungct.app_support.case import below_threshold_note, probabilities_text
 from lungct.app_support.reference import DISCLAIMER
 from lungct.app_support.report import results_caution
-from lungct.pipeline.case import ACCEPTED_HELP
+from lungct.pipeline import ACCEPTED_HELP
 from lungct.pipeline.report import case_pdf
 from lungct.config import load_config
 from lungct.explain import FAST_METHODS
@@ -31,22 +31,29 @@ elif st.session_state.get(INJECTED):
 else:
     st.info("Upload the slices of one series (or a .zip of a study).")
     st.stop()
-try:
-    labels, default, problems = cache.study_series(files)
+guard = cache.guard(catalog.guard_key(), str(catalog.guard_folder()))
+picked = st.session_state.get("study_series_pick")   # (upload digest, series index)
+digest = hash(files)
+try:   # read and classified once per upload and series, every file parsed once
+    view = cache.study_case(clf, catalog.model_key(entry), files,
+                            picked[1] if picked and picked[0] == digest else None,
+                            cfg["preprocess"]["dicom_window"], guard, catalog.guard_key())
 except ValueError as err:   # StudyLimitError: too many files or bytes
     st.error(str(err))
     st.stop()
-if problems:
-    with st.expander(f"{len(problems)} files could not be used"):
-        st.dataframe([{"file": n, "reason": e} for n, e in problems], hide_index=True)
-if default is None:
+if view.problems:
+    with st.expander(f"{len(view.problems)} files could not be used"):
+        st.dataframe([{"file": n, "reason": e} for n, e in view.problems], hide_index=True)
+if view.chosen is None:
     st.error("No readable image in the upload.")
     st.stop()
-chosen = st.selectbox("Series", range(len(labels)), index=default, format_func=labels.__getitem__,
+chosen = st.selectbox("Series", range(len(view.labels)), index=view.chosen,
+                      format_func=view.labels.__getitem__,
                       help="Default: the axial series with the most slices, lung kernel first.")
-guard = cache.guard(catalog.guard_key(), str(catalog.guard_folder()))
-case = cache.study_case(clf, catalog.model_key(entry), files, chosen,
-                        cfg["preprocess"]["dicom_window"], guard, catalog.guard_key())
+if chosen != view.chosen:
+    st.session_state["study_series_pick"] = (digest, chosen)
+    st.rerun()
+case = view.case
 
 verdict, counts = case.verdict, case.counts
 st.markdown(f"**Case verdict: {case.label}**"
@@ -79,7 +86,7 @@ r = case.slices[index - 1]
 left, right = st.columns([1.4, 1])
 with right:
     presets = ["as classified", *study.WL_PRESETS, "custom"]
-    wl = st.radio("Window", presets, horizontal=True, key="study_wl", disabled=not r.is_dicom,
+    wl = st.radio("Window", presets, horizontal=True, key="study_wl", disabled=r.hu is None,
                   help="Display only, in Hounsfield units: the model's input does not change.")
     width, level = study.WL_PRESETS.get(wl, (1500.0, -600.0))
     if wl == "custom":
@@ -106,30 +113,27 @@ with left:
     if r.gray is None:
         st.error("This slice has no image to show.")
     else:
-        hu = None
-        if r.is_dicom and wl != "as classified":   # a file's or a .zip member's own bytes
-            data = study.slice_bytes(files, r.name)
-            hu = study.hu_slice(data) if data else None
-            if hu is None:
-                st.caption("This slice carries no Hounsfield units: shown as classified.")
-        elif not r.is_dicom:
-            st.caption("Window presets need a DICOM slice (Hounsfield units); this image is "
-                       "shown as classified.")
-        image = study.windowed(hu, width, level) if hu is not None else r.gray
+        shown_hu = None
+        if wl != "as classified":   # the slice's own HU (a file or a .zip member alike)
+            shown_hu = study.display(r, width, level)
+            if shown_hu is None:
+                st.caption("Window presets need a CT DICOM slice (Hounsfield units); this "
+                           "image is shown as classified.")
+        image = shown_hu if shown_hu is not None else r.gray
         heat = None
         if show_heat and r.ok:
             with st.spinner("Grad-CAM..."):
-                heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), r.gray, "Grad-CAM",
+                heat, _ = cache.heatmap(clf.model, catalog.model_key(entry), r, "Grad-CAM",
                                         r.prediction.label, None)
-        outline = study.lung_outline(r.gray) if show_outline else None
+        outline = study.lung_outline(r.seg) if show_outline and r.seg is not None else None
         if heat is not None and heat.shape != image.shape:
             image = r.gray
         shown = study.compose(image, outline, heat)
         if show_findings and r.findings:
             shown = findings_view.draw(shown, r.findings)
         st.image(shown, width="stretch",
-                 caption=f"{r.where}" + (f", window W{width:g}/L{level:g}" if hu is not None
-                                         else ""))
+                 caption=f"{r.where}" + (f", window W{width:g}/L{level:g}"
+                                         if shown_hu is not None else ""))
 
 if case.lesions is not None:
     st.subheader("Findings by slice position")

@@ -48,10 +48,10 @@ def slice_label(probabilities, threshold: float = MALIGNANT_THRESHOLD,
 # (torch is imported only when a classifier is asked for).
 _LAZY = {
     "Classifier": "lungct.inference",
-    "load_guard": "lungct.pipeline.case",
-    "run_case": "lungct.pipeline.case",
-    "classify_series": "lungct.pipeline.case",
-    "Case": "lungct.pipeline.case",
+    "load_guard": "lungct.guard",
+    "run_case": "lungct.pipeline",
+    "classify_series": "lungct.pipeline",
+    "Case": "lungct.pipeline",
     "load_study": "lungct.pipeline.series",
 }
 __all__ = ["CLASSES", "MALIGNANT_THRESHOLD", "__version__", "slice_label", *_LAZY]

@@ -210,13 +210,16 @@ def caption(method: str, target_class: str | None) -> str:
 def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
             target_class: int | str | None = None, layer: str | None = None,
             progress: Callable[[float], None] | None = None,
-            channels: int | None = SLOW_CHANNELS) -> Explanation:
+            channels: int | None = SLOW_CHANNELS, seg=None) -> Explanation:
     """Heatmap of ``method`` for one grey slice; the target defaults to the predicted class.
 
     ``progress(share)`` is called as the masked forward passes of AblationCAM and
     ScoreCAM complete (share in [0, 1]); the other methods do not call it.
     ``channels``: how many channels AblationCAM and ScoreCAM score (None: every
     channel, the methods as published; ``python -m lungct lab bench-app fidelity``).
+    ``seg``: the slice's ``lungct.lungs.Segmentation`` when the pipeline made it already
+    (``SliceResult.seg``): a lung-view model's crop and the heatmap's placement back on
+    the slice come from it, and nothing is segmented twice.
     """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -229,7 +232,7 @@ def explain(model: torch.nn.Module, gray: np.ndarray, method: str = "Grad-CAM",
     if layer not in layers:
         raise ValueError(f"unknown layer {layer!r} for {model.arch}; choose from {list(layers)}")
     classes = tuple(model.classes)
-    seg = segment(gray)
+    seg = seg if seg is not None else segment(gray)
     view = getattr(model, "view", "full")
     model_input = lung_view(gray, model.input_size, seg) if view == "lungs" else gray
     x = to_tensor(model_input, model.input_size, model.mean, model.std).unsqueeze(0)

@@ -220,7 +220,7 @@ class OnnxModel:
 
     def beside(self) -> "OnnxModel":
         """The same network on a one-thread session, opened on first use: for a forward pass
-        that runs beside other work (a lone slice's guard, ``lungct.pipeline.case.analyse_one``).
+        that runs beside other work (a lone slice's guard, ``lungct.pipeline.analyse_one``).
         On 2 cores a guarded slice took 13.1-15.0 ms this way and 12.3-17.4 ms with two
         threads fighting the guard for the cores (ad-hoc ``run_case`` timing, six samples)."""
         if self.threads == 1:
@@ -246,7 +246,7 @@ def side_threads() -> int:
     """Intra-op threads of the guard's network when ``runtime.threads`` is 0: half the CPUs.
 
     A lone slice runs the guard beside the classifier's forward pass
-    (``lungct.pipeline.case.analyse_one``); a guard session that takes every core fights
+    (``lungct.pipeline.analyse_one``); a guard session that takes every core fights
     the classifier for them.
     """
     return max(1, (os.cpu_count() or 2) // 2)

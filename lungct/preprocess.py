@@ -21,6 +21,7 @@ import re
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -177,6 +178,20 @@ def is_dicom(data: bytes) -> bool:
         return False
 
 
+def dicom_dataset(data: bytes) -> "pydicom.Dataset | None":
+    """The parsed dataset of DICOM bytes (as ``is_dicom`` tells them), else None; the one
+    parse a file gets. ``InvalidImageError``: a Part-10 file ("DICM") that does not parse."""
+    if data[128:132] == b"DICM":
+        return read_dicom_safely(data)
+    if len(data) < 8 or _has_raster_magic(data) or _sniff_non_image(data):
+        return None
+    try:
+        ds = read_dicom_safely(data)
+    except InvalidImageError:
+        return None
+    return ds if _looks_like_dataset(ds) else None
+
+
 def dicom_modality(data: bytes) -> str | None:
     """The Modality tag ("CT", "MR", ...) or None if absent or not DICOM."""
     try:
@@ -231,9 +246,38 @@ def _first_float(value) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
-    """Linear window: level - width/2 -> 0, level + width/2 -> 1, clipped."""
-    return np.clip((values - (level - width / 2.0)) / width, 0.0, 1.0)
+def hu_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
+    """The one CT window: ``level - width/2`` -> 0, ``level + width/2`` -> 1, clipped, float32.
+
+    Used for the model's input, the guard's lung view, the Study page's display
+    presets and the synthetic renderings of training and tests. pydicom's
+    ``apply_windowing`` is the DICOM VOI formula on a dataset's own tags, with
+    its output in the stored bit range; a preset window on HU needs neither.
+    """
+    if not width > 0:
+        raise ValueError("window width must be positive")
+    return np.clip((np.asarray(values, dtype=np.float32) - (level - width / 2.0)) / width,
+                   0.0, 1.0)
+
+
+def to_hu(pixels: np.ndarray, ds) -> np.ndarray:
+    """Stored pixel values -> modality values (Hounsfield units for CT), float64.
+
+    pydicom's ``apply_modality_lut`` (Rescale Slope/Intercept, or a Modality
+    LUT Sequence) where the tags are well formed; a file with an intercept but
+    no usable slope (absent, zero or unreadable) gets slope 1, which is what
+    scanners that write such files mean.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    slope = _first_float(ds.get("RescaleSlope"))
+    intercept = _first_float(ds.get("RescaleIntercept"))
+    if ds.get("ModalityLUTSequence") or (slope not in (None, 0.0) and intercept is not None):
+        try:
+            return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        except (TypeError, ValueError, AttributeError):
+            pass   # multi-valued or malformed tags: their first values, below
+    return pixels * (1.0 if slope in (None, 0.0) else slope) + (intercept or 0.0)
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -259,12 +303,36 @@ def decode_dicom(data: bytes, window: str = "lung", max_pixels: int = MAX_PIXELS
     MONOCHROME1 (bright = low) is inverted after windowing.
     """
     _check_window(window)
-    ds = read_dicom_safely(data)
+    return render_dicom(dicom_pixels(read_dicom_safely(data), max_pixels), window)
+
+
+@dataclass(frozen=True)
+class DicomPixels:
+    """A DICOM slice's pixels decoded once, before any window: a case renders the same
+    slice in the user's window and in the guard's lung window, and the Study page
+    shows it in display presets, all from these values."""
+
+    values: np.ndarray = field(repr=False)
+    """Hounsfield units for CT (``to_hu``); modality values otherwise; [0, 1] luma for a
+    colour secondary capture."""
+    hu: bool
+    """``values`` are Hounsfield units (CT, or an unlabelled file with rescale tags)."""
+    file_window: tuple[float, float] | None = None
+    """The file's first (WindowWidth, WindowCenter), when valid."""
+    monochrome1: bool = False
+    """Bright means low: inverted after windowing."""
+    colour: bool = False
+
+
+def dicom_pixels(ds, max_pixels: int = MAX_PIXELS) -> DicomPixels:
+    """Check a parsed DICOM slice and decode its pixel data once; ``InvalidImageError`` with
+    the reason when it cannot be a slice (no pixels, multi-frame, palette, corrupt).
+    Quietly: pydicom's warnings may quote patient data."""
     with _quiet_pydicom():
-        return _dicom_to_gray(ds, window, max_pixels)
+        return _dicom_pixels(ds, max_pixels)
 
 
-def _dicom_to_gray(ds, window: str, max_pixels: int) -> np.ndarray:
+def _dicom_pixels(ds, max_pixels: int) -> DicomPixels:
     if not _looks_like_dataset(ds) and "Rows" not in ds:
         raise InvalidImageError("not a readable DICOM file (no DICOM image tags found)")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -298,26 +366,34 @@ def _dicom_to_gray(ds, window: str, max_pixels: int) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour secondary capture
         bits = int(ds.get("BitsStored") or 8)
         luma = pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
-        return _finish(luma / float(2 ** bits - 1))
+        return DicomPixels(luma / float(2 ** bits - 1), hu=False, colour=True)
     if pixels.ndim != 2:
         raise InvalidImageError(f"DICOM pixel data has unexpected shape {pixels.shape}")
     if not np.isfinite(pixels).all():
         raise InvalidImageError("DICOM pixel data contains NaN or infinite values")
-
     modality = str(ds.get("Modality") or "").strip().upper()
     is_ct = modality == "CT" or (not modality and "RescaleIntercept" in ds)
-    slope = _first_float(ds.get("RescaleSlope"))
-    intercept = _first_float(ds.get("RescaleIntercept"))
-    values = pixels * (1.0 if slope in (None, 0.0) else slope) + (intercept or 0.0)
-    if is_ct:
-        width, level = (_file_window(ds) or WINDOWS["lung"]) if window == "file" else WINDOWS[window]
-        gray = _apply_window(values, width, level)
+    return DicomPixels(to_hu(pixels, ds), hu=is_ct, file_window=_file_window(ds),
+                       monochrome1=photometric == "MONOCHROME1")
+
+
+def render_dicom(px: DicomPixels, window: str = "lung") -> np.ndarray:
+    """[0, 1] float32 slice of decoded DICOM pixels in ``window``.
+
+    CT: HU in the named window ("file": the file's own, else lung). Other
+    modalities have no HU: the file's window if present, else min-max; whether
+    they are acceptable at all is the guard's call. MONOCHROME1 is inverted
+    after windowing.
+    """
+    _check_window(window)
+    if px.colour:
+        return _finish(px.values)
+    if px.hu:
+        width, level = (px.file_window or WINDOWS["lung"]) if window == "file" else WINDOWS[window]
+        gray = hu_window(px.values, width, level)
     else:
-        file_window = _file_window(ds)
-        gray = _apply_window(values, *file_window) if file_window else _min_max(values)
-    if photometric == "MONOCHROME1":
-        gray = 1.0 - gray
-    return _finish(gray)
+        gray = hu_window(px.values, *px.file_window) if px.file_window else _min_max(px.values)
+    return _finish(1.0 - gray if px.monochrome1 else gray)
 
 
 # -------------------------------------------------------------------- raster

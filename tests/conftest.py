@@ -170,7 +170,10 @@ class FakeGuard:
     def __init__(self, fail: bool = False):
         self.fail, self.calls = fail, 0
 
-    def check_many(self, grays):
+    def prepare(self, gray, data=None, seg=None):
+        return gray
+
+    def check_prepared(self, grays):
         from lungct.guard import Verdict
         self.calls += 1
         if self.fail:

@@ -133,7 +133,7 @@ def build() -> list[dict]:
     from pydicom.encaps import encapsulate
 
     from lungct.lab.phantoms import (abdomen_ct_phantom, brain_ct_phantom, chest_xray_phantom,
-                                 document, hu_window)
+                                 document, rendered)
 
     rng = np.random.default_rng(20240601)
     entries: list[dict] = []
@@ -324,9 +324,9 @@ def build() -> list[dict]:
     add("chest_xray_phantom.jpg", encode(u8(chest_xray_phantom(3)).resize((256, 256)), "JPEG",
                                          quality=85), "rejected", "not a lung CT slice",
         "procedural frontal chest X-ray")
-    add("brain_ct_phantom.png", encode(u8(hu_window(brain_ct_phantom(3), "brain")).resize(
+    add("brain_ct_phantom.png", encode(u8(rendered(brain_ct_phantom(3), "brain")).resize(
         (256, 256)), "PNG"), "rejected", "not a lung CT slice", "procedural head CT, brain window")
-    add("abdomen_ct_phantom.png", encode(u8(hu_window(abdomen_ct_phantom(3), "abdomen")).resize(
+    add("abdomen_ct_phantom.png", encode(u8(rendered(abdomen_ct_phantom(3), "abdomen")).resize(
         (256, 256)), "PNG"), "rejected", "not a lung CT slice", "procedural abdominal CT")
     add("strip_2000x16.png", encode(u8(rng.random((16, 2000))), "PNG"), "rejected",
         "not a lung CT slice", "a 2000x16 strip (valid size, absurd aspect ratio)")

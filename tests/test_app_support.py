@@ -13,7 +13,8 @@ from conftest import PHI_STRINGS, FakeGuard, make_dicom
 
 from lungct import CLASSES
 from lungct.app_support import catalog, charts, comparison, experiments
-from lungct.app_support.case import (CASE_RULE, SliceResult, analyse_file, analyse_files,
+from lungct.pipeline import ClassifierBase
+from lungct.app_support.case import (CASE_RULE, SliceResult, analyse_files,
                                      case_csv, case_table, case_verdict, check_extension,
                                      most_suspicious_first)
 from lungct.app_support.reference import DISCLAIMER, PAPER_RESULTS
@@ -33,14 +34,16 @@ def result(position: int, *probs, total: int = 3) -> SliceResult:
                        prediction=pred(*probs))
 
 
-class FakeClassifier:
+class FakeClassifier(ClassifierBase):
     """Labels by mean brightness; enough to exercise the upload path quickly."""
 
     unsure_below = 0.6
 
-    def predict_gray(self, gray):
-        m = float(np.clip(gray.mean(), 0, 1))
-        return pred(1 - m, m / 2, m / 2)
+    def prepare(self, gray, seg=None):
+        return np.float32(np.clip(gray.mean(), 0, 1))
+
+    def predict_prepared(self, arrays):
+        return [pred(1 - float(m), float(m) / 2, float(m) / 2) for m in arrays]
 
 
 # ------------------------------------------------------------------ case rule
@@ -98,7 +101,7 @@ def test_check_extension():
     with pytest.raises(InvalidImageError) as err:
         check_extension("Doe_Jane.secretext")
     assert "secretext" not in str(err.value)
-    r = analyse_file(FakeClassifier(), b"data", "scan.Doe^Jane", 1, 1)
+    r = analyse_files(FakeClassifier(), [("scan.Doe^Jane", b"data")])[0]
     assert r.title == "File 1 of 1 (unsupported extension)" and "Doe" not in r.error
 
 
@@ -125,16 +128,16 @@ def test_bad_file_gets_error_others_processed(sample_bytes):
 
 
 def test_unexpected_exception_is_contained(sample_bytes):
-    class Broken:
-        def predict_gray(self, gray):
+    class Broken(FakeClassifier):
+        def predict_prepared(self, arrays):
             raise RuntimeError("CUDA exploded at /secret/path")
 
-    r = analyse_file(Broken(), sample_bytes["normal_1.jpg"], "x.jpg", 1, 1)
+    r = analyse_files(Broken(), [("x.jpg", sample_bytes["normal_1.jpg"])])[0]
     assert not r.ok and "RuntimeError" in r.error and "/secret/path" not in r.error
 
 
 def test_non_ct_dicom_gets_warning():
-    r = analyse_file(FakeClassifier(), make_dicom(modality="MR"), "IM0001", 1, 1)
+    r = analyse_files(FakeClassifier(), [("IM0001", make_dicom(modality="MR"))])[0]
     assert r.ok and r.is_dicom and "MR" in r.warning
     assert r.title == "File 1 of 1 (DICOM, no extension)"
 
@@ -183,10 +186,11 @@ def test_guard_rejects_before_classification(sample_bytes):
     assert case_verdict(results)["n_slices"] == 1
     assert "Not classified: not a lung CT slice" in build_report(results, "m", "v")
 
-    from lungct.app_support.case import rejection
-    assert rejection(guard, black.getvalue(), results[1].gray).startswith("not a lung CT")
-    assert rejection(guard, sample_bytes["normal_1.jpg"], results[0].gray) is None
-    assert rejection(None, black.getvalue(), results[1].gray) is None
+    alone = analyse_files(FakeClassifier(), [("b.png", black.getvalue())], guard=FakeGuard())[0]
+    assert alone.rejected and alone.error.startswith("not a lung CT")
+    assert analyse_files(FakeClassifier(), [("a.jpg", sample_bytes["normal_1.jpg"])],
+                         guard=FakeGuard())[0].ok
+    assert analyse_files(FakeClassifier(), [("b.png", black.getvalue())])[0].ok   # no guard
 
 
 def test_guard_failure_shows_no_class(sample_bytes):
@@ -365,16 +369,17 @@ def test_predict_waits_for_a_running_heatmap():
 
     import torch
 
-    from lungct.app_support.case import predict
     from lungct.explain import model_lock
+    from lungct.pipeline import classify
 
     class WithModel(FakeClassifier):
-        model = torch.nn.Linear(1, 1)
+        backend, model = "torch", torch.nn.Linear(1, 1)
 
     clf, done = WithModel(), threading.Event()
     lock = model_lock(clf.model)
+    one = SliceResult(1, 1, ".png", gray=np.ones((8, 8), np.float32))
     with lock:
-        worker = threading.Thread(target=lambda: (predict(clf, np.ones((8, 8))), done.set()))
+        worker = threading.Thread(target=lambda: (classify(clf, [one]), done.set()))
         worker.start()
         assert not done.wait(0.3)
     worker.join(5)

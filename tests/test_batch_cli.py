@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungct.pipeline.case import prefetch
+from lungct.pipeline import prefetch
 from lungct.cli import main as cli_main
 from lungct.cli.predict import CSV_COLUMNS
 from lungct.config import load_config, resolve
@@ -157,12 +157,12 @@ def test_worker_processes_give_the_rows_of_one_process(model_dir, tmp_path, caps
     """A folder of many files in forked worker processes (``--processes 2``): the same rows,
     in the same order, as in this process, a bad file included; the guard runs in them."""
     from lungct.pipeline.batch import MIN_PARALLEL_FILES, forked_processes, parallel_processes
-    from lungct.pipeline.case import load_guard
+    from lungct.guard import load_guard
     from lungct.inference import Classifier
 
     cfg = load_config()
     cfg["runtime"]["threads"] = 1
-    guard = load_guard(cfg)
+    guard = load_guard(cfg=cfg)
     if guard.backend != "onnx":
         pytest.skip("the guard's extractor.onnx is not built (`make onnx` builds it)")
     assert forked_processes(Classifier.from_name(str(model_dir), cfg=cfg), guard, 2) == 2

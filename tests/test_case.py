@@ -18,8 +18,10 @@ import torch
 from dicom_factory import ct_series
 
 from lungct import CLASSES
-from lungct.pipeline import case as case_mod
-from lungct.pipeline.case import SliceResult, analyse_slices, case_verdict, counts, run_case
+import lungct.guard
+from lungct import pipeline as case_mod
+from lungct.pipeline import ClassifierBase
+from lungct.pipeline import SliceResult, analyse_slices, case_verdict, counts, run_case
 from lungct.cli import main
 from lungct.inference import Prediction
 from lungct.pipeline.series import (StudyLimitError, group_series, is_lung_kernel, load_study,
@@ -28,15 +30,15 @@ from lungct.pipeline.series import (StudyLimitError, group_series, is_lung_kerne
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "InstitutionName": "St Example"}
 
 
-class BatchClassifier:
+class BatchClassifier(ClassifierBase):
     """Labels by mean brightness; counts forward passes (a batch is one call)."""
 
-    unsure_below, name, backend = 0.6, "fake", "onnx"
+    unsure_below, name = 0.6, "fake"
 
     def __init__(self):
         self.calls = []
 
-    def prepare(self, gray):
+    def prepare(self, gray, seg=None):
         return np.asarray([gray.mean()], np.float32)
 
     def predict_prepared(self, arrays):
@@ -52,9 +54,8 @@ class BatchClassifier:
 
 @dataclass(frozen=True)
 class StatusVerdict:
-    """The guard's coming verdict shape: a ``status`` beside ``in_distribution``."""
+    """A ``lungct.pipeline.Verdict``: a status, a reason and the record it exports."""
 
-    in_distribution: bool
     status: str
     reason: str
     score: float = 1.0
@@ -70,9 +71,12 @@ class StatusGuard:
     def __init__(self, n_out: int):
         self.n_out = n_out
 
-    def check_many(self, grays):
-        return [StatusVerdict(False, "outside_lungs", "outside the lungs (test)") if i < self.n_out
-                else StatusVerdict(True, "accepted", "ok") for i, _ in enumerate(grays)]
+    def prepare(self, gray, data=None, seg=None):
+        return gray
+
+    def check_prepared(self, grays):
+        return [StatusVerdict("outside_lungs", "outside the lungs (test)") if i < self.n_out
+                else StatusVerdict("accepted", "ok") for i, _ in enumerate(grays)]
 
 
 def named(datas, prefix="IM", ext=".dcm"):
@@ -192,10 +196,10 @@ def test_limits_come_from_params(tmp_path, capsys):
 
 
 def test_each_dicom_is_parsed_once(monkeypatch):
-    import lungct.pipeline.series as series_mod
+    import pydicom
     calls = []
-    real = series_mod.read_dicom_safely
-    monkeypatch.setattr(series_mod, "read_dicom_safely", lambda d: calls.append(1) or real(d))
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: calls.append(1) or real(*a, **k))
     case = run_case(named(ct_series(5)), BatchClassifier())
     assert len(calls) == 5 and case.counts["classified"] == 5
 
@@ -220,7 +224,7 @@ def test_outside_lungs_is_neither_normal_nor_an_error():
     assert case_verdict(results)["n_slices"] == 4
 
 
-def test_old_guard_verdicts_map_to_refused(sample_bytes):
+def test_a_verdict_without_status_maps_to_refused(sample_bytes):
     from conftest import FakeGuard
     black = io.BytesIO()
     from PIL import Image
@@ -341,7 +345,7 @@ def test_case_command_table_and_exit_codes(tiny_model_dir, series_folder, tmp_pa
     mr.mkdir()
     for i, d in enumerate(ct_series(2, modality="MR")):
         (mr / f"{i}.dcm").write_bytes(d)
-    monkeypatch.setattr(case_mod, "load_guard", lambda cfg=None, path=None: StatusGuard(0))
+    monkeypatch.setattr(lungct.guard, "load_guard", lambda path=None, cfg=None: StatusGuard(0))
     rc = main(["case", str(mr), "--json", "--model", str(tiny_model_dir)])
     d = json.loads(capsys.readouterr().out)
     assert rc == 1 and d["verdict"] == "refused"

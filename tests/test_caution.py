@@ -1,4 +1,4 @@
-"""The rendering caution (``lungct.pipeline.case.slice_caution``, ``lungct.guard.caution``).
+"""The rendering caution (``lungct.pipeline.slice_caution``, ``lungct.guard.caution``).
 
 A slice rendered unlike the training exports (here: a synthetic lung-window CT DICOM,
 Lung-PET-CT-Dx-like, made from a sample slice) is still classified, flagged unsure and
@@ -126,7 +126,7 @@ def test_same_caution_for_the_dicom_and_its_png(rows):
 
 
 def test_caution_without_a_lung_window_quotes_the_cards_worst_rate():
-    from lungct.pipeline.case import Cautions, SliceResult, slice_caution
+    from lungct.pipeline import Cautions, SliceResult, slice_caution
     r = SliceResult(1, 1, guard={"rendering_score": 8.4, "rendering_limit": 2.99},
                     lung_window=False)
     text = slice_caution(r, Cautions(None, ("mediastinal_window_imitation", 0.2262)))
@@ -174,7 +174,7 @@ def test_case_json_table_and_pdf(tiny_model, tmp_path, capsys):
 def test_samples_case_report_has_no_caution(guard):
     from test_case import BatchClassifier
 
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
     from lungct.pipeline.report import CAUTION_HEADING, case_pdf, pdf_text, report_sections
     clf = BatchClassifier()
     clf.card = CARD

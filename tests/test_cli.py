@@ -47,8 +47,23 @@ def check_prediction(out: dict, file: str) -> None:
     assert out["label"] == slice_label(out["probabilities"])   # the case verdict's rule
 
 
-def test_samples_are_committed():
-    assert len(SAMPLES) >= 2
+def test_every_sample_is_credited_and_held_out():
+    """Each shipped example is named in samples/README.md with its source file and label,
+    its name says that label, and the source file is in the grouped split's test part (no
+    shipped model was trained or selected on it), as the README claims."""
+    import csv
+
+    credits = {}
+    for line in (REPO_ROOT / "samples" / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].endswith(".jpg"):
+            credits[cells[0]] = (cells[1], cells[2])
+    assert sorted(credits) == sorted(p.name for p in SAMPLES) and len(SAMPLES) == 6
+    with open(REPO_ROOT / "data" / "splits.csv", newline="", encoding="utf-8") as fh:
+        split = {row["path"]: row for row in csv.DictReader(fh)}
+    for name, (source, label) in credits.items():
+        assert name.startswith(label + "_") and label in CLASSES
+        assert split[source]["label"] == label and split[source]["grouped_split"] == "test"
 
 
 def test_predict_json_with_bad_files_in_between(tiny_model_dir, tmp_path, capsys):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct.pipeline.case import case_label
+from lungct.pipeline import case_label
 from lungct.lab.cv import (assign_folds, cross_fitted_probabilities, cv_report, fit_temperature,
                        fold_manifest, fold_part, format_cv, group_bootstrap_ci, softmax)
 

@@ -17,8 +17,10 @@ from dicom_factory import ct_series
 from PIL import Image
 
 from lungct import CLASSES, MALIGNANT_THRESHOLD, slice_label
-from lungct.pipeline.case import CASE_RULE, SliceResult, analyse_slices, case_label, case_verdict, run_case
+from lungct.pipeline import (CASE_RULE, ClassifierBase, SliceResult, analyse_slices, case_label,
+                             case_verdict, run_case)
 from lungct.pipeline.report import format_case
+from lungct.config import REPO_ROOT
 from lungct.inference import Classifier, Prediction
 from lungct.pipeline.series import read_slice
 
@@ -82,12 +84,12 @@ def test_case_pipeline_verdict_and_slice_labels_agree():
     assert all(" malignant " not in line for line in table.splitlines()[7:])
 
 
-class ArgmaxClassifier:
+class ArgmaxClassifier(ClassifierBase):
     """A minimal classifier that labels by argmax (the old way): the pipeline applies the rule."""
 
-    unsure_below, name, backend = 0.6, "argmax", "onnx"
+    unsure_below, name = 0.6, "argmax"
 
-    def prepare(self, gray):
+    def prepare(self, gray, seg=None):
         return np.zeros(1, np.float32)
 
     def predict_prepared(self, arrays):
@@ -142,21 +144,35 @@ def test_study_views_text_cells_and_labelled_axes():
     assert study.profile_figure(series).layout.xaxis.title.text == "slice position z (mm)"
 
 
-def test_window_presets_reach_zip_members():
+def test_window_presets_reach_zip_members_from_the_slices_own_hu():
+    """The Study page's display windows come from the HU each slice carries (zip members
+    too), equal the file's own HU in that window, and differ between presets."""
+    import pydicom
+
     from lungct.app_support import study
+    from lungct.preprocess import hu_window, to_hu
 
     datas = ct_series(3, size=64)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for i, d in enumerate(datas):
             z.writestr(f"series/IM{i}.dcm", d)
-    files = (("study.zip", buf.getvalue()),)
-    case = run_case(list(files), Classifier(FixedNet(NEAR_MISS)), findings=None)
+    case = run_case([("study.zip", buf.getvalue())], Classifier(FixedNet(NEAR_MISS)),
+                    findings=None)
+    by_z = {}
+    for d in datas:
+        ds = pydicom.dcmread(io.BytesIO(d))
+        by_z[float(ds.ImagePositionPatient[2])] = to_hu(ds.pixel_array.astype(float), ds)
     for r in case.slices:
-        data = study.slice_bytes(files, r.name)
-        assert data in datas and study.hu_slice(data) is not None
-    assert study.slice_bytes(files, "study.zip/missing.dcm") is None
-    assert study.slice_bytes((("a.dcm", datas[0]),), "a.dcm") == datas[0]
+        hu = by_z[r.location_mm]
+        for width, level in study.WL_PRESETS.values():
+            np.testing.assert_allclose(study.display(r, width, level),
+                                       hu_window(hu, width, level), atol=2e-3)
+        assert not np.allclose(study.display(r, *study.WL_PRESETS["lung"]),
+                               study.display(r, *study.WL_PRESETS["mediastinal"]))
+    png = run_case([("a.png", (REPO_ROOT / "samples" / "normal_1.jpg").read_bytes())],
+                   Classifier(FixedNet(NEAR_MISS)), findings=None).slices[0]
+    assert png.hu is None and study.display(png, 350, 50) is None
 
 
 def test_clinical_pages_offer_no_research_protocol_model(tmp_path):

@@ -14,7 +14,7 @@ from test_lungs import RENDERINGS, _ellipse, chest_hu, open_pocket_hu
 
 from lungct.config import REPO_ROOT
 from lungct.guard import NOT_CT, InputGuard
-from lungct.guard.variants import hu_window
+from lungct.preprocess import hu_window
 from lungct.guard.verdict import colour_photo
 from lungct.lungs import segment
 from lungct.preprocess import decode_image, load_image
@@ -167,7 +167,8 @@ def test_a_colour_photo_is_refused_by_every_route_not_only_the_bytes_check():
     import numpy as np
     from PIL import Image
 
-    from lungct.pipeline.case import load_guard, run_case
+    from lungct.guard import load_guard
+    from lungct.pipeline import ClassifierBase, run_case
 
     rng = np.random.default_rng(1)
     photo = np.zeros((256, 256, 3), np.uint8)
@@ -177,10 +178,10 @@ def test_a_colour_photo_is_refused_by_every_route_not_only_the_bytes_check():
     buf = io.BytesIO()
     Image.fromarray(photo).save(buf, format="PNG")
 
-    class Fixed:
-        unsure_below, name, backend = 0.6, "fixed", "onnx"
+    class Fixed(ClassifierBase):
+        unsure_below, name = 0.6, "fixed"
 
-        def prepare(self, gray):
+        def prepare(self, gray, seg=None):
             return np.zeros(1, np.float32)
 
         def predict_prepared(self, arrays):

@@ -14,7 +14,7 @@ from lungct.config import REPO_ROOT
 from lungct.data.leakage import grey_histogram, histogram_probe
 from lungct.data.lung_pet_ct_dx import patient_of, read_all, read_boxes
 from lungct.lab.external import evaluate_external, folder_class
-from lungct.guard.variants import hu_window
+from lungct.preprocess import hu_window
 from lungct.inference import Classifier
 from lungct.models import create_model, save_model
 from lungct.lab.pointing import box_mask, energy_inside, hit, pointing_game

@@ -21,7 +21,7 @@ from lungct import lungs
 from lungct.guard import InputGuard, guard_dir
 from lungct.guard.features import EXTRACTOR_FILE, OnnxFeatureExtractor
 from test_lungs import chest_hu
-from lungct.guard.variants import hu_window
+from lungct.preprocess import hu_window
 from lungct.preprocess import decode_image
 
 
@@ -132,7 +132,7 @@ def test_prepare_then_check_equals_check_many(real_guard, slices):
 
 
 def test_case_pipeline_equals_slice_by_slice(real_guard, sample_bytes):
-    from lungct.pipeline.case import analyse_slices
+    from lungct.pipeline import analyse_slices
     from lungct.inference import Classifier
     from lungct.pipeline.series import read_slice
 
@@ -157,7 +157,7 @@ def test_a_lone_slice_equals_the_batch_path(real_guard, sample_bytes, model):
 
     from PIL import Image
 
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
     from lungct.inference import Classifier
 
     clf = Classifier.from_name(model, backend="torch")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct.pipeline.case import run_case
+from lungct.pipeline import ClassifierBase, run_case
 from lungct.pipeline.report import case_pdf, finding_lines, pdf_text
 from lungct.data.demo_series import ct_dataset
 from lungct.errors import LungctError
@@ -65,12 +65,12 @@ def phantom_dicom(hu: np.ndarray, z: float = 0.0, spacing: float = SPACING) -> b
     return buf.getvalue()
 
 
-class FixedClassifier:
+class FixedClassifier(ClassifierBase):
     """Calls every slice malignant: the findings stage must not depend on the label."""
 
-    unsure_below, name, backend = 0.6, "fixed", "onnx"
+    unsure_below, name = 0.6, "fixed"
 
-    def prepare(self, gray):
+    def prepare(self, gray, seg=None):
         return np.zeros(1, np.float32)
 
     def predict_prepared(self, arrays):
@@ -192,7 +192,7 @@ def test_fit_keeps_false_findings_within_its_limits():
 
 
 def test_most_suspicious_first_weighs_p_malignant_by_the_findings_score():
-    from lungct.pipeline.case import SliceResult, most_suspicious_first, suspicion
+    from lungct.pipeline import SliceResult, most_suspicious_first, suspicion
 
     def result(pos, p_mal, score):
         probs = dict(zip(CLASSES, ((1 - p_mal) / 2, (1 - p_mal) / 2, p_mal)))

@@ -20,10 +20,11 @@ from lungct.guard import (ACCEPTED, CARD_FILE, NOT_CT, NOT_IMAGE, OUTSIDE_LUNGS,
                           modality_verdict)
 from lungct.guard import fit as guard_fit
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.variants import (affine, border, crop, hu_window, jpeg, random_variant,
+from lungct.guard.variants import (affine, border, crop, jpeg, random_variant,
                                    resample, retissue, tissue_masks, window)
 from lungct.guard.verdict import as_gray, spread
-from lungct.preprocess import load_image
+from lungct.pipeline import ClassifierBase
+from lungct.preprocess import hu_window, load_image
 from test_lungs import chest_hu
 
 SAMPLES = sorted((REPO_ROOT / "samples").glob("*.jpg"))
@@ -548,19 +549,22 @@ def test_kernel_variant_blurs_sharpens_and_adds_noise():
     np.testing.assert_array_equal(kernel(gray, 0.0), gray)
 
 
-class _CardClassifier:
+class _CardClassifier(ClassifierBase):
     """A stand-in model whose card records how it fares on lung-window renderings."""
 
-    name, view, classes = "stub", "full", ("normal", "benign", "malignant")
+    name, classes = "stub", ("normal", "benign", "malignant")
 
     def __init__(self, normal_called_malignant):
         self.card = {"rendering_robustness": {"kinds": {"lung_window_imitation": {
             "normal_called_malignant": normal_called_malignant}}}}
 
-    def predict_gray(self, gray):
+    def prepare(self, gray, seg=None):
+        return np.zeros(1, np.float32)
+
+    def predict_prepared(self, arrays):
         from lungct.inference import Prediction
-        return Prediction("malignant", {"normal": 0.05, "benign": 0.05, "malignant": 0.9},
-                          self.name, unsure=False)
+        return [Prediction("malignant", {"normal": 0.05, "benign": 0.05, "malignant": 0.9},
+                           self.name, unsure=False) for _ in arrays]
 
 
 def _png(gray) -> bytes:
@@ -577,7 +581,7 @@ def test_a_lung_window_answer_is_flagged_when_the_card_shows_the_model_fails_the
     -m lungct lab robustness``) still answers on a lung-window slice, flagged unsure with the
     measured rate as the slice's warning; not on a narrow-window slice, nor when the card
     shows no such failure."""
-    from lungct.pipeline.case import CAUTION_RATE, run_case
+    from lungct.pipeline import CAUTION_RATE, run_case
     from lungct.lungs import segment
     lung = hu_window(chest_hu(96, seed=1), 1500, -600)
     narrow = hu_window(chest_hu(96, seed=1), 350, 40)

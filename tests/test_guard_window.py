@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_lungs import _ellipse, chest_hu
 
-from lungct.pipeline.case import GUARD_WINDOW, decode, iter_results
+from lungct.pipeline import GUARD_WINDOW, ClassifierBase, decode, iter_results
 from lungct.data.demo_series import ct_dataset
 from lungct.pipeline.series import read_slice
 
@@ -61,9 +61,7 @@ class LungCheckOnly:
                 for p in items]
 
 
-class Always:
-    view = "full"
-
+class Always(ClassifierBase):
     def prepare(self, gray, seg=None):
         return np.zeros(1, np.float32)
 

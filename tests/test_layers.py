@@ -21,15 +21,44 @@ def test_import_contract_holds(contract, capsys):
     assert code == 0, capsys.readouterr().out[-4000:]
 
 
-def test_readme_names_every_module():
-    """The README's layout names each module (as `name`, name.py, name/ or pkg/name)."""
+def code_map() -> list[tuple[str, str]]:
+    """(path cell, description cell) of each row of the README's "Code map" table."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    missing = []
+    section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ", 1) for line in section.splitlines()
+            if line.startswith("| `") and " | " in line]
+    return [(path, text) for path, text in rows]
+
+
+def test_the_code_map_places_every_module_in_its_package_row():
+    """Each subpackage's row names every module in it; each top-level module is in a row's
+    path cell; no row points at a path that does not exist (a map that went stale)."""
+    import re
+
+    rows = code_map()
+    assert rows, "the README has no Code map table"
+    missing, stale = [], []
     for path in sorted((ROOT / "lungct").rglob("*.py")):
-        name = path.stem
-        if name == "__init__":
+        rel = path.relative_to(ROOT)
+        if path.stem == "__init__" or "__pycache__" in rel.parts:
             continue
-        forms = (f"`{name}`", f"{name}.py", f"{name}/", f"/{name}`", f"`{name} ")
-        if not any(f in readme for f in forms):
-            missing.append(str(path.relative_to(ROOT)))
-    assert not missing, f"README layout does not name: {missing}"
+        if len(rel.parts) == 2:   # a top-level module: its own path in a path cell
+            if not any(f"`{rel.as_posix()}`" in cells for cells, _ in rows):
+                missing.append(rel.as_posix())
+            continue
+        package = "/".join(rel.parts[:-1]) + "/"
+        row = [text for cells, text in rows if f"`{package}`" in cells]
+        if not row or f"`{path.stem}`" not in row[0]:
+            missing.append(rel.as_posix())
+    for cells, _ in rows:
+        for named in re.findall(r"`([^`]+)`", cells):
+            if not (ROOT / named.replace("<name>/", "student_kd/")).exists():
+                stale.append(named)
+    assert not missing, f"the Code map does not place: {missing}"
+    assert not stale, f"the Code map names paths that do not exist: {stale}"
+
+
+def test_the_package_top_stays_small():
+    """The product is found in subpackages: at most 12 modules at the top of ``lungct/``."""
+    top = sorted(p.name for p in (ROOT / "lungct").glob("*.py"))
+    assert len(top) <= 12, top

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lungct.config import REPO_ROOT
-from lungct.guard.variants import border, hu_window, jpeg
+from lungct.guard.variants import border, jpeg
+from lungct.preprocess import hu_window
 from lungct.lungs import (LUNG_LEVEL, TISSUE_LEVEL, crop_box, lung_view, segment, standardise,
                           trim_frame)
 from lungct.preprocess import load_image, model_view

@@ -361,7 +361,7 @@ def test_explain_other_layer_and_method(cam_models):
 @pytest.mark.parametrize("view", ["full", "lungs"])
 def test_heatmap_stays_inside_the_body(cam_models, view):
     """A heatmap on air, table or text is a bug: outside the body outline it is zero."""
-    from lungct.guard.variants import hu_window
+    from lungct.preprocess import hu_window
     from lungct.lungs import segment
     from test_lungs import chest_hu
 

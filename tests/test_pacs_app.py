@@ -14,7 +14,7 @@ from test_pacs import PHI, SECRETS, STUDY, orthanc  # noqa: F401  (orthanc: the 
 from streamlit.testing.v1 import AppTest
 
 from lungct.app_support import pacs_view
-from lungct.pipeline.case import run_case
+from lungct.pipeline import run_case
 
 
 def fake_case(n: int = 4, broken: bool = True):

@@ -302,7 +302,7 @@ def test_series_case_sr_and_pdf_carry_no_patient_data(caplog, recwarn):
     from test_case import BatchClassifier
 
     from lungct.app_support.study import export_csv
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
     from lungct.pipeline.report import case_pdf, pdf_text
     from lungct.data.demo_series import synthetic_series
     from lungct.pacs.results import build_pdf, build_sr, sr_text

@@ -9,6 +9,8 @@ and time, keyed by the content of the input.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import streamlit as st
 
@@ -49,9 +51,9 @@ def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
 @st.cache_resource(show_spinner=False, max_entries=2)
 def guard(key: str, folder: str):
     """The out-of-distribution guard (``lungct.guard.InputGuard``), or None when not fitted."""
-    from lungct.guard import GuardLoadError, InputGuard as OODGuard
+    from lungct.guard import GuardLoadError, load_guard
     try:
-        return OODGuard.load(folder)
+        return load_guard(folder)
     except GuardLoadError:
         return None
 
@@ -64,23 +66,35 @@ def analyse(_classifier, key: str, files: tuple[tuple[str, bytes], ...], window:
                                   guard=_guard)
 
 
-@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Reading the study...")
-def study_series(files: tuple[tuple[str, bytes], ...]) -> tuple[list[str], int | None, list]:
-    """(series labels, index of the default series, unreadable files) of an upload."""
+class StudyView(NamedTuple):
+    """What the Study page shows of an upload: its series, the classified one, the rest."""
+
+    labels: list[str]
+    chosen: int | None
+    """Index of the classified series; None when the upload holds no readable image."""
+    problems: list[tuple[str, str]]
+    """(file name, reason) of unreadable files: the user's own screen only."""
+    case: object | None
+    """The ``lungct.pipeline.Case`` of the chosen series."""
+
+
+@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES,
+               show_spinner="Reading and classifying the series...")
+def study_case(_classifier, key: str, files: tuple[tuple[str, bytes], ...], series: int | None,
+               window: str, _guard=None, guard_key: str = "") -> StudyView:
+    """The upload read once (``lungct.pipeline.series.load_study``: every file parsed once)
+    and one series classified (``series``: its index; None: ``Study.default``)."""
+    from lungct.pipeline import classify_series
     from lungct.pipeline.series import load_study
+
     study = load_study(list(files))
-    default = study.default()
-    return ([s.label() for s in study.series],
-            study.series.index(default) if default is not None else None,
-            [(p.name, p.error) for p in study.problems])
-
-
-@st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Classifying the series...")
-def study_case(_classifier, key: str, files: tuple[tuple[str, bytes], ...], series: int,
-               window: str, _guard=None, guard_key: str = ""):
-    """``lungct.pipeline.case.run_case`` on one series of an upload (a ``Case``)."""
-    from lungct.pipeline.case import run_case
-    return run_case(list(files), _classifier, _guard, window, series=series)
+    chosen = study.pick(series)
+    labels = [s.label() for s in study.series]
+    problems = [(p.name, p.error) for p in study.problems]
+    if chosen is None:
+        return StudyView(labels, None, problems, None)
+    case = classify_series(_classifier, chosen, _guard, window, study=study)
+    return StudyView(labels, study.series.index(chosen), problems, case)
 
 
 @st.cache_resource(show_spinner=False)
@@ -89,13 +103,15 @@ def heatmap_store() -> heatmaps.HeatmapStore:
     return heatmaps.HeatmapStore(max_entries=RESULT_ENTRIES * 4, ttl_s=RESULT_TTL_S)
 
 
-def heatmap(model, key: str, gray: np.ndarray, method: str, target: str | None,
+def heatmap(model, key: str, result, method: str, target: str | None,
             layer: str | None, progress=None) -> tuple[np.ndarray, str | None]:
-    """(heatmap, explained class) of ``lungct.explain.explain``; the class is None for EigenCAM.
+    """(heatmap, explained class) of ``lungct.explain.explain`` for a pipeline slice (its
+    pixels and its one segmentation); the class is None for EigenCAM.
 
     ``progress``: ``heatmaps.progress_bar(...)`` for a bar while a slow method runs.
     """
-    return heatmaps.heatmap(heatmap_store(), model, key, gray, method, target, layer, progress)
+    return heatmaps.heatmap(heatmap_store(), model, key, result.gray, method, target, layer,
+                            progress, seg=result.seg)
 
 
 @st.cache_resource(show_spinner="First use: importing the shipped models' training runs from "

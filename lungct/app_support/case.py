@@ -1,7 +1,8 @@
 """The clinical pages' view of a case: upload handling, the case table and its CSV, and how
 a probability reads on screen (``percent``, ``probabilities_text``).
 
-The pipeline itself (decode, guard, classify, verdict) is ``lungct.pipeline.case``.
+The pipeline itself (decode, segment, guard, classify, findings, verdict) is
+``lungct.pipeline``; every page runs it through ``analyse_files``.
 Privacy: on exports a file is referred to only by its position in the upload
 and its extension ("file 3 of 7 (.dcm)"); no DICOM tag is read, and nothing
 built from ``SliceResult.as_dict`` or ``title`` (table, CSV, report) carries a
@@ -14,15 +15,13 @@ import io
 import math
 import os
 
-import numpy as np
 import pandas as pd
 
-from lungct import CLASSES
-from lungct.pipeline.case import (ACCEPTED_EXTENSIONS, ACCEPTED_HELP, CASE_RULE, MALIGNANT_THRESHOLD,
-                         SliceResult, analyse_slices, case_verdict, most_suspicious_first,
-                         predict, screen, suspicion)
-from lungct.preprocess import WINDOWS, InvalidImageError, is_dicom
+from lungct import CLASSES, MALIGNANT_THRESHOLD
+from lungct.pipeline import (ACCEPTED_EXTENSIONS, ACCEPTED_HELP, CASE_RULE, SliceResult,
+                             analyse_slices, case_verdict, most_suspicious_first, suspicion)
 from lungct.pipeline.series import read_slice
+from lungct.preprocess import WINDOWS, InvalidImageError
 
 WINDOW_CHOICES = (*WINDOWS, "file")
 WINDOW_HELP = ("Applied to DICOM files before the model: lung (W1500/L-600), mediastinal "
@@ -32,10 +31,9 @@ MISSING = "—"
 """What a table cell shows where there is no value (never "None" or "nan")."""
 
 __all__ = ["ACCEPTED_HELP", "CASE_RULE", "MALIGNANT_THRESHOLD", "MISSING", "SliceResult",
-           "WINDOW_CHOICES", "WINDOW_HELP", "analyse_file", "analyse_files", "below_threshold_note",
-           "case_csv",
+           "WINDOW_CHOICES", "WINDOW_HELP", "analyse_files", "below_threshold_note", "case_csv",
            "case_table", "case_verdict", "check_extension", "file_extension",
-           "most_suspicious_first", "percent", "predict", "probabilities_text", "rejection"]
+           "most_suspicious_first", "percent", "probabilities_text"]
 
 
 def percent(p: float | None) -> str:
@@ -83,17 +81,6 @@ def check_extension(name: str) -> str:
     return ext
 
 
-def rejection(guard, data: bytes, gray: np.ndarray) -> str | None:
-    """The guard's reason for refusing one decoded file, or None (also without a guard)."""
-    if guard is None:
-        return None
-    sf = read_slice("upload", data) if is_dicom(data) else None
-    result = SliceResult(1, 1, "", is_dicom=sf is not None,
-                         modality=sf.modality if sf else None, gray=gray)
-    screen(guard, [result])
-    return result.error if result.status in ("refused", "outside_lungs") else None
-
-
 def analyse_files(classifier, files: list[tuple[str, bytes]], window: str = "lung",
                   max_pixels: int | None = None, examples: bool = False,
                   guard=None) -> list[SliceResult]:
@@ -104,15 +91,6 @@ def analyse_files(classifier, files: list[tuple[str, bytes]], window: str = "lun
     slices = [read_slice(name, data) for name, data in files]
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     return analyse_slices(classifier, slices, guard, window, examples=examples, **kwargs)
-
-
-def analyse_file(classifier, data: bytes, name: str, position: int = 1, total: int = 1,
-                 window: str = "lung", max_pixels: int | None = None,
-                 guard=None) -> SliceResult:
-    """``analyse_files`` for a single file at ``position`` of ``total``."""
-    result = analyse_files(classifier, [(name, data)], window, max_pixels, guard=guard)[0]
-    result.position, result.total = position, total
-    return result
 
 
 def case_table(results: list[SliceResult]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct import CLASSES
-from lungct.pipeline.case import model_version, weights_digest
+from lungct.pipeline import model_version, weights_digest
 from lungct.config import SAMPLES_DIR, models_dir
 from lungct.guard import CARD_FILE as GUARD_CARD
 from lungct.guard import WEIGHTS_FILE as GUARD_WEIGHTS

@@ -60,8 +60,10 @@ class HeatmapStore:
 
 def heatmap(store: HeatmapStore, model, model_key: str, gray: np.ndarray, method: str,
             target: str | None, layer: str | None,
-            progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, str | None]:
+            progress: Callable[[float], None] | None = None,
+            seg=None) -> tuple[np.ndarray, str | None]:
     """(heatmap, explained class) of ``lungct.explain.explain``, from ``store`` when there.
+    ``seg``: the slice's segmentation (``SliceResult.seg``), reused rather than redone.
 
     The explained class is None for a class-agnostic method (EigenCAM), which is
     therefore computed once whatever ``target`` says.
@@ -73,7 +75,7 @@ def heatmap(store: HeatmapStore, model, model_key: str, gray: np.ndarray, method
     found = store.get(key)
     if found is None:
         result = explain(model, gray, method=method, target_class=target, layer=layer,
-                         progress=progress)
+                         progress=progress, seg=seg)
         found = (result.heatmap, result.target_class)
         store.put(key, found)
         release_freed()  # the passes' buffers, before the next heatmap reuses the heap

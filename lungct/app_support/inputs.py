@@ -1,13 +1,13 @@
-"""Single-image input for the Grad-CAM and comparison pages: decode, check, or stop the page."""
+"""Single-image input for the Grad-CAM and comparison pages: the Classify page's pipeline on
+one file (``one_result``), or the page stops with the pipeline's reason."""
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from lungct.app_support import cache, catalog
-from lungct.app_support.case import check_extension, rejection
-from lungct.preprocess import InvalidImageError, decode_image
+from lungct.app_support.case import check_extension
+from lungct.preprocess import InvalidImageError
 
 
 def upload_name(upload) -> str:
@@ -37,17 +37,3 @@ def one_result(classifier, model_key: str, data: bytes, name: str, window: str,
         st.warning(r.error)
         st.stop()
     return r
-
-
-def one_slice(data: bytes, name: str, window: str) -> np.ndarray:
-    """The decoded slice; an unreadable file or one the input check refuses stops the page."""
-    try:
-        gray = decode_image(data, name=name, window=window)
-    except InvalidImageError as err:
-        st.error(f"This file could not be read: {err}")
-        st.stop()
-    refused = rejection(cache.guard(catalog.guard_key(), str(catalog.guard_folder())), data, gray)
-    if refused:
-        st.warning(refused)
-        st.stop()
-    return gray

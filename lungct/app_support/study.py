@@ -1,6 +1,7 @@
 """The Study view's logic: display windows, lung outline, heatmap overlay, the malignancy profile.
 
-The case itself comes from ``lungct.pipeline.case`` (one pipeline). The user's file
+The case itself comes from ``lungct.pipeline`` (one pipeline), each slice with its
+segmentation and, for CT DICOM, its Hounsfield units. The user's file
 names appear only in ``session_table`` (their own screen); ``export_csv``
 carries slice positions only, like the PDF report and the SR.
 """
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import io
 import math
-import zipfile
 
 import numpy as np
 import pandas as pd
 
-from lungct import CLASSES
+from lungct import CLASSES, MALIGNANT_THRESHOLD
 from lungct.app_support.case import MISSING, percent
-from lungct.pipeline.case import MALIGNANT_THRESHOLD
+from lungct.preprocess import hu_window
 
 WL_PRESETS = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 50.0), "bone": (2000.0, 300.0)}
 """Display windows (width, level) in HU; "as classified" shows the model's input."""
@@ -24,58 +24,19 @@ STATUS_COLOURS = {"classified": "#1f77b4", "outside_lungs": "#9e9e9e", "refused"
                   "error": "#c62828"}
 
 
-def slice_bytes(files, name: str | None) -> bytes | None:
-    """The bytes of the upload's slice ``name``: an uploaded file's own, or a .zip member's
-    re-read from its archive (``lungct.pipeline.series`` names a member "archive.zip/member")."""
-    if not name:
-        return None
-    uploads = dict(files)
-    if name in uploads:
-        return uploads[name]
-    for archive, data in uploads.items():
-        if not name.startswith(archive + "/") or data[:2] != b"PK":
-            continue
-        member = name[len(archive) + 1:]
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                info = z.getinfo(member)
-                with z.open(info) as fh:
-                    content = fh.read(info.file_size + 1)   # no more than it declared
-        except (KeyError, zipfile.BadZipFile, OSError, ValueError, RuntimeError):
-            return None
-        return content if len(content) <= info.file_size else None
-    return None
+def display(r, width: float, level: float) -> np.ndarray | None:
+    """A CT DICOM slice in a display window (width, level in HU) from the Hounsfield units
+    it carries (``SliceResult.hu``; nothing is read again); None for a slice without HU
+    (raster files, other modalities), which is shown as classified."""
+    return None if r.hu is None else hu_window(r.hu, width, level)
 
 
-def hu_slice(data: bytes) -> np.ndarray | None:
-    """Hounsfield units of a CT DICOM slice (None for raster files or non-CT data)."""
-    from lungct.pipeline.series import read_slice
-
-    sf = read_slice("slice", data)
-    ds = sf.dataset
-    if ds is None or sf.modality not in ("CT", None) or "RescaleIntercept" not in ds:
-        return None
-    from lungct.preprocess import _quiet_pydicom
-    with _quiet_pydicom():
-        pixels = np.asarray(ds.pixel_array, dtype=np.float32)
-    slope = float(ds.get("RescaleSlope") or 1.0)
-    return pixels * slope + float(ds.get("RescaleIntercept") or 0.0)
-
-
-def windowed(hu: np.ndarray, width: float, level: float) -> np.ndarray:
-    """[0, 1] display image of ``hu`` under window ``width``/``level``."""
-    if width <= 0:
-        raise ValueError("window width must be positive")
-    return np.clip((hu - (level - width / 2.0)) / width, 0.0, 1.0).astype(np.float32)
-
-
-def lung_outline(gray: np.ndarray) -> np.ndarray:
-    """Boolean (H, W) outline of the lungs found by ``lungct.lungs.segment``."""
+def lung_outline(seg) -> np.ndarray:
+    """Boolean (H, W) outline of the lungs of a slice's ``lungct.lungs.Segmentation``
+    (``SliceResult.seg``, made once by the pipeline)."""
     from scipy import ndimage as ndi
 
-    from lungct.lungs import segment
-
-    mask = segment(gray).mask("lungs")
+    mask = seg.mask("lungs")
     return mask & ~ndi.binary_erosion(mask, iterations=2)
 
 
@@ -147,7 +108,7 @@ def session_table(case, top: int | None = None) -> pd.DataFrame:
 
     Every cell is text, "—" where there is no value: a reader never sees None or nan.
     """
-    from lungct.pipeline.case import most_suspicious_first
+    from lungct.pipeline import most_suspicious_first
 
     rows = []
     for r in most_suspicious_first(case.slices)[:top]:

@@ -21,7 +21,7 @@ from lungct.pipeline.options import add_model_options, findings_option, load_mod
 
 
 def cmd_case(args) -> int:
-    from lungct.pipeline.case import REFUSED_RULE, classify_series
+    from lungct.pipeline import REFUSED_RULE, classify_series
     from lungct.pipeline.report import format_case
     from lungct.pipeline.series import load_study
 

@@ -69,10 +69,9 @@ def read_boxes(root: str | Path) -> dict[str, list[tuple[int, int, int, int]]]:
 
 
 def hounsfield(ds) -> np.ndarray:
-    """Pixel data in HU (RescaleSlope/Intercept applied), float32."""
-    arr = ds.pixel_array.astype(np.float32)
-    return arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-        getattr(ds, "RescaleIntercept", 0) or 0)
+    """Pixel data in HU (``lungct.preprocess.to_hu``), float32."""
+    from lungct.preprocess import to_hu
+    return to_hu(ds.pixel_array.astype(np.float64), ds).astype(np.float32)
 
 
 def read_series(folder: str | Path, boxes: dict | None = None) -> list[CTSlice]:

@@ -9,7 +9,7 @@ a probabilistic-PCA Gaussian (``density.PPCAGaussian``) of the guard extractor's
 ``blocks.3`` features (texture and intensity: a window, a kernel, a frame change them),
 from the same forward pass machinery the guard already runs. Its limit is the 99th
 percentile of the grouped **val** slices' scores. A slice above it is still classified,
-and its answer carries a caution (``lungct.pipeline.case.slice_caution``) and is flagged unsure;
+and its answer carries a caution (``lungct.pipeline.slice_caution``) and is flagged unsure;
 acceptance is unchanged.
 
 ``python -m lungct guard caution`` fits it, writes ``caution.safetensors`` beside the
@@ -104,7 +104,7 @@ def calibrate(guard, cfg: dict, external: str | Path | None = None,
     from lungct.data.lung_pet_ct_dx import read_all
     from lungct.data.splits import read_manifest
     from lungct.guard.features import EXTRACTOR_FILE, OnnxFeatureExtractor
-    from lungct.guard.variants import hu_window
+    from lungct.preprocess import hu_window
     from lungct.preprocess import WINDOWS, load_image
 
     # the guard's merged ``ood`` settings (``guard_config``), passed in: the model imports this

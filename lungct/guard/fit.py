@@ -38,7 +38,8 @@ from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR, EXTRACTOR_FILE, 
                                    export_extractor, shared_extractor)
 from lungct.guard.model import (GUARD_NAME, InputGuard, guard_config, guard_dir,
                                 parity_views)
-from lungct.guard.variants import hu_window, random_variant
+from lungct.guard.variants import random_variant
+from lungct.preprocess import hu_window
 from lungct.lungs import lung_view, segment
 from lungct.preprocess import WINDOWS, load_image, resize_gray
 

@@ -18,11 +18,6 @@ from lungct.guard.verdict import as_gray
 from lungct.preprocess import resize_gray
 
 
-def hu_window(hu: np.ndarray, width: float, level: float) -> np.ndarray:
-    """Hounsfield units -> [0, 1] in the window (width, level), clipped."""
-    return np.clip((np.asarray(hu, np.float32) - (level - width / 2.0)) / width, 0.0, 1.0)
-
-
 def window(gray: np.ndarray, low: float = 0.0, high: float = 1.0, gamma: float = 1.0) -> np.ndarray:
     """Re-display: ``((g - low) / (high - low)) ** gamma``, clipped to [0, 1]."""
     g = as_gray(gray)

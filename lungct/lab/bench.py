@@ -218,11 +218,12 @@ def _on(r: dict) -> str:
 
 def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> dict:
     """One image end to end as users run it: file bytes -> decode -> input guard ->
-    classify (``lungct.pipeline.case.run_case``, the app's and ``case``'s path), warm, median."""
-    from lungct.pipeline.case import load_guard, run_case
+    classify (``lungct.pipeline.run_case``, the app's and ``case``'s path), warm, median."""
+    from lungct.guard import load_guard
+    from lungct.pipeline import run_case
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
-    guard = load_guard(cfg)
+    guard = load_guard(cfg=cfg)
     times = []
     for i in range(repeats + 3):
         start = time.perf_counter()
@@ -265,14 +266,15 @@ def stage_ms(clf: Classifier, guard, data: bytes, repeats: int = 20) -> dict:
 def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
     """What a radiologist waits for in the app, warm: decode, input guard, classify, Grad-CAM, overlay.
 
-    The app's own path: ``lungct.pipeline.case.run_case`` then ``lungct.pipeline.case.heatmap``.
+    The app's own path: ``lungct.pipeline.run_case`` then ``lungct.pipeline.heatmap``.
     """
-    from lungct.pipeline.case import heatmap, load_guard, run_case
+    from lungct.guard import load_guard
+    from lungct.pipeline import heatmap, run_case
     from lungct.errors import LungctError
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
     try:
-        guard = load_guard(cfg)
+        guard = load_guard(cfg=cfg)
     except LungctError:
         guard = None
     times = []

@@ -6,9 +6,9 @@
 
 Times, warm (model, guard and PyTorch weights loaded by a first run), the case
 pipeline on a series of ``--slices`` 512x512 CT slices read from memory
-(decode, input guard, batched classification, findings: ``lungct.pipeline.case.run_case``), the
+(decode, input guard, batched classification, findings: ``lungct.pipeline.run_case``), the
 same without the findings stage (their cost per slice is the difference), and
-one Grad-CAM heatmap of the most suspicious slice (``lungct.pipeline.case.heatmap``).
+one Grad-CAM heatmap of the most suspicious slice (``lungct.pipeline.heatmap``).
 The series is the first Lung-PET-CT-Dx sample series under
 ``../shared/data/lung-pet-ct-dx-sample`` when present (real scanner DICOM),
 else a synthetic one from the shipped sample slices. Targets (issue 11):
@@ -46,14 +46,15 @@ def bench_files(n: int) -> tuple[list[tuple[str, bytes]], str]:
 
 def run(slices: int = 64, model: str | None = None, repeats: int = 3, guard: bool = True,
         cfg: dict | None = None) -> dict:
-    from lungct.pipeline.case import heatmap, load_guard, run_case
+    from lungct.guard import load_guard
+    from lungct.pipeline import heatmap, run_case
     from lungct.config import load_config
     from lungct.inference import Classifier
 
     cfg = load_config() if cfg is None else cfg
     clf = Classifier.from_name(model or cfg["app"]["default_model"], cfg["app"]["unsure_below"],
                                cfg=cfg)
-    the_guard = load_guard(cfg) if guard else None
+    the_guard = load_guard(cfg=cfg) if guard else None
     files, source = bench_files(slices)
     case = run_case(files, clf, the_guard)          # warm-up (loads the guard's extractor)
     target = max(case.slices, key=lambda r: r.malignant_probability)

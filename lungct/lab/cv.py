@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lungct import CLASSES
-from lungct.pipeline.case import CASE_RULE, case_label
+from lungct.pipeline import CASE_RULE, case_label
 from lungct.training.metrics import expected_calibration_error, roc_auc_ovr
 from lungct.onnx_runtime import calibrated_softmax
 

@@ -59,7 +59,7 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
 
 def evaluate_class_folders(root: Path, clf, guard, window: str = "lung") -> dict:
     """Acceptance, confusion and AUC over ``root/<class>/`` folders."""
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
 
     out: dict = {"layout": "class folders", "classes": {}}
     y_true, probs = [], []
@@ -93,7 +93,7 @@ def evaluate_class_folders(root: Path, clf, guard, window: str = "lung") -> dict
 def evaluate_lung_pet_ct_dx(root: Path, clf, guard, window: str = "lung",
                             methods: tuple[str, ...] = ("Grad-CAM",)) -> dict:
     """Per series: guard verdicts, case verdict, boxed slices called malignant; pointing game."""
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
     from lungct.data.lung_pet_ct_dx import read_all
     from lungct.guard.anatomy import hu_shows_lung
     from lungct.lab.pointing import pointing_game

@@ -312,7 +312,7 @@ def cmd_findings(args) -> int:
           f"{sh['normal_test_false_findings_per_slice']} false findings per IQ-OTH/NCCD normal "
           "test slice")
     if args.verdict:
-        from lungct.pipeline.case import load_guard
+        from lungct.guard import load_guard
         from lungct.inference import Classifier
 
         if not iq:
@@ -324,7 +324,7 @@ def cmd_findings(args) -> int:
                                    cfg=cfg)
         check = verdict_check(lpcd, iq_test, resolve(iq_root),
                               [s for s in iq if s.group in ("train", "val")], clf,
-                              load_guard(cfg))
+                              load_guard(cfg=cfg))
         rep["verdict_check"] = check
         for where, r in check.items():
             print(f"{where}, {r['slices']} slices, AUC: "
@@ -343,7 +343,7 @@ MIN_FINDING_MM = 10.0
 def _malignant_probabilities(clf, guard, paths: list[str]) -> dict[str, float]:
     """P(malignant) of each file as users get it (the case pipeline, guard on, no findings);
     refused slices are left out."""
-    from lungct.pipeline.case import run_case
+    from lungct.pipeline import run_case
 
     out = {}
     folders: dict[str, list[str]] = {}

@@ -16,15 +16,17 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from lungct.preprocess import hu_window
+
 WINDOWS_HU = {"lung": (1500.0, -600.0), "mediastinal": (350.0, 50.0), "brain": (80.0, 40.0),
               "bone": (2000.0, 500.0), "abdomen": (400.0, 40.0),
               "dataset_like": (900.0, 450.0)}
 """(width, level) in HU; ``dataset_like`` roughly imitates the training slices' display."""
 
 
-def hu_window(hu: np.ndarray, name: str) -> np.ndarray:
-    width, level = WINDOWS_HU[name]
-    return np.clip((hu - (level - width / 2)) / width, 0, 1).astype(np.float32)
+def rendered(hu: np.ndarray, name: str) -> np.ndarray:
+    """A phantom's HU in the named window of ``WINDOWS_HU``."""
+    return hu_window(hu, *WINDOWS_HU[name])
 
 
 def _grid(n: int):
@@ -231,10 +233,10 @@ def non_ct_set(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
         out.append(("chest_xray_phantom", f"cxr_{i}", chest_xray_phantom(seed * 100 + i)))
     for i, win in enumerate(("brain", "bone", "lung", "dataset_like", "brain", "mediastinal")):
         out.append(("brain_ct_phantom", f"brain_{i}_{win}",
-                    hu_window(brain_ct_phantom(seed * 100 + i), win)))
+                    rendered(brain_ct_phantom(seed * 100 + i), win)))
     for i, win in enumerate(("abdomen", "lung", "dataset_like", "mediastinal", "abdomen", "bone")):
         out.append(("abdomen_ct_phantom", f"abdomen_{i}_{win}",
-                    hu_window(abdomen_ct_phantom(seed * 100 + i), win)))
+                    rendered(abdomen_ct_phantom(seed * 100 + i), win)))
     return [(c, nm, np.clip(np.asarray(g, np.float32), 0, 1)) for c, nm, g in out]
 
 

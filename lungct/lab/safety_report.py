@@ -312,7 +312,7 @@ def caution_figures(guard, cfg: dict, external: str | Path | None = None, every:
     DICOM renderings and as 8-bit PNG."""
     from lungct.data.lung_pet_ct_dx import read_all
     from lungct.data.splits import read_manifest
-    from lungct.guard.variants import hu_window
+    from lungct.preprocess import hu_window
     from lungct.preprocess import WINDOWS, load_image
 
     if guard.caution is None:

@@ -37,7 +37,7 @@ STORE_KINDS = ("sr", "pdf")
 class PacsRun:
     """What ``run_on_study`` did: the case, and the objects stored (kind -> SOPInstanceUID)."""
 
-    case: object                     # lungct.pipeline.case.Case
+    case: object                     # lungct.pipeline.Case
     study_uid: str
     series_uid: str
     stored: dict = field(default_factory=dict)
@@ -135,7 +135,7 @@ def run_on_study(client: PacsClient, study_uid: str, classifier, guard=None,
     (Orthanc only, checked before anything is done) the earlier result series
     of the stored kinds are deleted once the new ones are in.
     """
-    from lungct.pipeline.case import classify_series
+    from lungct.pipeline import classify_series
     from lungct.pipeline.series import group_series
 
     unknown = set(store) - set(STORE_KINDS)

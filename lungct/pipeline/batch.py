@@ -1,7 +1,7 @@
 """Many files, one result row each, in input order: the path behind ``predict`` and its benchmark.
 
 Files are classified in batches through the case pipeline
-(``lungct.pipeline.case.iter_results``): a background thread pool reads and decodes
+(``lungct.pipeline.iter_results``): a background thread pool reads and decodes
 the next files (a bounded look-ahead) while the model runs on the current
 batch, so decoding overlaps inference. A bad file gives
 ``{"file", "error"}`` and the rest go on.
@@ -62,7 +62,7 @@ def _reader(path: Path) -> Callable:
 
 
 def result_row(path: Path, r) -> dict:
-    """The record of one ``lungct.pipeline.case.SliceResult``: the file, then result or error."""
+    """The record of one ``lungct.pipeline.SliceResult``: the file, then result or error."""
     row = ({"file": str(path), **r.prediction.as_dict()} if r.ok
            else {"file": str(path), "error": r.error})
     if r.guard is not None:
@@ -103,13 +103,13 @@ def predict_paths(clf, paths: list[Path], window: str = "lung", batch_size: int 
                   guard=None, processes: int = 1, findings="shipped") -> Iterator[dict]:
     """One result dict per path, in order: ``{"file", **prediction}`` or ``{"file", "error"}``.
 
-    The case pipeline (``lungct.pipeline.case.iter_results``) runs underneath: files are
+    The case pipeline (``lungct.pipeline.iter_results``) runs underneath: files are
     read and decoded ``workers`` threads ahead of the model, each batch of
     ``batch_size`` is screened by the ``OODGuard`` (when given) and classified
     in one forward pass. With a guard, results carry ``"ood"`` (its verdict),
     and a refused slice gets ``{"file", "error", "rejected": true, "ood"}``.
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
-    ``findings``: the findings stage (``lungct.pipeline.case.findings_scorer``); rows of accepted
+    ``findings``: the findings stage (``lungct.pipeline.findings_scorer``); rows of accepted
     slices then carry ``"findings"``.
 
     ``processes`` > 1 (``parallel_processes``): forked worker processes run the
@@ -197,7 +197,7 @@ def _chunk_rows(chunk: list[Path]) -> list[dict]:
 def _forked_rows(clf, guard, paths: list[Path], window: str, batch_size: int,
                  processes: int, findings="shipped") -> Iterator[dict]:
     global _WORK
-    from lungct.pipeline.case import findings_scorer
+    from lungct.pipeline.findings import findings_scorer
 
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     _WORK = (clf, guard, window, batch_size, findings_scorer(findings))   # loaded once, here

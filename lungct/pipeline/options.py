@@ -38,7 +38,7 @@ def load_model_and_guard(args, cfg: dict) -> tuple:
     Raises a ``LungctError`` (``ModelLoadError``, ``OnnxUnavailable``,
     ``GuardLoadError``) that the command line prints as one ``error:`` line.
     """
-    from lungct.pipeline.case import load_guard
+    from lungct import guard
     from lungct.guard import GuardLoadError
     from lungct.inference import Classifier
 
@@ -48,7 +48,7 @@ def load_model_and_guard(args, cfg: dict) -> tuple:
     if not cfg.get("ood", {}).get("enabled", True) or args.no_guard:
         return clf, None
     try:
-        return clf, load_guard(cfg)
+        return clf, guard.load_guard(cfg=cfg)
     except GuardLoadError as err:
         raise GuardLoadError(f"the input guard could not be loaded ({err}); "
                              "use --no-guard to classify without it") from err

@@ -62,7 +62,7 @@ CAUTION_HEADING = "Caution: unlike what the model was validated on"
 
 
 def caution_summary(case: dict) -> str | None:
-    """One line when any classified slice carries a caution (``lungct.pipeline.case.slice_caution``):
+    """One line when any classified slice carries a caution (``lungct.pipeline.slice_caution``):
     how many, and the first one's reasons; None otherwise. For banners and tables."""
     slices = [s for s in case["slices"] if s.get("status") == "classified"]
     cautioned = [s for s in slices if s.get("caution")]
@@ -155,7 +155,7 @@ def report_sections(case: dict, card: dict | None = None,
 
 
 def format_case(case) -> str:
-    """The text table of a ``lungct.pipeline.case.Case``: verdict, rule, series, one line per slice.
+    """The text table of a ``lungct.pipeline.Case``: verdict, rule, series, one line per slice.
 
     Slices in anatomical order, each with the user's own file name (or why it failed).
     """

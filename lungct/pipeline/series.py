@@ -33,7 +33,7 @@ from typing import Iterable
 import numpy as np
 
 from lungct.errors import LungctError
-from lungct.preprocess import InvalidImageError, is_dicom, read_dicom_safely
+from lungct.preprocess import InvalidImageError, dicom_dataset
 
 DEFAULT_LIMITS = {"max_files": 2000, "max_total_mb": 1024}
 RASTER_SERIES = "raster images"
@@ -118,14 +118,13 @@ def read_slice(name: str, data: bytes) -> SliceFile:
     if not data:
         sf.error = "empty file (0 bytes)"
         return sf
-    sf.is_dicom = data[128:132] == b"DICM" or is_dicom(data)
-    if not sf.is_dicom:
-        return sf   # raster (or not an image: decoding says why)
     try:
-        ds = read_dicom_safely(data)
-    except InvalidImageError as err:
-        sf.error = str(err)
+        ds = dicom_dataset(data)
+    except InvalidImageError as err:   # a DICOM file that does not parse
+        sf.is_dicom, sf.error = True, str(err)
         return sf
+    if ds is None:
+        return sf   # raster (or not an image: decoding says why)
     return slice_from_dataset(name, ds)
 
 

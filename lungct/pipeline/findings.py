@@ -1,0 +1,60 @@
+"""Stage 5, findings: candidates of focal abnormal tissue on every classified slice.
+
+Runs on the rendering the guard judged (for DICOM the lung window, which is
+linear in HU) with the slice's one segmentation; slices the guard refused or
+left outside the lungs get none (``findings`` None). For a series, the
+findings are linked across slices in 3D (``series_lesions``).
+"""
+
+from __future__ import annotations
+
+from lungct.pipeline.decode import guard_view
+from lungct.pipeline.segment import segment_slice
+from lungct.pipeline.slices import SliceResult
+
+
+def findings_scorer(findings="shipped"):
+    """The findings stage's scorer: "shipped" (``models/findings``), None or False (off), or
+    a ``lungct.findings.Scorer`` as given."""
+    if findings is None or findings is False:
+        return None
+    if findings == "shipped":
+        from lungct.findings import shipped_scorer
+        return shipped_scorer()
+    return findings
+
+
+def locate(results: list[SliceResult], scorer) -> None:
+    """Findings (best first) and the top candidate's score on each classified slice."""
+    if scorer is None:
+        return
+    from lungct.findings import find, kept
+
+    for r in results:
+        if not r.ok or r.gray is None:
+            continue
+        hu = r.is_dicom and r.modality in (None, "CT")
+        try:
+            segment_slice(r)
+            ranked = find(guard_view(r), r.seg, scorer, r.pixel_spacing_mm if hu else None,
+                          hu=hu, keep="all")
+            r.finding_score = ranked[0].score if ranked else 0.0
+            r.findings = kept(ranked, scorer)
+        except Exception as err:
+            note = f"findings could not be computed ({type(err).__name__})"
+            r.warning = f"{r.warning}; {note}" if r.warning else note
+
+
+def series_lesions(results: list[SliceResult]) -> dict | None:
+    """The series' findings linked in 3D (a mass spans slices; a vessel crossing the plane
+    one or two), with each finding's slice position set; None when no findings ran."""
+    from lungct.findings import link_series
+
+    with_findings = [r for r in results if r.findings is not None]
+    if not with_findings:
+        return None
+    for r in with_findings:
+        for f in r.findings:
+            f.slice_position, f.location_mm = r.position, r.location_mm
+    return link_series([r.findings for r in with_findings],
+                       [r.location_mm for r in with_findings])

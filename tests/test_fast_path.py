@@ -20,6 +20,7 @@ from skimage.morphology import convex_hull_image
 from lungct import lungs
 from lungct.guard import InputGuard, guard_dir
 from lungct.guard.features import EXTRACTOR_FILE, OnnxFeatureExtractor
+from lungct.training import guard_fit
 from test_lungs import chest_hu
 from lungct.preprocess import hu_window
 from lungct.preprocess import decode_image
@@ -190,7 +191,7 @@ def test_onnx_extractor_is_kept_only_when_it_matches(real_guard, slices, tmp_pat
     guard = InputGuard.load(folder)
     assert guard.backend == "torch"                   # nothing built yet
     views = [lungs.lung_view(g, guard.size) for g in slices[:6]]
-    record = guard.export_extractor(views)
+    record = guard_fit.export_onnx(guard, views)
     assert record["passed"] and record["verdicts_identical"]
     assert record["max_abs_score_diff"] <= record["max_score_diff_allowed"]
     fast = InputGuard.load(folder)
@@ -200,7 +201,7 @@ def test_onnx_extractor_is_kept_only_when_it_matches(real_guard, slices, tmp_pat
     assert onnx_scores == pytest.approx(torch_scores, abs=1e-3, nan_ok=True)
     # an impossible tolerance: the file is not kept
     (folder / EXTRACTOR_FILE).unlink()
-    assert not guard.export_extractor(views, max_score_diff=-1.0)["passed"]
+    assert not guard_fit.export_onnx(guard, views, max_score_diff=-1.0)["passed"]
     assert not (folder / EXTRACTOR_FILE).exists()
 
 

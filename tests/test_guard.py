@@ -18,7 +18,7 @@ from lungct.config import REPO_ROOT, load_config
 from lungct.guard import (ACCEPTED, CARD_FILE, NOT_CT, NOT_IMAGE, OUTSIDE_LUNGS, REJECTED,
                           WEIGHTS_FILE, GuardLoadError, InputGuard, OutOfDistribution,
                           modality_verdict)
-from lungct.guard import fit as guard_fit
+from lungct.training import guard_fit
 from lungct.guard.density import PPCAGaussian
 from lungct.guard.variants import (affine, border, crop, jpeg, random_variant,
                                    resample, retissue, tissue_masks, window)

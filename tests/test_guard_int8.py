@@ -16,6 +16,7 @@ import pytest
 
 from lungct.guard import InputGuard, guard_dir
 from lungct.guard.features import CALIBRATION_FILE, EXTRACTOR_FILE, INT8_FILE
+from lungct.training import guard_fit
 from lungct.guard.model import parity_views
 
 
@@ -32,7 +33,7 @@ def folder(tmp_path):
 def _export_int8(guard, views, **kw) -> dict:
     """``guard.export_int8``; on a CPU whose integer kernels score the parity views beyond
     the limit, the guard must fall back to float32, and the int8 checks below do not apply."""
-    record = guard.export_int8(views, **kw)
+    record = guard_fit.export_int8(guard, views, **kw)
     if not record["passed"] and not kw and "reason" not in record:
         assert not (guard.folder / INT8_FILE).exists()
         assert InputGuard.load(guard.folder).precision == "float32"
@@ -74,7 +75,7 @@ def test_int8_build_is_kept_when_it_scores_as_the_fit_did(folder):
 def test_an_impossible_check_or_stale_ranges_mean_float32(folder):
     guard = InputGuard.load(folder)
     views = parity_views(guard.size)
-    assert not guard.export_int8(views, max_score_diff=-1.0)["passed"]
+    assert not guard_fit.export_int8(guard, views, max_score_diff=-1.0)["passed"]
     assert not (folder / INT8_FILE).exists()
     assert _export_int8(guard, views)["passed"]
     ranges = json.loads((folder / CALIBRATION_FILE).read_text())
@@ -97,6 +98,6 @@ def test_float32_precision_setting_turns_the_int8_guard_off(folder, monkeypatch)
 def test_no_ranges_no_int8(folder):
     (folder / CALIBRATION_FILE).unlink()
     guard = InputGuard.load(folder)
-    record = guard.export_int8(parity_views(guard.size))
+    record = guard_fit.export_int8(guard, parity_views(guard.size))
     assert not record["passed"] and "ranges" in record["reason"]
     assert guard.precision == "float32"

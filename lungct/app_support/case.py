@@ -84,7 +84,7 @@ def check_extension(name: str) -> str:
 def analyse_files(classifier, files: list[tuple[str, bytes]], window: str = "lung",
                   max_pixels: int | None = None, examples: bool = False,
                   guard=None) -> list[SliceResult]:
-    """The case pipeline (``lungct.pipeline.case``) on an upload, in upload order.
+    """The case pipeline (``lungct.pipeline``) on an upload, in upload order.
 
     ``examples`` keeps the (public) sample names. Each file's failure stays its own.
     """

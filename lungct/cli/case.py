@@ -3,7 +3,7 @@
 PATH is any mix of DICOM files, folders and .zip archives (or raster slices).
 The slices are grouped into series (the default one, or ``--series N`` from
 ``--list-series``), ordered anatomically and run through the case pipeline
-(:mod:`lungct.pipeline.case`). ``--json`` prints ONE JSON object (``Case.as_dict``:
+(:mod:`lungct.pipeline`). ``--json`` prints ONE JSON object (``Case.as_dict``:
 verdict, rule, slices by position, series facts, model and version; no file
 names, no patient tags); without it a short table, with the user's own file
 names beside each slice (``lungct.pipeline.report.format_case``). Exit status: 0

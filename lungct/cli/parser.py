@@ -21,7 +21,7 @@ COMMANDS = (
     ("predict", "lungct.cli.predict:add_command"),
     ("case", "lungct.cli.case:add_command"),
     ("pacs", "lungct.pacs.cli:add_command"),
-    ("guard", "lungct.guard.cli:add_command"),
+    ("guard", "lungct.cli.guard:add_command"),
     ("lab", "lungct.cli.parser:add_lab"),
 )
 """The users' commands in ``--help`` order, and the ``add_command(sub, common)`` of each.

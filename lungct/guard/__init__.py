@@ -3,7 +3,8 @@
 Split by job: ``verdict`` (the four cases and their words), ``anatomy`` (body
 outline and lung fields), ``features`` (fixed ImageNet features), ``density``
 (the learned Gaussian), ``variants`` (other renderings, for fitting),
-``model`` (the guard itself), ``fit`` and ``cli`` (``python -m lungct guard``).
+``model`` (the guard itself); fitting and building it is
+``lungct.training.guard_fit``, its command ``lungct.cli.guard`` (``lungct guard``).
 
 >>> from lungct.guard import load_guard
 >>> load_guard().check(gray).status        # doctest: +SKIP

@@ -7,7 +7,7 @@ the last stage sees layout.
 
 Two backends compute the same features: PyTorch eager (``FeatureExtractor``,
 always there) and ONNX Runtime (``OnnxFeatureExtractor``, about 3x faster on
-a small CPU). ``export_extractor`` writes ``extractor.onnx`` beside the
+a small CPU). ``lungct.training.guard_fit.export_onnx`` writes ``extractor.onnx`` beside the
 guard (a git-ignored build output, made by ``make onnx``) only after the two
 agree on the guard's own scores; ``shared_extractor`` uses it when it is
 there and matches, PyTorch otherwise.
@@ -139,62 +139,6 @@ class OnnxFeatureExtractor:
             for k, f in zip(self.layers, self.session.run(None, {self.input_name: x})):
                 parts[k].append(f)
         return _join(parts)
-
-
-def export_extractor(path: str | Path, layers: Sequence[str] = LAYERS,
-                     size: int = EXTRACTOR_SIZE) -> Path:
-    """Write the extractor as ONNX (written to a temporary name, then renamed)."""
-    import torch
-
-    from lungct.onnx_runtime import save_onnx
-
-    torch_ex = FeatureExtractor(layers, size)
-
-    class Pooled(torch.nn.Module):
-        def forward(self, x):
-            return tuple(torch_ex.pooled(x))
-
-    return save_onnx(Pooled(), size, path, list(layers), EXTRACTOR_KEY, torch_ex.contract())
-
-
-def int8_inputs(extractor, views: Sequence[np.ndarray]) -> np.ndarray:
-    """The (N, 3, size, size) network inputs of lung views, for recording ranges."""
-    from lungct.onnx_runtime import input_array
-    return np.stack([input_array(as_gray(v), extractor.size, extractor.mean, extractor.std)
-                     for v in views])
-
-
-def build_int8(float_onnx: str | Path, calibration: str | Path, out: str | Path,
-               views: Sequence[np.ndarray] | None = None) -> Path:
-    """The int8 extractor ``out`` from ``float_onnx``; ``views`` given: record their ranges
-    to ``calibration`` first (``guard fit``), else use the ranges there (``guard export``).
-
-    Every layer is quantised (QDQ, per-channel int8 weights, uint8 activations): the
-    guard reads pooled features, not logits, and its own threshold is chosen on int8
-    scores. The file's metadata carries the ranges' SHA-256, so a refit guard never
-    runs on a stale build.
-    """
-    import shutil
-
-    import onnx
-
-    from lungct.onnx_runtime import (file_sha256, prepared_for_int8, quantize_with_ranges,
-                                     record_ranges)
-
-    calibration, out = Path(calibration), Path(out)
-    pre = prepared_for_int8(float_onnx)
-    try:
-        if views is not None:
-            source = OnnxFeatureExtractor(float_onnx, threads=1)
-            record_ranges(pre, int8_inputs(source, views), calibration)
-        quantize_with_ranges(pre, calibration, out)
-    finally:
-        shutil.rmtree(pre.parent, ignore_errors=True)
-    model = onnx.load(str(out))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = INT8_KEY, json.dumps({"calibration_sha256": file_sha256(calibration)})
-    onnx.save(model, str(out))
-    return out
 
 
 def _int8_build(onnx_path: Path) -> tuple[Path, str] | None:

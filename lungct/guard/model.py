@@ -19,7 +19,7 @@ the crop and rendering standardisation remove what differs between
 hospitals before the score looks, so the score measures "is this chest CT
 anatomy", not "is this IQ-OTH/NCCD's export". It is fitted on IQ-OTH/NCCD
 and on real DICOM series of other scanners rendered in several windows
-(``lungct.guard.fit``), with screenshot-like variants of both.
+(``lungct.training.guard_fit``), with screenshot-like variants of both.
 
 The guard is read-only and hook-free: one instance may serve many threads.
 Files: ``models/ood_guard/guard.safetensors`` (arrays) + ``guard.json``
@@ -44,9 +44,8 @@ from lungct.errors import LungctError
 from lungct.guard.anatomy import MIN_BODY, MIN_LUNG
 from lungct.guard.caution import RenderingCaution, rendering_view
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR_FILE, EXTRACTOR_SIZE, INT8_FILE,
-                                   FeatureExtractor, OnnxFeatureExtractor, build_int8,
-                                   export_extractor, shared_extractor)
+from lungct.guard.features import (EXTRACTOR_FILE, EXTRACTOR_SIZE, FeatureExtractor,
+                                   OnnxFeatureExtractor, shared_extractor)
 from lungct.guard.verdict import (ACCEPTED, NOT_CT, NOT_IMAGE, OUTSIDE, OUTSIDE_LUNGS,
                                   REJECTED, OutOfDistribution, Verdict, as_gray,
                                   colour_verdict, modality_verdict, spread, two_tone)
@@ -138,7 +137,7 @@ class InputGuard:
         self._threshold = float(threshold)
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items()}
         """The learned score's limit per extractor precision ("int8", "float32"), each chosen
-        by the same rule on that precision's validation scores (``lungct.guard.fit``);
+        by the same rule on that precision's validation scores (``lungct.training.guard_fit``);
         a precision not listed uses ``threshold``."""
         self.card = dict(card)
         self.min_std = float(min_std)
@@ -177,6 +176,11 @@ class InputGuard:
         if not self.thresholds:
             return self._threshold
         return self.thresholds.get(self.precision, self._threshold)
+
+    def threshold_for(self, precision: str) -> float:
+        """The learned score's limit for an extractor of ``precision`` ("float32", "int8"):
+        each build is held to the threshold chosen on its own validation scores."""
+        return self.thresholds.get(precision, self._threshold)
 
     @threshold.setter
     def threshold(self, value: float) -> None:
@@ -361,63 +365,6 @@ class InputGuard:
                    min_lung=pick("min_lung", MIN_LUNG), min_body=pick("min_body", MIN_BODY),
                    folder=folder, threads=runtime_settings(cfg).threads, thresholds=thresholds,
                    caution=caution)
-
-    def export_extractor(self, views: Sequence[np.ndarray], max_score_diff: float = 1e-3) -> dict:
-        """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``
-        (lung views) match PyTorch's within ``max_score_diff``; returns the parity record."""
-        import os
-
-        if self.folder is None:
-            raise GuardLoadError("this guard was not loaded from a folder: nowhere to export")
-        final = self.folder / EXTRACTOR_FILE
-        tmp = self.folder / (EXTRACTOR_FILE + ".new")
-        try:
-            export_extractor(tmp, self.layers, self.size)
-            want = self.scores(FeatureExtractor(self.layers, self.size)(views))
-            got = self.scores(OnnxFeatureExtractor(tmp, self.layers, self.size)(views))
-            diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
-            thr = self.thresholds.get("float32", self._threshold)
-            same = bool(np.array_equal(want > thr, got > thr))
-            record = {"file": EXTRACTOR_FILE, "images": len(views), "max_abs_score_diff": diff,
-                      "max_score_diff_allowed": max_score_diff, "verdicts_identical": same,
-                      "passed": same and diff <= max_score_diff}
-            if record["passed"]:
-                os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return record
-
-    def export_int8(self, views: Sequence[np.ndarray],
-                    max_score_diff: float = INT8_MAX_SCORE_DIFF) -> dict:
-        """Build ``extractor.int8.onnx`` beside the guard from ``extractor.onnx`` and the
-        tracked ranges, kept only if it scores ``views`` (``parity_views``) as the fit
-        machine's build did (``card["int8"]["parity_scores"]``); returns the record."""
-        import os
-
-        ranges, int8 = self.folder / CALIBRATION_FILE, self.card.get("int8") or {}
-        record = {"file": INT8_FILE, "images": len(views), "passed": False}
-        if not ranges.exists() or "parity_scores" not in int8:
-            return {**record, "reason": f"no int8 ranges in this guard ({CALIBRATION_FILE} "
-                                        "and guard.json's int8 come from `guard fit`)"}
-        if len(int8["parity_scores"]) != len(views):
-            return {**record, "reason": "the parity views differ from the fit's"}
-        final, tmp = self.folder / INT8_FILE, self.folder / (INT8_FILE + ".new")
-        try:
-            build_int8(self.folder / EXTRACTOR_FILE, ranges, tmp)
-            got = self.scores(OnnxFeatureExtractor(tmp, self.layers, self.size)(views))
-            want = np.asarray(int8["parity_scores"], dtype=np.float64)
-            thr = self.thresholds.get("int8", self._threshold)
-            diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
-            same = bool(np.array_equal(want > thr, got > thr))
-            record.update(max_abs_score_diff=diff, max_score_diff_allowed=max_score_diff,
-                          verdicts_identical=same, passed=same and diff <= max_score_diff)
-            if record["passed"]:
-                os.replace(tmp, final)
-            else:
-                final.unlink(missing_ok=True)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return record
 
 
 OODGuard = InputGuard

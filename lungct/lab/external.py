@@ -10,7 +10,7 @@ Two layouts:
   Prints the guard's acceptance per class, the confusion matrix of accepted
   slices, and the malignant-vs-normal AUC of P(malignant);
 - **Lung-PET-CT-Dx** (series folders + ``annotations/``): per series the
-  guard's verdicts, the case verdict (``lungct.pipeline.case``), the share of
+  guard's verdicts, the case verdict (``lungct.pipeline``), the share of
   tumour-box slices labelled malignant, and the pointing game of the
   model's heatmaps on the boxes (``lungct.lab.pointing``).
 

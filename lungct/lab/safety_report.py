@@ -390,17 +390,17 @@ def cmd_crops(args, cfg: dict) -> int:
 
 
 def cmd_safety_report(args) -> int:
-    from lungct.guard import GuardLoadError, InputGuard as OODGuard
+    from lungct.guard import GuardLoadError, load_guard
 
     cfg = config_from_args(args)
     if args.crops:
         return cmd_crops(args, cfg)
     if args.caution:
-        caution_figures(OODGuard.load(cfg=cfg), cfg, args.data, max(1, args.every))
+        caution_figures(load_guard(cfg=cfg), cfg, args.data, max(1, args.every))
         return 0
     report: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
-        guard = OODGuard.load(cfg=cfg)
+        guard = load_guard(cfg=cfg)
     except GuardLoadError as err:
         print(f"== OOD guard: {err} ==")
         guard = None

@@ -4,7 +4,7 @@
   STOW-RS store) with one error type, ``PacsError``, whose message says what to do;
 - ``results``: the case result as DICOM objects built with highdicom (a
   Comprehensive SR and an Encapsulated PDF) in the source study, as a new series;
-- ``workflow``: ``run_on_study`` (retrieve -> ``lungct.pipeline.case`` -> store back);
+- ``workflow``: ``run_on_study`` (retrieve -> ``lungct.pipeline`` -> store back);
 - ``server``: a local Orthanc (Debian packages ``orthanc`` and ``orthanc-dicomweb``)
   for ``make pacs`` and the tests;
 - ``cli``: ``python -m lungct pacs ...``.

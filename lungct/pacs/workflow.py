@@ -1,7 +1,7 @@
 """Study in the PACS -> case pipeline -> result stored back into the same study.
 
 ``run_on_study`` retrieves the CT series (one given, or all of them, then the
-default as ``lungct.pipeline.series.Study.default`` picks it), runs ``lungct.pipeline.case`` on
+default as ``lungct.pipeline.series.Study.default`` picks it), runs ``lungct.pipeline`` on
 it and stores an SR and/or an Encapsulated PDF (``lungct.pacs.results``) into
 the study as new series. Nothing is stored unless at least one slice was
 classified: a wrong study, a non-CT series, a study without images or an

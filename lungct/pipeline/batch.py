@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lungct.data.discover import IMAGE_SUFFIXES
+from lungct.pipeline.series import folder_files
+from lungct.pipeline.slices import ACCEPTED_EXTENSIONS
 
 PROCESS_BATCH = 8
 """Slices per forward pass in each worker process. Two processes on 2 cores with the
@@ -30,15 +31,11 @@ MIN_PARALLEL_FILES = 64
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given, and the image files inside any folder (sorted)."""
+    """Files as given, and the image files inside any folder (``series.folder_files``)."""
     out = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and
-                              (f.suffix.lower() in IMAGE_SUFFIXES or f.suffix == "")))
-        else:
-            out.append(p)
+        out.extend(folder_files(p, ACCEPTED_EXTENSIONS) if p.is_dir() else [p])
     return out
 
 
@@ -69,7 +66,7 @@ def result_row(path: Path, r) -> dict:
         row["ood"] = r.guard
     if r.ok and r.warning:
         row["warning"] = r.warning
-    if r.ok and getattr(r, "caution", None):
+    if r.ok and r.caution:
         row["caution"] = r.caution
     if r.findings is not None:
         row["findings"] = [f.as_dict() for f in r.findings]
@@ -149,12 +146,11 @@ def forked_processes(clf, guard, processes: int) -> int:
     """The worker processes ``predict_paths`` runs for ``processes``: that many when they may
     be forked from here with these models (ONNX Runtime sessions of one thread each, which
     own no thread pool a fork would break, on a platform that forks), else 1."""
-    onnx = getattr(clf, "onnx_model", None)
-    ok = (processes > 1 and getattr(clf, "backend", None) == "onnx" and onnx is not None
-          and getattr(onnx, "threads", 0) == 1
-          and (guard is None or (getattr(guard, "threads", 0) == 1
-                                 and getattr(guard, "backend", None) == "onnx"))
-          and "fork" in multiprocessing.get_all_start_methods())
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    onnx = clf.onnx_model if clf.backend == "onnx" else None
+    ok = (onnx is not None and onnx.threads == 1
+          and (guard is None or (guard.threads == 1 and guard.backend == "onnx")))
     return processes if ok else 1
 
 

@@ -181,7 +181,7 @@ def format_case(case) -> str:
         label = r.prediction.label if r.ok else "-"
         pm = f"{r.malignant_probability:7.3f}" if r.ok else f"{'-':>7}"
         note = os.path.basename(r.name or "") + ("" if r.ok else f"  {r.error}") + (
-            "  [caution]" if r.ok and getattr(r, "caution", None) else "")
+            "  [caution]" if r.ok and r.caution else "")
         lines.append(f"{r.position:>4} {z}  {r.status:<13} {label:<10} {pm}  {note}")
     if d["other_series"]:
         lines.append(f"\n{len(d['other_series'])} other series in the input "

@@ -2,7 +2,7 @@
 
 Each file is read once: its bytes, and for DICOM one parsed dataset
 (``lungct.preprocess.read_dicom_safely``) from which the slice's place and the
-series it belongs to are taken; the case pipeline (:mod:`lungct.pipeline.case`) turns
+series it belongs to are taken; the case pipeline (:mod:`lungct.pipeline`) turns
 that same dataset into pixels. Slices are grouped by SeriesInstanceUID and
 sorted along the slice normal (ImagePositionPatient projected on the cross
 product of ImageOrientationPatient's row and column directions; InstanceNumber
@@ -342,6 +342,16 @@ def _from_zip(name: str, data: bytes, budget: _Budget) -> list[SliceFile]:
     return out
 
 
+def folder_files(folder: Path, suffixes: tuple[str, ...] | None = None) -> list[Path]:
+    """The files under ``folder``, recursively, in natural name order ("IM2" before "IM10"),
+    without system files (``SKIPPED_NAMES``, "._" resource forks); ``suffixes``: only files
+    with one of these extensions or with none. The one folder walker (``case``, the Study
+    upload, ``predict``)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and not _skipped(str(p.relative_to(folder)))
+             and (suffixes is None or p.suffix.lower() in suffixes or not p.suffix))
+    return sorted(files, key=lambda p: natural_key(str(p.relative_to(folder))))
+
+
 def read_inputs(items: Iterable, cfg: dict | None = None,
                 limits: dict | None = None) -> list[SliceFile]:
     """Every slice file in ``items``: paths (files, folders, .zip) or ``(name, bytes)`` pairs.
@@ -357,10 +367,7 @@ def read_inputs(items: Iterable, cfg: dict | None = None,
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted((p for p in path.rglob("*") if p.is_file()
-                            and not _skipped(str(p.relative_to(path)))),
-                           key=lambda p: natural_key(str(p.relative_to(path))))
-            for p in files:
+            for p in folder_files(path):
                 out.extend(_read_path(p, budget))
         else:
             out.extend(_read_path(path, budget))

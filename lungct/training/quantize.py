@@ -35,6 +35,7 @@ file; int8 falls back to float32 when no checked int8 build is there.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -44,8 +45,7 @@ from lungct import CLASSES
 from lungct.config import resolve
 from lungct.errors import LungctError
 from lungct.onnx_runtime import (CALIBRATION_FILE, INT8_FILE, INT8_RECORD, ONNX_FILE,
-                                 OnnxUnavailable, calibrated_softmax, file_sha256, open_session,
-                                 prepared_for_int8, quantize_with_ranges, record_ranges)
+                                 OnnxUnavailable, calibrated_softmax, file_sha256, open_session)
 
 CALIBRATION_IMAGES = 128
 """Training slices whose activation ranges are recorded (seeded choice)."""
@@ -257,3 +257,74 @@ def add_command(sub, common) -> None:
     p.add_argument("--no-write", action="store_true",
                    help="print the check, leave the card unchanged")
     p.set_defaults(func=cmd_quantize)
+
+
+# ------------------------------------------- int8 builds (models and the guard)
+
+def prepared_for_int8(src: str | Path) -> Path:
+    """``src`` after ONNX Runtime's quantisation pre-processing, in a new temporary folder
+    (the caller removes the folder)."""
+    import tempfile
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(tempfile.mkdtemp(prefix="lungct-int8-")) / "pre.onnx"
+    quant_pre_process(str(src), str(out))
+    return out
+
+
+def quantize_with_ranges(pre: Path, calibration: Path, out: Path, keep_float=None) -> None:
+    """``pre`` -> int8 ``out`` (QDQ, per-channel int8 weights, uint8 activations) with the
+    ranges recorded in ``calibration``; ``keep_float(model)`` names nodes left in float32.
+
+    Never recalibrates and never writes ``calibration`` (ONNX Runtime may rewrite a cache it
+    reads, so it reads a copy). OnnxUnavailable when the ranges name tensors this model
+    lacks (ranges recorded for another export).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    cache = pre.with_name("ranges.json")
+    shutil.copyfile(calibration, cache)
+    names = set(json.loads(cache.read_text())["data"])
+    model = onnx.load(str(pre))
+    known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    if not names <= known:
+        raise OnnxUnavailable(f"{calibration} records ranges of {len(names - known)} tensors "
+                              "this export does not have (another exporter version)")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        quantize_static(str(pre), str(tmp), None, calibration_cache_path=str(cache),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=keep_float(model) if keep_float else [])
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def record_ranges(pre: Path, inputs: np.ndarray, calibration: Path) -> None:
+    """Every activation's minimum and maximum over ``inputs`` (N, C, H, W), run one by one
+    through ``pre``, written to ``calibration`` (MinMax; sorted keys: the same ranges give
+    the same bytes)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import save_tensors_data
+    import onnx
+
+    name = onnx.load(str(pre)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter({name: x[None]} for x in inputs)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    calibrator = create_calibrator(str(pre), None,
+                                   augmented_model_path=str(pre.with_name("augmented.onnx")),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(Reader())
+    save_tensors_data(calibrator.compute_data(), calibration)
+    calibration.write_text(json.dumps(json.loads(calibration.read_text()), sort_keys=True),
+                           encoding="utf-8")

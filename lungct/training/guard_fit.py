@@ -1,4 +1,5 @@
-"""Fit the input guard on more than one source, choose its limits on validation data only.
+"""Build the input guard: fit it on more than one source, choose its limits on validation
+data only, and build its ONNX Runtime extractor and int8 twin (``guard fit``, ``guard export``).
 
 Sources:
 
@@ -24,24 +25,26 @@ IQ-OTH/NCCD val slices (all chest) accepted.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from lungct.guard.anatomy import MIN_LUNG, hu_shows_lung
 from lungct.guard.density import PPCAGaussian
-from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR, EXTRACTOR_FILE, EXTRACTOR_SIZE,
-                                   INT8_FILE, LAYERS, OnnxFeatureExtractor, build_int8,
-                                   export_extractor, shared_extractor)
-from lungct.guard.model import (GUARD_NAME, InputGuard, guard_config, guard_dir,
-                                parity_views)
+from lungct.guard.features import (CALIBRATION_FILE, EXTRACTOR, EXTRACTOR_FILE, EXTRACTOR_KEY,
+                                   EXTRACTOR_SIZE, INT8_FILE, INT8_KEY, LAYERS,
+                                   FeatureExtractor, OnnxFeatureExtractor, shared_extractor)
+from lungct.guard.model import (GUARD_NAME, INT8_MAX_SCORE_DIFF, GuardLoadError, InputGuard,
+                                guard_config, guard_dir, parity_views)
 from lungct.guard.variants import random_variant
-from lungct.preprocess import hu_window
+from lungct.guard.verdict import as_gray
 from lungct.lungs import lung_view, segment
-from lungct.preprocess import WINDOWS, load_image, resize_gray
+from lungct.preprocess import WINDOWS, hu_window, load_image, resize_gray
 
 DICOM_WINDOWS = {"lung": WINDOWS["lung"], "mediastinal": WINDOWS["mediastinal"]}
 
@@ -295,3 +298,117 @@ def fit_guard(cfg: dict | None = None, external: str | Path | None = None,
             "source": "Lung-PET-CT-Dx (TCIA, doi 10.7937/TCIA.2020.NNC2-0461, CC BY 4.0)",
             "series": [p.name for p in series_folders(ext_root)]}
     return guard
+
+
+# ------------------------------------------------- the guard's ONNX and int8 builds
+
+def export_extractor(path: str | Path, layers: Sequence[str] = LAYERS,
+                     size: int = EXTRACTOR_SIZE) -> Path:
+    """Write the extractor as ONNX (written to a temporary name, then renamed)."""
+    import torch
+
+    from lungct.onnx_runtime import save_onnx
+
+    torch_ex = FeatureExtractor(layers, size)
+
+    class Pooled(torch.nn.Module):
+        def forward(self, x):
+            return tuple(torch_ex.pooled(x))
+
+    return save_onnx(Pooled(), size, path, list(layers), EXTRACTOR_KEY, torch_ex.contract())
+
+
+def int8_inputs(extractor, views: Sequence[np.ndarray]) -> np.ndarray:
+    """The (N, 3, size, size) network inputs of lung views, for recording ranges."""
+    from lungct.onnx_runtime import input_array
+    return np.stack([input_array(as_gray(v), extractor.size, extractor.mean, extractor.std)
+                     for v in views])
+
+
+def build_int8(float_onnx: str | Path, calibration: str | Path, out: str | Path,
+               views: Sequence[np.ndarray] | None = None) -> Path:
+    """The int8 extractor ``out`` from ``float_onnx``; ``views`` given: record their ranges
+    to ``calibration`` first (``guard fit``), else use the ranges there (``guard export``).
+
+    Every layer is quantised (QDQ, per-channel int8 weights, uint8 activations): the
+    guard reads pooled features, not logits, and its own threshold is chosen on int8
+    scores. The file's metadata carries the ranges' SHA-256, so a refit guard never
+    runs on a stale build.
+    """
+    import shutil
+
+    import onnx
+
+    from lungct.onnx_runtime import file_sha256
+    from lungct.training.quantize import prepared_for_int8, quantize_with_ranges, record_ranges
+
+    calibration, out = Path(calibration), Path(out)
+    pre = prepared_for_int8(float_onnx)
+    try:
+        if views is not None:
+            source = OnnxFeatureExtractor(float_onnx, threads=1)
+            record_ranges(pre, int8_inputs(source, views), calibration)
+        quantize_with_ranges(pre, calibration, out)
+    finally:
+        shutil.rmtree(pre.parent, ignore_errors=True)
+    model = onnx.load(str(out))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = INT8_KEY, json.dumps({"calibration_sha256": file_sha256(calibration)})
+    onnx.save(model, str(out))
+    return out
+
+
+def export_onnx(guard: InputGuard, views: Sequence[np.ndarray],
+                max_score_diff: float = 1e-3) -> dict:
+    """Build ``extractor.onnx`` beside the guard, kept only if its scores on ``views``
+    (lung views) match PyTorch's within ``max_score_diff``; returns the parity record."""
+    if guard.folder is None:
+        raise GuardLoadError("this guard was not loaded from a folder: nowhere to export")
+    final = guard.folder / EXTRACTOR_FILE
+    tmp = guard.folder / (EXTRACTOR_FILE + ".new")
+    try:
+        export_extractor(tmp, guard.layers, guard.size)
+        want = guard.scores(FeatureExtractor(guard.layers, guard.size)(views))
+        got = guard.scores(OnnxFeatureExtractor(tmp, guard.layers, guard.size)(views))
+        diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
+        thr = guard.threshold_for("float32")
+        same = bool(np.array_equal(want > thr, got > thr))
+        record = {"file": EXTRACTOR_FILE, "images": len(views), "max_abs_score_diff": diff,
+                  "max_score_diff_allowed": max_score_diff, "verdicts_identical": same,
+                  "passed": same and diff <= max_score_diff}
+        if record["passed"]:
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return record
+
+
+def export_int8(guard: InputGuard, views: Sequence[np.ndarray],
+                max_score_diff: float = INT8_MAX_SCORE_DIFF) -> dict:
+    """Build ``extractor.int8.onnx`` beside the guard from ``extractor.onnx`` and the
+    tracked ranges, kept only if it scores ``views`` (``parity_views``) as the fit
+    machine's build did (``card["int8"]["parity_scores"]``); returns the record."""
+    ranges, int8 = guard.folder / CALIBRATION_FILE, guard.card.get("int8") or {}
+    record = {"file": INT8_FILE, "images": len(views), "passed": False}
+    if not ranges.exists() or "parity_scores" not in int8:
+        return {**record, "reason": f"no int8 ranges in this guard ({CALIBRATION_FILE} "
+                                    "and guard.json's int8 come from `guard fit`)"}
+    if len(int8["parity_scores"]) != len(views):
+        return {**record, "reason": "the parity views differ from the fit's"}
+    final, tmp = guard.folder / INT8_FILE, guard.folder / (INT8_FILE + ".new")
+    try:
+        build_int8(guard.folder / EXTRACTOR_FILE, ranges, tmp)
+        got = guard.scores(OnnxFeatureExtractor(tmp, guard.layers, guard.size)(views))
+        want = np.asarray(int8["parity_scores"], dtype=np.float64)
+        thr = guard.threshold_for("int8")
+        diff = float(np.max(np.abs(want - got))) if len(views) else 0.0
+        same = bool(np.array_equal(want > thr, got > thr))
+        record.update(max_abs_score_diff=diff, max_score_diff_allowed=max_score_diff,
+                      verdicts_identical=same, passed=same and diff <= max_score_diff)
+        if record["passed"]:
+            os.replace(tmp, final)
+        else:
+            final.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return record

@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
 
 
 def cmd_fit(args) -> int:
-    from lungct.guard.fit import fit_guard
+    from lungct.training.guard_fit import fit_guard
     cfg = config_from_args(args)
     guard = fit_guard(cfg, args.external, args.fit_patient, folder=args.out)
     others = guard.card["report"].get("held_out_patient", {}).get("patients", [])
@@ -107,17 +107,18 @@ def cmd_export(args) -> int:
     """Parity on the shipped samples and three random other renderings of each
     (``parity_views``): float32 against PyTorch, int8 against the fit machine's build."""
     from lungct.guard.model import parity_views
+    from lungct.training.guard_fit import export_int8, export_onnx
 
     guard = InputGuard.load(args.guard, config_from_args(args))
     views = parity_views(guard.size)
-    record = guard.export_extractor(views)
+    record = export_onnx(guard, views)
     print(json.dumps(record))
     if not record["passed"]:
         print("error: the ONNX extractor disagrees with PyTorch; the guard keeps PyTorch",
               file=sys.stderr)
         return 1
     print(f"wrote {guard.folder / record['file']}")
-    int8 = guard.export_int8(views)
+    int8 = export_int8(guard, views)
     print(json.dumps(int8))
     (guard.folder / EXPORT_RECORD).write_text(
         json.dumps({"float32": record, "int8": int8}, indent=2) + "\n", encoding="utf-8")

@@ -37,7 +37,7 @@ smoke: install
 	bash training/smoke_pipeline.sh
 
 bench: install
-	$(PY) -m lungct.lab.bench
+	$(PY) -m lungct lab bench
 
 # A local Orthanc PACS (Debian: apt-get install orthanc orthanc-dicomweb) on
 # 127.0.0.1 with DICOMweb and a demo study; its config and storage go to .pacs/

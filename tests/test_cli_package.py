@@ -66,6 +66,20 @@ def test_no_module_keeps_a_private_entry_point():
     assert mains == ["__main__.py"]
 
 
+def test_scripts_and_docs_call_the_one_command():
+    """What users and CI run (Makefile, CI, training scripts, dvc.yaml, README, cards) calls
+    ``python -m lungct ...``: a ``python -m lungct.<module>`` left over names a program
+    that no longer exists, and fails only when that script runs."""
+    import re
+
+    files = [REPO_ROOT / n for n in ("Makefile", "dvc.yaml", "README.md", ".ci/run")]
+    files += sorted((REPO_ROOT / "training").glob("*.sh"))
+    files += sorted((REPO_ROOT / "models").glob("*/README.md"))
+    stale = [f"{f.relative_to(REPO_ROOT)}: {m}" for f in files if f.is_file()
+             for m in re.findall(r"-m lungct\.[\w.]+", f.read_text(encoding="utf-8"))]
+    assert not stale, stale
+
+
 @pytest.mark.parametrize("argv", NEW_COMMANDS, ids=" ".join)
 def test_help_of_the_new_commands(argv, capsys):
     assert _exit_code(lambda: main([*argv, "--help"])) == 0

@@ -20,6 +20,6 @@ $PY -m lungct lab evaluate --model "$OUT/models/student_kd" "${COMMON[@]}"
 $PY -m lungct lab export --model "$OUT/models/student_kd" --limit 8 "${COMMON[@]}"
 cp -r models/ood_guard "$OUT/models/"   # the committed input guard
 $PY -m lungct predict --json --model "$OUT/models/student_kd" samples/
-$PY -m lungct.lab.bench --repeats 3 --cli-images 16 --out "$OUT/reports/bench.json" --models student_kd
+$PY -m lungct lab bench --repeats 3 --cli-images 16 --out "$OUT/reports/bench.json" --models student_kd
 .venv/bin/dvc dag > /dev/null   # dvc.yaml still parses
 echo "smoke pipeline OK"

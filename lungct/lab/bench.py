@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from lungct.pipeline.batch import PROCESS_BATCH
+from lungct.pipeline.findings import findings_setting
 from lungct.config import config_from_args, load_config, resolve
 from lungct.inference import Classifier
 from lungct.models.stats import count_flops
@@ -148,7 +149,7 @@ def cli_folder_throughput(name: str, cfg: dict, backend: str, batch: int, n_imag
     """
     from lungct.pipeline.batch import expand_inputs, forked_processes, parallel_processes, predict_paths
 
-    findings = "shipped" if (cfg.get("findings") or {}).get("enabled", True) else None
+    findings = findings_setting(cfg)
 
     root = resolve(cfg["data"]["root"])
     paths = expand_inputs([str(root)]) if root.is_dir() else []
@@ -218,16 +219,18 @@ def _on(r: dict) -> str:
 
 def guarded_latency_ms(name: str, data: bytes, cfg: dict, repeats: int = 20) -> dict:
     """One image end to end as users run it: file bytes -> decode -> input guard ->
-    classify (``lungct.pipeline.run_case``, the app's and ``case``'s path), warm, median."""
+    classify -> findings as params ``findings.enabled`` says (``lungct.pipeline.run_case``,
+    the app's and ``case``'s path), warm, median."""
     from lungct.guard import load_guard
     from lungct.pipeline import run_case
 
+    findings = findings_setting(cfg)
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
     guard = load_guard(cfg=cfg)
     times = []
     for i in range(repeats + 3):
         start = time.perf_counter()
-        result = run_case([("slice.jpg", data)], clf, guard).slices[0]
+        result = run_case([("slice.jpg", data)], clf, guard, findings=findings).slices[0]
         if i >= 3:
             times.append((time.perf_counter() - start) * 1000)
     return {"model": name, "backend": clf.backend, "precision": _precision(clf),
@@ -273,6 +276,7 @@ def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
     from lungct.errors import LungctError
 
     clf = Classifier.from_name(name, cfg["app"]["unsure_below"], cfg=cfg)
+    findings = findings_setting(cfg)
     try:
         guard = load_guard(cfg=cfg)
     except LungctError:
@@ -280,7 +284,7 @@ def app_heatmap_ms(name: str, data: bytes, cfg: dict, repeats: int = 5) -> dict:
     times = []
     for i in range(repeats + 1):  # the first run loads the PyTorch model for Grad-CAM
         start = time.perf_counter()
-        result = run_case([("slice.jpg", data)], clf, guard).slices[0]
+        result = run_case([("slice.jpg", data)], clf, guard, findings=findings).slices[0]
         heatmap(clf, result, "Grad-CAM").overlay(result.gray)
         if i:
             times.append((time.perf_counter() - start) * 1000)

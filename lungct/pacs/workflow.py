@@ -135,7 +135,9 @@ def run_on_study(client: PacsClient, study_uid: str, classifier, guard=None,
     (Orthanc only, checked before anything is done) the earlier result series
     of the stored kinds are deleted once the new ones are in.
     """
+    from lungct.config import load_config
     from lungct.pipeline import classify_series
+    from lungct.pipeline.findings import findings_setting
     from lungct.pipeline.series import group_series
 
     unknown = set(store) - set(STORE_KINDS)
@@ -156,7 +158,8 @@ def run_on_study(client: PacsClient, study_uid: str, classifier, guard=None,
                         + (f" ({'; '.join(reasons[:3])})" if reasons else "")
                         + ": nothing stored")
     sources = [f.dataset for f in series.files]   # the pipeline releases them once decoded
-    case = classify_series(classifier, series, guard, window, batch_size, study=study)
+    case = classify_series(classifier, series, guard, window, batch_size, study=study,
+                           findings=findings_setting(cfg or load_config()))
     if case.verdict is None:
         c = case.counts
         raise PacsError(f"no slice could be classified ({c['refused']} refused, "

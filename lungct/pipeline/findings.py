@@ -13,6 +13,12 @@ from lungct.pipeline.segment import segment_slice
 from lungct.pipeline.slices import SliceResult
 
 
+def findings_setting(cfg: dict) -> str | None:
+    """What params.yaml asks of the findings stage: "shipped", or None when
+    ``findings.enabled`` is false (the classification-only path)."""
+    return "shipped" if (cfg.get("findings") or {}).get("enabled", True) else None
+
+
 def findings_scorer(findings="shipped"):
     """The findings stage's scorer: "shipped" (``models/findings``), None or False (off), or
     a ``lungct.findings.Scorer`` as given."""

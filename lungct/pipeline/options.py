@@ -27,9 +27,8 @@ def add_model_options(p) -> None:
 def findings_option(args, cfg: dict):
     """What the findings stage runs with: "shipped" (the scorer in models/findings), or None
     when ``--no-findings`` or params.yaml ``findings.enabled: false`` switch it off."""
-    on = (cfg.get("findings") or {}).get("enabled", True) and not getattr(args, "no_findings",
-                                                                            False)
-    return "shipped" if on else None
+    from lungct.pipeline.findings import findings_setting
+    return None if args.no_findings else findings_setting(cfg)
 
 
 def load_model_and_guard(args, cfg: dict) -> tuple:

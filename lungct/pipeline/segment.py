@@ -33,14 +33,17 @@ def guarded(r: SliceResult, guard: SliceGuard | None) -> bool:
 
 def prepare_inputs(r: SliceResult, classifier: SliceClassifier | None,
                    guard: SliceGuard | None = None) -> None:
-    """Segment the slice and make the guard's and the classifier's inputs from it.
+    """Segment the slice and make the guard's and the classifier's inputs from it. Without
+    a guard, a full-view model needs no segmentation: the findings stage and the heatmaps
+    make it when they run (``segment_slice``), once.
 
     Any failure here is left for the guard and classify stages to redo and report.
     """
     if r.gray is None or r.error is not None:
         return
     try:
-        segment_slice(r)
+        if guarded(r, guard) or (classifier is not None and classifier.view == "lungs"):
+            segment_slice(r)   # else later, if the findings or a heatmap ask for it
         if guarded(r, guard) and r.guard_input is None:
             r.guard_input = guard.prepare(guard_view(r), seg=r.seg)
         if classifier is not None and r.model_input is None:

@@ -33,8 +33,8 @@ import torch
 
 from lungct import slice_label
 from lungct.onnx_runtime import (ONNX_FILE, OnnxModel, OnnxUnavailable, calibrated_softmax,
-                                 input_array, load_onnx, runtime_settings)
-from lungct.preprocess import decode_image
+                                 load_onnx, runtime_settings)
+from lungct.preprocess import decode_image, model_input
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Classifier:
     def prepare(self, gray: np.ndarray, seg=None) -> np.ndarray:
         """(3, size, size) float32 model input for a [0, 1] grey slice (``seg``: its
         ``lungct.lungs.Segmentation`` when already made, for a lung-view model)."""
-        return input_array(gray, self.size, self.mean, self.std, self.view, seg)
+        return model_input(gray, self.size, self.mean, self.std, self.view, seg)
 
     def tensor(self, gray: np.ndarray) -> torch.Tensor:
         """(3, size, size) model input for a [0, 1] grey slice, as a torch tensor."""

@@ -27,7 +27,6 @@ from typing import NamedTuple
 import numpy as np
 
 from lungct.errors import LungctError
-from lungct.preprocess import model_view
 
 ONNX_FILE = "model.onnx"
 BUILD_RECORD = "onnx.json"
@@ -150,19 +149,6 @@ def save_onnx(module, size: int, path: str | Path, outputs: list[str], key: str,
 
 
 # ------------------------------------------------------------ numeric helpers
-
-def input_array(gray: np.ndarray, size: int, mean, std, view: str = "full",
-                seg=None) -> np.ndarray:
-    """Model input for a [0, 1] grey slice: (3, size, size) float32, NCHW without N.
-
-    The numpy twin of ``lungct.preprocess.to_tensor``: square bilinear resize,
-    grey replicated to 3 channels, ``(v - mean) / std`` per channel, float32.
-    """
-    small = model_view(gray, size, view, seg)
-    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    return np.ascontiguousarray((small[None, :, :] - m) / s, dtype=np.float32)
-
 
 def calibrated_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """softmax(logits / T) row-wise, float32 (computed in float64)."""

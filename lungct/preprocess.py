@@ -593,16 +593,24 @@ def view_mask(seg, size: int, view: str = "full", which: str = "lungs") -> np.nd
     raise ValueError(f"unknown model view {view!r}: use one of {VIEWS}")
 
 
+def model_input(gray: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                view: str = "full", seg=None) -> np.ndarray:
+    """The one model input: the view (``model_view``: square bilinear resize, or the lung
+    crop given the slice's segmentation ``seg``), grey replicated to 3 channels,
+    ``(v - mean) / std`` per channel; (3, size, size) float32, C-contiguous.
+
+    Three identical channels let ImageNet-pretrained backbones be reused as is. ONNX
+    Runtime, PyTorch (``to_tensor``), the guard's extractor and training all use it.
+    """
+    small = model_view(gray, size, view, seg)
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((small[None, :, :] - m) / s, dtype=np.float32)
+
+
 def to_tensor(gray: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
               view: str = "full") -> "torch.Tensor":
-    """Model input: resize, replicate gray to 3 channels, normalise; (3, size, size) float32.
-
-    Three identical channels let ImageNet-pretrained backbones be reused as is.
-    """
+    """``model_input`` as a torch tensor."""
     import torch
 
-    small = model_view(gray, size, view)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    x = torch.from_numpy(small).unsqueeze(0).expand(3, -1, -1)
-    return ((x - mean_t) / std_t).contiguous()
+    return torch.from_numpy(model_input(gray, size, mean, std, view))

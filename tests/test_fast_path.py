@@ -210,3 +210,72 @@ def test_a_foreign_extractor_file_falls_back_to_pytorch(tmp_path):
     shutil.copytree(guard_dir(), folder, ignore=shutil.ignore_patterns("extractor*"))
     (folder / EXTRACTOR_FILE).write_bytes(b"not an onnx model")
     assert InputGuard.load(folder).backend == "torch"
+
+
+def test_the_guard_builds_its_onnx_extractor_once_on_first_use(tmp_path, monkeypatch):
+    """After a plain ``pip install -e .`` there is no ``make onnx``: the first command or
+    app session builds the extractor (one line says so), later ones do not; nothing is
+    built when PyTorch is forced, and a failed build leaves the guard on PyTorch."""
+    folder = tmp_path / "guard"
+    shutil.copytree(guard_dir(), folder, ignore=shutil.ignore_patterns("extractor*"))
+    guard, built, lines = InputGuard.load(folder), [], []
+
+    def build(g):
+        built.append(g.folder)
+        (g.folder / EXTRACTOR_FILE).write_bytes(b"built")
+        return {"passed": True}, None
+
+    monkeypatch.delenv("LUNGCT_BACKEND", raising=False)
+    monkeypatch.setattr(guard_fit, "build_exports", build)
+    assert guard_fit.ensure_exports(guard, lines.append) and built == [folder]
+    assert "make onnx" in lines[0]
+    assert not guard_fit.ensure_exports(guard, lines.append) and len(built) == 1
+    (folder / EXTRACTOR_FILE).unlink()
+    monkeypatch.setenv("LUNGCT_BACKEND", "torch")
+    assert not guard_fit.ensure_exports(guard, lines.append) and len(built) == 1
+    monkeypatch.delenv("LUNGCT_BACKEND")
+
+    def broken(g):
+        raise PermissionError("read-only models folder")
+
+    monkeypatch.setattr(guard_fit, "build_exports", broken)
+    assert not guard_fit.ensure_exports(guard, lines.append)
+    assert "runs on PyTorch" in lines[-1] and "PermissionError" in lines[-1]
+    assert not guard_fit.ensure_exports(None, lines.append)
+
+
+def test_a_shipped_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
+    """The same for the classifier: the default model without ``model.onnx`` is exported on
+    first use, once; another model, a folder given by path, a forced PyTorch backend or a
+    folder without weights is left alone."""
+    from lungct.config import load_config
+    from lungct.training import onnx_export
+
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    (models / "m" / "model.safetensors").write_bytes(b"weights")
+    (models / "m" / "card.json").write_text("{}")
+    elsewhere = tmp_path / "mine"
+    shutil.copytree(models / "m", elsewhere)
+    monkeypatch.setenv("LUNGCT_MODELS", str(models))
+    monkeypatch.delenv("LUNGCT_BACKEND", raising=False)
+    exported, lines = [], []
+
+    def export(folder, cfg):
+        exported.append(folder.name)
+        (folder / "model.onnx").write_bytes(b"onnx")
+        return {"parity": {"passed": True}}
+
+    monkeypatch.setattr(onnx_export, "export_model", export)
+    cfg = load_config(overrides=["app.default_model=m"])
+    shutil.copytree(models / "m", models / "other")
+    assert not onnx_export.ensure_model_export("other", cfg, log=lines.append)
+    assert onnx_export.ensure_model_export("m", cfg, log=lines.append) and exported == ["m"]
+    assert "make onnx" in lines[0]
+    assert not onnx_export.ensure_model_export("m", cfg, log=lines.append)     # built
+    assert not onnx_export.ensure_model_export(str(elsewhere), cfg, log=lines.append)
+    (models / "m" / "model.onnx").unlink()
+    assert not onnx_export.ensure_model_export("m", cfg, backend="torch", log=lines.append)
+    (models / "m" / "model.safetensors").unlink()
+    assert not onnx_export.ensure_model_export("m", cfg, log=lines.append)
+    assert exported == ["m"]

@@ -23,12 +23,17 @@ RESULT_ENTRIES = 16   # one entry is a whole upload (its decoded slices included
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
 def classifier(key: str, folder: str, unsure_below: float):
-    """A ``Classifier`` for the model in ``folder`` (``key`` changes when weights change).
+    """A ``Classifier`` for the model in ``folder`` (``key`` changes when weights change);
+    the default model is exported to ONNX on first use when missing, as ``make onnx`` does.
 
     ONNX Runtime classifies when ``model.onnx`` is there (``runtime.backend``);
     the PyTorch weights load on the first heatmap.
     """
+    from lungct.config import load_config
     from lungct.inference import Classifier
+    from lungct.training.onnx_export import ensure_model_export
+
+    ensure_model_export(folder, load_config())   # the default, on first use after pip install
     return Classifier.from_name(folder, unsure_below)
 
 
@@ -48,14 +53,18 @@ def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
     return comparison.per_class_table(_entry, catalog.test_predictions(folder))
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
+@st.cache_resource(show_spinner="Loading the input check...", max_entries=2)
 def guard(key: str, folder: str):
-    """The out-of-distribution guard (``lungct.guard.InputGuard``), or None when not fitted."""
+    """The input guard (``lungct.guard.InputGuard``), or None when not fitted; its ONNX
+    extractor is built on first use when missing (``guard_fit.ensure_exports``)."""
     from lungct.guard import GuardLoadError, load_guard
+    from lungct.training.guard_fit import ensure_exports
     try:
-        return load_guard(folder)
+        loaded = load_guard(folder)
     except GuardLoadError:
         return None
+    ensure_exports(loaded)
+    return loaded
 
 
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES, show_spinner="Classifying...")

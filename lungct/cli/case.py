@@ -18,6 +18,8 @@ import sys
 
 from lungct.config import config_from_args
 from lungct.pipeline.options import add_model_options, findings_option, load_model_and_guard
+from lungct.training.guard_fit import ensure_exports
+from lungct.training.onnx_export import ensure_model_export
 
 
 def cmd_case(args) -> int:
@@ -44,7 +46,10 @@ def cmd_case(args) -> int:
                               "error": message}))
         print(f"error: {message}", file=sys.stderr)
         return 1
+    # first use after a plain pip install: the ONNX builds that make onnx makes ahead
+    ensure_model_export(args.model or cfg["app"]["default_model"], cfg, args.backend)
     clf, guard = load_model_and_guard(args, cfg)
+    ensure_exports(guard)   # the guard's ONNX build on first use (what make onnx does)
     window = args.window or cfg["preprocess"]["dicom_window"]
     case = classify_series(clf, series, guard, window, args.batch_size,
                            int(cfg["preprocess"].get("max_pixels", 40_000_000)), study,

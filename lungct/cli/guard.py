@@ -17,11 +17,6 @@ from pathlib import Path
 from lungct.config import config_from_args, config_options
 from lungct.guard.model import CARD_FILE, WEIGHTS_FILE, InputGuard
 
-EXPORT_RECORD = "extractor.json"
-"""What ``guard export`` built and checked on this machine (a build output; ``make onnx``
-runs the export once, when it is missing)."""
-
-
 def add_arguments(parser) -> None:
     common = config_options()
     sub = parser.add_subparsers(dest="guard_command", required=True)
@@ -106,22 +101,17 @@ def cmd_check(args) -> int:
 def cmd_export(args) -> int:
     """Parity on the shipped samples and three random other renderings of each
     (``parity_views``): float32 against PyTorch, int8 against the fit machine's build."""
-    from lungct.guard.model import parity_views
-    from lungct.training.guard_fit import export_int8, export_onnx
+    from lungct.training.guard_fit import build_exports
 
     guard = InputGuard.load(args.guard, config_from_args(args))
-    views = parity_views(guard.size)
-    record = export_onnx(guard, views)
+    record, int8 = build_exports(guard)
     print(json.dumps(record))
     if not record["passed"]:
         print("error: the ONNX extractor disagrees with PyTorch; the guard keeps PyTorch",
               file=sys.stderr)
         return 1
     print(f"wrote {guard.folder / record['file']}")
-    int8 = export_int8(guard, views)
     print(json.dumps(int8))
-    (guard.folder / EXPORT_RECORD).write_text(
-        json.dumps({"float32": record, "int8": int8}, indent=2) + "\n", encoding="utf-8")
     if int8["passed"]:
         print(f"wrote {guard.folder / int8['file']}")
     else:

@@ -18,6 +18,8 @@ from lungct import CLASSES
 from lungct.pipeline.batch import error_reason, expand_inputs, parallel_processes, predict_paths
 from lungct.config import config_from_args
 from lungct.pipeline.options import add_model_options, findings_option, load_model_and_guard
+from lungct.training.guard_fit import ensure_exports
+from lungct.training.onnx_export import ensure_model_export
 
 CSV_COLUMNS = ("file", "label", *(f"p_{c}" for c in CLASSES), "unsure", "model", "backend",
                "ood_score", "error", "caution")
@@ -72,7 +74,10 @@ def cmd_predict(args) -> int:
     if processes > 1:   # one thread per process: see lungct.pipeline.batch.predict_paths
         args.threads = 1
         cfg["runtime"]["threads"] = 1
+    # first use after a plain pip install: the ONNX builds that make onnx makes ahead
+    ensure_model_export(args.model or cfg["app"]["default_model"], cfg, args.backend)
     clf, guard = load_model_and_guard(args, cfg)
+    ensure_exports(guard)   # the guard's ONNX build on first use (what make onnx does)
     window = args.window or cfg["preprocess"]["dicom_window"]
     if not paths:
         print("note: no image files found in the given folders", file=sys.stderr)

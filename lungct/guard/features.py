@@ -129,12 +129,12 @@ class OnnxFeatureExtractor:
         self.precision = "int8" if self.int8 is not None else "float32"
 
     def __call__(self, grays: Iterable[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
-        from lungct.onnx_runtime import input_array
+        from lungct.preprocess import model_input
 
         grays = list(grays)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.layers}
         for i in range(0, len(grays), batch_size):
-            x = np.stack([input_array(as_gray(g), self.size, self.mean, self.std)
+            x = np.stack([model_input(as_gray(g), self.size, self.mean, self.std)
                           for g in grays[i:i + batch_size]])
             for k, f in zip(self.layers, self.session.run(None, {self.input_name: x})):
                 parts[k].append(f)

@@ -31,6 +31,7 @@ import numpy as np
 
 from lungct import CLASSES
 from lungct.pipeline import CASE_RULE, case_label
+from lungct.training.evaluate import fit_temperature
 from lungct.training.metrics import expected_calibration_error, roc_auc_ovr
 from lungct.onnx_runtime import calibrated_softmax
 
@@ -99,17 +100,6 @@ def fold_manifest(rows: Sequence[dict], folds: dict[str, int], fold: int, k: int
 
 softmax = calibrated_softmax
 """softmax(logits / T), the runtime's own definition of a calibrated probability."""
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the NLL of softmax(logits / T): ``lungct.training.evaluate``'s fit
-    on numpy arrays."""
-    import torch
-
-    from lungct.training.evaluate import fit_temperature as fit
-
-    return fit(torch.as_tensor(np.asarray(logits), dtype=torch.float32),
-               torch.as_tensor(np.asarray(y), dtype=torch.long))
 
 
 def cross_fitted_probabilities(logits: np.ndarray, y: np.ndarray,

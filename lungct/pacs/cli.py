@@ -63,10 +63,15 @@ def cmd_pacs(args) -> int:
 def _run(args, cfg, client) -> int:
     from lungct.pipeline.report import format_case
     from lungct.pipeline.options import load_model_and_guard
+    from lungct.training.guard_fit import ensure_exports
+    from lungct.training.onnx_export import ensure_model_export
     from lungct.pacs.client import PacsError
     from lungct.pacs.workflow import run_on_study
 
+    # first use after a plain pip install: the ONNX builds that make onnx makes ahead
+    ensure_model_export(args.model or cfg["app"]["default_model"], cfg, args.backend)
     clf, guard = load_model_and_guard(args, cfg)
+    ensure_exports(guard)   # the guard's ONNX build on first use (what make onnx does)
     store = () if args.no_store else tuple(args.store)
     try:
         run = run_on_study(client, args.study, clf, guard, args.series, store,

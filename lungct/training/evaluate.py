@@ -25,6 +25,7 @@ from lungct.training.metrics import (classification_report, expected_calibration
 from lungct.models.stats import model_stats
 from lungct.models import load_model
 from lungct.models.checkpoint import resolve_model_dir, write_card
+from lungct.onnx_runtime import calibrated_softmax
 from lungct.preprocess import load_image, to_tensor
 
 
@@ -42,8 +43,11 @@ def collect_logits(model, root: Path, rows: list[dict], batch_size: int = 32):
     return torch.cat(logits), torch.tensor(labels)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T minimising validation NLL of softmax(logits / T)."""
+def fit_temperature(logits, labels) -> float:
+    """The temperature T minimising validation NLL of softmax(logits / T); tensors or arrays
+    (the one fit: evaluation, cross-validation and the probes use it)."""
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
@@ -76,8 +80,8 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
     temperature = fit_temperature(val_logits, val_y)
     test_rows = select(rows, protocol, part)
     logits, y = collect_logits(model, root, test_rows)
-    raw = torch.softmax(logits, 1).numpy()
-    calibrated = torch.softmax(logits / temperature, 1).numpy()
+    raw = calibrated_softmax(logits.numpy(), 1.0)
+    calibrated = calibrated_softmax(logits.numpy(), temperature)
     report = classification_report(y.numpy(), calibrated, n_boot=n_boot)
     card["calibration"] = {
         "method": "temperature scaling fitted on the validation split",
@@ -85,7 +89,7 @@ def evaluate(name_or_path: str | Path, cfg: dict, protocol: str | None = None,
         "ece_before": expected_calibration_error(y.numpy(), raw),
         "ece_after": report["ece"]}
     card[f"{part}_metrics"] = report
-    val_calibrated = torch.softmax(val_logits / temperature, 1).numpy()
+    val_calibrated = calibrated_softmax(val_logits.numpy(), temperature)
     card["operating_point"] = sensitivity_operating_point(
         val_y.numpy(), val_calibrated, y.numpy(), calibrated, n_boot=n_boot)
     card["evaluated_on"] = {"protocol": protocol, "part": part, "n": len(test_rows)}

@@ -20,7 +20,7 @@ from skimage.morphology import convex_hull_image
 from lungct import lungs
 from lungct.guard import InputGuard, guard_dir
 from lungct.guard.features import EXTRACTOR_FILE, OnnxFeatureExtractor
-from lungct.training import guard_fit
+from lungct.training import first_use, guard_fit
 from test_lungs import chest_hu
 from lungct.preprocess import hu_window
 from lungct.preprocess import decode_image
@@ -227,21 +227,21 @@ def test_the_guard_builds_its_onnx_extractor_once_on_first_use(tmp_path, monkeyp
 
     monkeypatch.delenv("LUNGCT_BACKEND", raising=False)
     monkeypatch.setattr(guard_fit, "build_exports", build)
-    assert guard_fit.ensure_exports(guard, lines.append) and built == [folder]
+    assert first_use.ensure_exports(guard, lines.append) and built == [folder]
     assert "make onnx" in lines[0]
-    assert not guard_fit.ensure_exports(guard, lines.append) and len(built) == 1
+    assert not first_use.ensure_exports(guard, lines.append) and len(built) == 1
     (folder / EXTRACTOR_FILE).unlink()
     monkeypatch.setenv("LUNGCT_BACKEND", "torch")
-    assert not guard_fit.ensure_exports(guard, lines.append) and len(built) == 1
+    assert not first_use.ensure_exports(guard, lines.append) and len(built) == 1
     monkeypatch.delenv("LUNGCT_BACKEND")
 
     def broken(g):
         raise PermissionError("read-only models folder")
 
     monkeypatch.setattr(guard_fit, "build_exports", broken)
-    assert not guard_fit.ensure_exports(guard, lines.append)
+    assert not first_use.ensure_exports(guard, lines.append)
     assert "runs on PyTorch" in lines[-1] and "PermissionError" in lines[-1]
-    assert not guard_fit.ensure_exports(None, lines.append)
+    assert not first_use.ensure_exports(None, lines.append)
 
 
 def test_a_shipped_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
@@ -269,13 +269,13 @@ def test_a_shipped_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "export_model", export)
     cfg = load_config(overrides=["app.default_model=m"])
     shutil.copytree(models / "m", models / "other")
-    assert not onnx_export.ensure_model_export("other", cfg, log=lines.append)
-    assert onnx_export.ensure_model_export("m", cfg, log=lines.append) and exported == ["m"]
+    assert not first_use.ensure_model_export("other", cfg, log=lines.append)
+    assert first_use.ensure_model_export("m", cfg, log=lines.append) and exported == ["m"]
     assert "make onnx" in lines[0]
-    assert not onnx_export.ensure_model_export("m", cfg, log=lines.append)     # built
-    assert not onnx_export.ensure_model_export(str(elsewhere), cfg, log=lines.append)
+    assert not first_use.ensure_model_export("m", cfg, log=lines.append)     # built
+    assert not first_use.ensure_model_export(str(elsewhere), cfg, log=lines.append)
     (models / "m" / "model.onnx").unlink()
-    assert not onnx_export.ensure_model_export("m", cfg, backend="torch", log=lines.append)
+    assert not first_use.ensure_model_export("m", cfg, backend="torch", log=lines.append)
     (models / "m" / "model.safetensors").unlink()
-    assert not onnx_export.ensure_model_export("m", cfg, log=lines.append)
+    assert not first_use.ensure_model_export("m", cfg, log=lines.append)
     assert exported == ["m"]

@@ -31,7 +31,7 @@ def classifier(key: str, folder: str, unsure_below: float):
     """
     from lungct.config import load_config
     from lungct.inference import Classifier
-    from lungct.training.onnx_export import ensure_model_export
+    from lungct.training.first_use import ensure_model_export
 
     ensure_model_export(folder, load_config())   # the default, on first use after pip install
     return Classifier.from_name(folder, unsure_below)
@@ -58,7 +58,7 @@ def guard(key: str, folder: str):
     """The input guard (``lungct.guard.InputGuard``), or None when not fitted; its ONNX
     extractor is built on first use when missing (``guard_fit.ensure_exports``)."""
     from lungct.guard import GuardLoadError, load_guard
-    from lungct.training.guard_fit import ensure_exports
+    from lungct.training.first_use import ensure_exports
     try:
         loaded = load_guard(folder)
     except GuardLoadError:

@@ -18,8 +18,7 @@ import sys
 
 from lungct.config import config_from_args
 from lungct.pipeline.options import add_model_options, findings_option, load_model_and_guard
-from lungct.training.guard_fit import ensure_exports
-from lungct.training.onnx_export import ensure_model_export
+from lungct.training.first_use import ensure_exports, ensure_model_export
 
 
 def cmd_case(args) -> int:

@@ -63,8 +63,7 @@ def cmd_pacs(args) -> int:
 def _run(args, cfg, client) -> int:
     from lungct.pipeline.report import format_case
     from lungct.pipeline.options import load_model_and_guard
-    from lungct.training.guard_fit import ensure_exports
-    from lungct.training.onnx_export import ensure_model_export
+    from lungct.training.first_use import ensure_exports, ensure_model_export
     from lungct.pacs.client import PacsError
     from lungct.pacs.workflow import run_on_study
 

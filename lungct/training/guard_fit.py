@@ -431,37 +431,3 @@ def build_exports(guard: InputGuard) -> tuple[dict, dict | None]:
     (guard.folder / EXPORT_RECORD).write_text(
         json.dumps({"float32": record, "int8": int8}, indent=2) + "\n", encoding="utf-8")
     return record, int8
-
-
-def ensure_exports(guard: InputGuard | None, log: Callable[[str], None] | None = None) -> bool:
-    """Build the guard's ONNX Runtime extractor (and its int8 twin) on first use, when it
-    is missing: what ``make onnx`` does ahead. Without it the guard runs on PyTorch,
-    about 2.5x slower (a plain ``pip install -e .`` has no build step). Returns whether
-    it built; a failure leaves the guard on PyTorch with one line saying why.
-
-    Nothing is built when the runtime backend is forced to PyTorch, onnxruntime is
-    missing, or the guard has no folder.
-    """
-    import sys
-
-    from lungct.onnx_runtime import OnnxUnavailable, import_onnxruntime, runtime_settings
-
-    log = log or (lambda text: print(text, file=sys.stderr))
-    if not isinstance(guard, InputGuard) or guard.folder is None \
-            or (guard.folder / EXTRACTOR_FILE).exists():
-        return False
-    if runtime_settings().backend == "torch":
-        return False
-    try:
-        import_onnxruntime()
-    except OnnxUnavailable:
-        return False
-    log("building the input guard's ONNX extractor once (first use; `make onnx` does it "
-        "ahead)...")
-    try:
-        record, _ = build_exports(guard)
-    except Exception as err:   # a read-only folder, a missing exporter: PyTorch still works
-        log(f"note: the guard's ONNX extractor could not be built ({type(err).__name__}); "
-            "the guard runs on PyTorch")
-        return False
-    return bool(record["passed"])

@@ -190,51 +190,6 @@ def export_model(name_or_path: str | Path, cfg: dict, limit: int | None = None,
     return section
 
 
-def ensure_model_export(name_or_path, cfg: dict, backend: str | None = None,
-                        log=None) -> bool:
-    """Export a model to ONNX (with its int8 twin where its ranges are tracked) on first
-    use, when ``model.onnx`` is missing: what ``make onnx`` does ahead. A plain
-    ``pip install -e .`` has no build step, and the model would otherwise run on PyTorch,
-    several times slower. Returns whether it exported; a failure leaves PyTorch serving,
-    with one line saying why.
-
-    Only the default model of the models folder (``app.default_model``), as ``make onnx``:
-    others, and folders given by path, are exported by ``lungct lab export --model``
-    (exporting every model on a first visit of the comparison page would take minutes).
-    Nothing is exported when
-    PyTorch is asked for (``backend`` or ``runtime.backend``), onnxruntime is missing, or
-    the folder has no weights (a name that does not resolve is left for the loader).
-    """
-    from lungct.config import models_dir
-    from lungct.models.checkpoint import WEIGHTS_FILE, resolve_model_dir
-    from lungct.onnx_runtime import OnnxUnavailable, import_onnxruntime, runtime_settings
-
-    log = log or (lambda text: print(text, file=sys.stderr))
-    try:
-        folder = resolve_model_dir(name_or_path)
-    except Exception:
-        return False
-    if (folder / ONNX_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
-        return False
-    if (folder.resolve().parent != models_dir(cfg).resolve()
-            or folder.name != cfg["app"]["default_model"]):
-        return False
-    if (backend or runtime_settings(cfg).backend) == "torch":
-        return False
-    try:
-        import_onnxruntime()
-    except OnnxUnavailable:
-        return False
-    log(f"exporting {folder.name} to ONNX once (first use; `make onnx` does it ahead)...")
-    try:
-        section = export_model(folder, cfg)
-    except Exception as err:   # a read-only folder, an operator ONNX cannot express
-        log(f"note: {folder.name} could not be exported ({type(err).__name__}); it runs on "
-            "PyTorch")
-        return False
-    return bool(section["parity"]["passed"])
-
-
 def format_section(name: str, section: dict) -> str:
     p = section["parity"]
     verdict = "OK" if p["passed"] else "FAILED"

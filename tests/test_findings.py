@@ -205,3 +205,36 @@ def test_most_suspicious_first_weighs_p_malignant_by_the_findings_score():
     # without the findings stage the order is P(malignant)'s
     a.finding_score = b.finding_score = None
     assert [r.position for r in most_suspicious_first([a, b])] == [1, 2]
+
+
+def test_the_sr_carries_each_finding_as_a_measurement_group_on_its_slice():
+    """TID 1500 in the SR: one planar ROI group per finding, its closed outline on the very
+    instance it was found on, and its longest diameter in mm (what a viewer draws)."""
+    from pydicom.sr.coding import Code
+
+    from lungct.pacs.results import build_sr
+    from lungct.pipeline.series import read_slice
+
+    datas = [phantom_dicom(phantom_hu(), z=z) for z in (0.0, 5.0)]
+    sources = [read_slice(f"s{i}.dcm", d).dataset for i, d in enumerate(datas)]
+    for i, ds in enumerate(sources):
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.10{i}"
+    d = run_case([(f"s{i}.dcm", b) for i, b in enumerate(datas)], FixedClassifier()).as_dict()
+    sr = build_sr(d, None, sources)
+    [container] = [i for i in sr.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    groups = container.ContentSequence
+    found = [(s["index"], f) for s in d["slices"] for f in s["findings"]]
+    assert len(groups) == len(found) >= 2
+    for group, (index, f) in zip(groups, found):
+        items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in group.ContentSequence}
+        diameter = items[Code("81827009", "SCT", "Diameter").value]
+        value = diameter.MeasuredValueSequence[0]
+        assert float(value.NumericValue) == pytest.approx(f["diameter_mm"], abs=0.05)
+        assert value.MeasurementUnitsCodeSequence[0].CodeValue == "mm"
+        region = items["111030"]   # Image Region
+        assert region.GraphicType == "POLYLINE"
+        xy = np.asarray(region.GraphicData, float).reshape(-1, 2)
+        assert np.allclose(xy[0], xy[-1]) and len(xy) == len(f["outline"]) + 1
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == sources[index - 1].SOPInstanceUID

@@ -4,7 +4,9 @@ Both are built with highdicom (the SR with ``highdicom.sr.ComprehensiveSR``,
 the PDF on ``highdicom.base.SOPClass``) from ``lungct.pipeline.report``'s sections,
 so they say the same as the PDF report: verdict and rule, counts, findings by
 slice position, series facts, model name, version and card summary, and the
-intended-use statement. Each goes into the study as a new series.
+intended-use statement. The SR also carries each finding as a TID 1500 measurement
+group (its outline on the slice and its longest diameter). Each goes into the study
+as a new series.
 
 What they carry about the patient: their DICOM header repeats the source
 study's patient and study module (PatientID, name...), because that is how a
@@ -18,6 +20,8 @@ import datetime as dt
 import logging
 import warnings
 from contextlib import contextmanager
+
+import numpy as np
 
 from lungct import __version__
 from lungct.pipeline.report import (CAUTION_HEADING, FINDINGS_HEADING, TITLE, case_pdf,
@@ -68,33 +72,45 @@ def _heading_code(heading: str):
         heading, _code("121071", "DCM", "Finding"))
 
 
-def _diameters(case: dict) -> list:
-    """Each finding's longest diameter as a measurement (NUM, SNOMED "Diameter", UCUM mm),
-    with its slice position and centre as a text modifier: machine-readable sizes
-    beside the report's words."""
-    from highdicom.sr import NumContentItem, TextContentItem
+def _measurements(case: dict, sources: list) -> list:
+    """The findings as TID 1500 "Imaging Measurements": one TID 1410 planar ROI measurement
+    group per finding with a size (highdicom), its outline as a closed POLYLINE on the
+    classified instance (``sources`` are in the case's slice order), a tracking
+    identifier, and its longest diameter (SNOMED "Diameter", UCUM mm). A viewer can draw
+    and list them; the report's words stay beside them."""
+    from highdicom.sr import (ContainerContentItem, ContentSequence, ImageRegion, Measurement,
+                              PlanarROIMeasurementsAndQualitativeEvaluations,
+                              SourceImageForRegion, TrackingIdentifier)
     from pydicom.sr.coding import Code
+    from pydicom.uid import generate_uid
 
-    out = []
+    groups = []
     for s in case["slices"]:
-        for rank, f in enumerate(s.get("findings") or [], start=1):
-            if f.get("diameter_mm") is None:
+        index = s["index"]
+        if not s.get("findings") or not 1 <= index <= len(sources):
+            continue
+        image = sources[index - 1]
+        for rank, f in enumerate(s["findings"], start=1):
+            if f.get("diameter_mm") is None or len(f.get("outline") or []) < 3:
                 continue
-            item = NumContentItem(name=_code("81827009", "SCT", "Diameter"),
-                                  value=float(f["diameter_mm"]),
-                                  unit=Code("mm", "UCUM", "millimeter"),
-                                  relationship_type="CONTAINS")
-            x, y = f["centroid"]
-            where = TextContentItem(name=_code("121071", "DCM", "Finding"),
-                                    value=f"finding {rank} on slice {s['index']}"
-                                          + (f" (z = {s['location_mm']:.1f} mm)"
-                                             if s.get("location_mm") is not None else "")
-                                          + f", centre at pixel ({x:.0f}, {y:.0f}), score "
-                                            f"{f['score']:.2f}",
-                                    relationship_type="HAS PROPERTIES")
-            item.ContentSequence = [where]
-            out.append(item)
-    return out
+            points = np.asarray(f["outline"] + [f["outline"][0]], dtype=np.float32)
+            region = ImageRegion(graphic_type="POLYLINE", graphic_data=points,
+                                 source_image=SourceImageForRegion(image.SOPClassUID,
+                                                                   image.SOPInstanceUID))
+            diameter = Measurement(name=_code("81827009", "SCT", "Diameter"),
+                                   value=float(f["diameter_mm"]),
+                                   unit=Code("mm", "UCUM", "millimeter"))
+            groups.extend(PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"finding {rank} on slice {index}"),
+                referenced_region=region, measurements=[diameter],
+                finding_type=_code("108369006", "SCT", "Neoplasm")))
+    if not groups:
+        return []
+    container = ContainerContentItem(name=_code("126010", "DCM", "Imaging Measurements"),
+                                     relationship_type="CONTAINS")
+    container.ContentSequence = ContentSequence(groups)
+    return [container]
 
 
 def build_sr(case: dict, card: dict | None, sources: list, generated: dt.datetime | None = None):
@@ -113,7 +129,7 @@ def build_sr(case: dict, card: dict | None, sources: list, generated: dt.datetim
                 else f"{heading}: {line}"
             items.append(TextContentItem(name=code, value=text[:1024],
                                          relationship_type="CONTAINS"))
-    items += _diameters(case)
+    items += _measurements(case, sources)
     items.append(TextContentItem(name=_code("111003", "DCM", "Algorithm Version"),
                                  value=case["model"]["version"][:1024],
                                  relationship_type="CONTAINS"))

@@ -36,6 +36,29 @@ def test_study_page_browses_a_series(at):
     assert not at.exception and "slice 3 of 8" in texts(at)
 
 
+def test_study_page_switches_series_and_back_to_the_default_for_a_new_upload(at):
+    """Two series in one upload: the longer is shown first; choosing the other classifies
+    it (read once more, for that series); a new upload starts at its own default."""
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    long = ct_series(6, size=96, study_uid=study, series_uid=generate_uid())
+    short = ct_series(3, size=96, study_uid=study, series_uid=generate_uid(), z0=-100.0)
+    at.session_state["study_files"] = [(f"a{i}.dcm", d) for i, d in enumerate(long)] + \
+        [(f"b{i}.dcm", d) for i, d in enumerate(short)]
+    open_page(at, "study")
+    series = next(s for s in at.selectbox if s.label == "Series")
+    assert len(series.options) == 2 and sum(int(m.value) for m in at.metric) == 6
+    other = 1 - series.index
+    series.set_value(other).run()
+    assert not at.exception, at.exception
+    assert sum(int(m.value) for m in at.metric) == 3
+    assert next(s for s in at.selectbox if s.label == "Series").index == other
+    at.session_state["study_files"] = [(f"c{i}.dcm", d) for i, d in enumerate(ct_series(5, size=96))]
+    at.run()
+    assert not at.exception and sum(int(m.value) for m in at.metric) == 5
+
+
 def test_study_page_reads_like_a_clinical_tool(at, models_dir):
     """A .zip upload: presets window its members, probabilities read as percentages,
     no None cell, no research-protocol model in the selector."""

@@ -74,8 +74,8 @@ class Finding:
     """x0, y0, x1, y1 (end-inclusive)."""
     centroid: tuple[float, float]
     """x, y: the candidate's centre of mass."""
-    outline: list[tuple[int, int]]
-    """Polygon (x, y) around the candidate."""
+    outline: list[tuple[int, int]] | None
+    """Polygon (x, y) around the finding; None for a candidate not kept (not drawn)."""
     diameter_mm: float | None
     """Longest diameter in mm; None where the pixel spacing is unknown."""
     diameter_px: float
@@ -92,7 +92,7 @@ class Finding:
         out = {"score": round(float(self.score), 4), "box": [int(v) for v in self.box],
                "centroid": [round(float(v), 1) for v in self.centroid],
                "diameter_mm": None if self.diameter_mm is None else round(self.diameter_mm, 1),
-               "outline": [[int(x), int(y)] for x, y in self.outline]}
+               "outline": [[int(x), int(y)] for x, y in _drawn(self).outline or []]}
         if self.slice_position is not None:
             out["slice_position"] = self.slice_position
         if self.location_mm is not None:
@@ -235,7 +235,7 @@ def candidates(gray: np.ndarray, seg, spacing_mm: float | None = None,
         lung_ring = lung_mask[y0:y1, x0:x1][ring]
         vals = d[y0:y1, x0:x1][part]
         f = _geometry(part, y0, x0, (seg.scale, seg.offset, mm, spacing_mm is not None), 0.0,
-                      {}, int(np.max(blobs[y0:y1, x0:x1][part])))
+                      {}, int(np.max(blobs[y0:y1, x0:x1][part])), drawn=False)
         cy = (f.centroid[1] - seg.offset[0]) / seg.scale
         cx = (f.centroid[0] - seg.offset[1]) / seg.scale
         f.features = {
@@ -261,26 +261,39 @@ def _solidity(mask: np.ndarray) -> float:
 
 
 def _geometry(mask: np.ndarray, y0: int, x0: int, grid: tuple, score: float, features: dict,
-              blob: int) -> Finding:
-    """A ``Finding`` for a mask crop at (y0, x0) of the working grid: outline, box, centroid
-    and longest diameter (across the convex hull) in the input's pixels; mm when known."""
+              blob: int, drawn: bool = True) -> Finding:
+    """A ``Finding`` for a mask crop at (y0, x0) of the working grid: box, centroid, longest
+    diameter (across the convex hull) in the input's pixels, mm when known, and (``drawn``)
+    its outline; a candidate's outline waits until it is kept (``_drawn``): most are not."""
     scale, (oy, ox), mm, known = grid
     py, px = np.nonzero(mask)
     hull = cv2.convexHull(np.stack([px, py], 1).astype(np.int32))
     hp = hull.reshape(-1, 2).astype(np.float32)
     diam_px = float(np.sqrt(((hp[:, None] - hp[None]) ** 2).sum(-1)).max()) + 1.0
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    outline = [(int(round((x + x0) * scale + ox)), int(round((y + y0) * scale + oy)))
-               for c in sorted(contours, key=cv2.contourArea)[-1:] for x, y in c.reshape(-1, 2)]
     return Finding(
         score=score, blob=blob, region=(y0, x0, mask), grid=grid, features=dict(features),
         box=(int((px.min() + x0) * scale + ox), int((py.min() + y0) * scale + oy),
              int(np.ceil((px.max() + 1 + x0) * scale + ox)) - 1,
              int(np.ceil((py.max() + 1 + y0) * scale + oy)) - 1),
         centroid=(float((px.mean() + x0) * scale + ox), float((py.mean() + y0) * scale + oy)),
-        outline=outline, diameter_mm=diam_px * mm if known else None,
-        diameter_px=diam_px * scale)
+        outline=_outline(mask, y0, x0, grid) if drawn else None,
+        diameter_mm=diam_px * mm if known else None, diameter_px=diam_px * scale)
+
+
+def _outline(mask: np.ndarray, y0: int, x0: int, grid: tuple) -> list[tuple[int, int]]:
+    """The polygon around the largest part of a mask crop, in the input's pixels."""
+    scale, (oy, ox), _, _ = grid
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    return [(int(round((x + x0) * scale + ox)), int(round((y + y0) * scale + oy)))
+            for c in sorted(contours, key=cv2.contourArea)[-1:] for x, y in c.reshape(-1, 2)]
+
+
+def _drawn(f: Finding) -> Finding:
+    """``f`` with its outline (computed now for a candidate that was kept)."""
+    if f.outline is None and f.region is not None:
+        f.outline = _outline(f.region[2], f.region[0], f.region[1], f.grid)
+    return f
 
 
 # ------------------------------------------------------------------ scorer
@@ -356,7 +369,8 @@ def kept(ranked: list[Finding], scorer: Scorer) -> list[Finding]:
     for c in ranked:
         if c.score >= scorer.threshold:
             by_blob.setdefault(c.blob, []).append(c)
-    out = [group[0] if len(group) == 1 else _joined(group) for group in by_blob.values()]
+    out = [_drawn(group[0]) if len(group) == 1 else _joined(group)
+           for group in by_blob.values()]
     return sorted(out, key=lambda c: -c.score)
 
 

@@ -1,7 +1,12 @@
-"""One slice-to-case pipeline for the app, the CLI, the benchmark and the PACS integration.
+"""The stages run in batches: one slice-to-case pipeline for the app, the CLI, the
+benchmarks and the PACS integration.
 
-    files -> read once (lungct.pipeline.series) -> decode -> input guard -> batched
-    classification -> case verdict under a stated rule; heatmaps on demand.
+    files -> read once (series) -> decode -> segment -> guard -> batched classification
+    (+ caution) -> findings -> case verdict under a stated rule; heatmaps on demand (explain).
+
+Decoding and segmentation run ahead in threads (``prefetch``); the guard and the
+model score a batch at once; one slice alone (an upload) runs its guard beside its
+forward pass (``classify.analyse_one``).
 
 >>> import lungct
 >>> case = lungct.run_case(["study_folder/"], lungct.Classifier.from_name("student_kd"),

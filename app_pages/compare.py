@@ -127,10 +127,19 @@ if upload is not None:
     name, data = inputs.upload_name(upload), upload.getvalue()
 else:
     data = catalog.read_sample(name)
-first = cache.classifier(catalog.model_key(runnable[0]), str(runnable[0].folder),
-                         float(cfg["app"]["unsure_below"]))
+loaded = {}
+for e in runnable:   # one broken model must not hide the others
+    try:
+        loaded[e.name] = cache.classifier(catalog.model_key(e), str(e.folder),
+                                          float(cfg["app"]["unsure_below"]))
+    except Exception as err:
+        loaded[e.name] = err
+first = next((e for e in runnable if not isinstance(loaded[e.name], Exception)), None)
+if first is None:
+    st.error("No model could be loaded.")
+    st.stop()
 # the Classify page's pipeline once (read, guard, segmentation, findings), then each model
-result = inputs.one_result(first, catalog.model_key(runnable[0]), data, name,
+result = inputs.one_result(loaded[first.name], catalog.model_key(first), data, name,
                            cfg["preprocess"]["dicom_window"],
                            int(cfg["preprocess"].get("max_pixels", 40_000_000)))
 gray = result.gray
@@ -138,9 +147,10 @@ cells = [c for _ in range(0, len(runnable) + 1, 4) for c in st.columns(4)]
 cells[0].image(to_uint8(gray), caption=name, width="stretch")
 for column, e in zip(cells[1:], runnable):
     try:
-        clf = cache.classifier(catalog.model_key(e), str(e.folder),
-                               float(cfg["app"]["unsure_below"]))
-        r = result if e is runnable[0] else reclassify(result, clf)
+        clf = loaded[e.name]
+        if isinstance(clf, Exception):
+            raise clf
+        r = result if e is first else reclassify(result, clf)
         if not r.ok:
             raise RuntimeError(r.error or "no prediction")
         pred = r.prediction

@@ -169,13 +169,8 @@ def is_dicom(data: bytes) -> bool:
     random bytes sometimes "parse", but never produce those tags.
     """
     if data[128:132] == b"DICM":
-        return True
-    if len(data) < 8 or _has_raster_magic(data) or _sniff_non_image(data):
-        return False
-    try:
-        return _looks_like_dataset(read_dicom_safely(data))
-    except InvalidImageError:
-        return False
+        return True   # without parsing: the preamble says it
+    return dicom_dataset(data) is not None
 
 
 def dicom_dataset(data: bytes) -> "pydicom.Dataset | None":

@@ -357,3 +357,24 @@ def test_predict_exits_non_zero_when_every_file_fails(tiny_model_dir, tmp_path, 
     bad.write_bytes(b"")
     rc = main(["predict", str(bad), "--model", str(tiny_model_dir), "--no-guard"])
     assert rc == 1 and "none of the 1 files" in capsys.readouterr().err
+
+
+def test_reclassify_swaps_the_first_models_caution_for_the_seconds():
+    """The Compare page's path: one decoded and guarded slice, another model's answer; the
+    first model's caution leaves the warning, the slice's own warning stays."""
+    from lungct.pipeline import classify, reclassify
+
+    class Cautioned(BatchClassifier):
+        card = {"rendering_robustness": {"kinds": {"lung_window_imitation": {
+            "normal_called_malignant": 0.9}}}}
+
+    r = SliceResult(1, 1, ".dcm", gray=np.full((32, 32), 0.4, np.float32), lung_window=True,
+                    warning="DICOM modality is MR: treat this result with extra caution.")
+    classify(Cautioned(), [r])
+    assert r.caution and r.caution in r.warning and r.prediction.unsure
+    other = reclassify(r, BatchClassifier())
+    assert other.ok and other.caution is None
+    assert other.warning == "DICOM modality is MR: treat this result with extra caution."
+    assert r.caution in r.warning and other.prediction is not r.prediction   # r unchanged
+    again = reclassify(other, Cautioned())
+    assert again.warning == r.warning and again.caution == r.caution

@@ -56,7 +56,7 @@ def per_class_table(_entry: catalog.ModelEntry, key: str, folder: str):
 @st.cache_resource(show_spinner="Loading the input check...", max_entries=2)
 def guard(key: str, folder: str):
     """The input guard (``lungct.guard.InputGuard``), or None when not fitted; its ONNX
-    extractor is built on first use when missing (``guard_fit.ensure_exports``)."""
+    extractor is built on first use when missing (``training.first_use.ensure_exports``)."""
     from lungct.guard import GuardLoadError, load_guard
     from lungct.training.first_use import ensure_exports
     try:

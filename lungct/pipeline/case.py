@@ -92,7 +92,7 @@ def iter_results(classifier: SliceClassifier, sources: Iterable, total: int,
         except Exception as err:
             return SliceResult(index, total, error=failure_text(err))
         example = os.path.basename(sf.name) if examples else None
-        r = decode(sf, index, total, window, max_pixels, example)
+        r = decode(sf, index, total, window, max_pixels, example, keep_hu=keep_pixels)
         sf.dataset = sf.data = None
         return r
 

@@ -110,8 +110,6 @@ def analyse_one(r: SliceResult, classifier: SliceClassifier,
         attach(r, prediction, cautions(classifier))
 
 
-
-
 def reclassify(r: SliceResult, classifier: SliceClassifier) -> SliceResult:
     """The same classified slice (decoded, segmented, guarded and with its findings) under
     another model, for comparing models: a copy with that model's prediction and caution."""

@@ -45,8 +45,10 @@ def guard_view(r: SliceResult) -> np.ndarray:
 
 
 def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
-           max_pixels: int = MAX_PIXELS, example: str | None = None) -> SliceResult:
-    """A ``SliceResult`` with the decoded slice, or with ``error``; never raises for bad input."""
+           max_pixels: int = MAX_PIXELS, example: str | None = None,
+           keep_hu: bool = True) -> SliceResult:
+    """A ``SliceResult`` with the decoded slice, or with ``error``; never raises for bad input.
+    ``keep_hu``: keep a CT slice's Hounsfield units for display (not in folder runs)."""
     ext = sf.extension
     r = SliceResult(position=position, total=total, example=example, name=sf.name,
                     extension=ext if ext in ACCEPTED_EXTENSIONS or not ext
@@ -64,7 +66,7 @@ def decode(sf: SliceFile, position: int, total: int, window: str = "lung",
             r.gray = render_dicom(px, window)
             if window != GUARD_WINDOW:
                 r.guard_gray = render_dicom(px, GUARD_WINDOW)
-            if px.hu:
+            if px.hu and keep_hu:
                 r.hu = px.values.astype(np.float16)
             r.pixel_spacing_mm = pixel_spacing(sf.dataset)
         else:

@@ -238,3 +238,58 @@ def test_the_sr_carries_each_finding_as_a_measurement_group_on_its_slice():
         assert np.allclose(xy[0], xy[-1]) and len(xy) == len(f["outline"]) + 1
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == sources[index - 1].SOPInstanceUID
+
+
+# ------------------------------------------------------------------ 3D lung regions
+
+PLEURAL_MASS_MM = 26.0
+"""A mass this large on the lung's lateral pleura bites a notch that a 25 mm 2D closing
+cannot take back; the lung above and below it can, in 3D."""
+
+
+def pleural_mass_series() -> tuple[list[float], list[np.ndarray]]:
+    """A 25-slice series (5 mm) with a sphere of solid tissue on one lung's lateral edge."""
+    zs = [float(z) for z in np.arange(-60, 61, 5)]
+    yy, xx = np.mgrid[:512, :512].astype(np.float32)
+    out = []
+    for z in zs:
+        hu = phantom_hu(mass=False)
+        r2 = (PLEURAL_MASS_MM / SPACING) ** 2 - (z / SPACING) ** 2
+        if r2 > 0:
+            hu[((xx - 100) ** 2 + (yy - 250) ** 2 < r2) & (hu < -500)] = 30.0
+        out.append(hu)
+    return zs, out
+
+
+def _near_mass(cands) -> list:
+    return [c for c in cands if abs(c.centroid[0] - 112) < 25 and abs(c.centroid[1] - 250) < 25]
+
+
+def test_series_regions_take_back_a_pleural_mass_that_2d_misses():
+    from lungct.findings import series_regions
+
+    zs, hus = pleural_mass_series()
+    views = []
+    for hu in hus:
+        gray = np.clip((hu + 1350) / 1500, 0, 1).astype(np.float32)   # the lung window
+        views.append((gray, segment(gray), SPACING, True))
+    regions = series_regions(views, zs)
+    gray, seg, _, _ = views[zs.index(0.0)]
+    assert not _near_mass(candidates(gray, seg, SPACING, hu=True))
+    found = _near_mass(candidates(gray, seg, SPACING, hu=True, region3d=regions[zs.index(0.0)]))
+    assert found and all(c.diameter_mm < 60 for c in found)
+    # a series whose slices do not share one grid gets no 3D regions (2D findings only)
+    assert series_regions(views[:2], zs[:2]) == [None, None]
+
+
+def test_case_on_a_series_finds_the_pleural_mass_in_3d():
+    zs, hus = pleural_mass_series()
+    files = [(f"s{i:02d}.dcm", phantom_dicom(hu, z)) for i, (z, hu) in enumerate(zip(zs, hus))]
+    shipped = shipped_scorer()
+    every = Scorer(shipped.mean, shipped.scale, shipped.coef, shipped.intercept, 0.0,
+                   shipped.features)   # threshold 0: every candidate is a finding
+    case = run_case(files, FixedClassifier(), findings=every)
+    middle = [r for r in case.slices if r.ok and abs(r.location_mm) < 1e-6]
+    assert middle and _near_mass(middle[0].findings or [])
+    alone = run_case(files[12:13], FixedClassifier(), findings=every).slices[0]
+    assert alone.location_mm == 0.0 and not _near_mass(alone.findings or [])

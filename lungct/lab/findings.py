@@ -58,23 +58,36 @@ def _in_box(f: Finding, boxes, tol: int = 0) -> bool:
 
 
 def collect_lpcd(root) -> list[SliceCands]:
-    """Candidates of every Lung-PET-CT-Dx slice that shows lung, as users' DICOM decodes."""
+    """Candidates of every Lung-PET-CT-Dx slice that shows lung, as users' DICOM decodes,
+    with each series' 3D lung regions (``series_regions``), as ``case`` and the Study page
+    run a series."""
     import pydicom
 
     from lungct.data.lung_pet_ct_dx import read_all
+    from lungct.findings import series_regions
     from lungct.guard.anatomy import hu_shows_lung
     from lungct.lungs import segment
     from lungct.preprocess import load_image
 
-    out = []
+    by_series: dict[str, list] = {}
     for s in read_all(root):
-        if not hu_shows_lung(s.hu):
-            continue
-        ds = pydicom.dcmread(s.path, stop_before_pixels=True)
-        spacing = float(ds.PixelSpacing[0]) if "PixelSpacing" in ds else None
-        gray = load_image(s.path, window="lung")
-        out.append(SliceCands("lpcd", s.patient, f"{s.series}/{s.index}", list(s.boxes),
-                              candidates(gray, segment(gray), spacing, hu=True), path=s.path))
+        by_series.setdefault(s.series, []).append(s)
+    out = []
+    for series in by_series.values():
+        series.sort(key=lambda s: s.z)
+        views = []
+        for s in series:
+            ds = pydicom.dcmread(s.path, stop_before_pixels=True)
+            spacing = float(ds.PixelSpacing[0]) if "PixelSpacing" in ds else None
+            gray = load_image(s.path, window="lung")
+            views.append((gray, segment(gray), spacing, True))
+        regions = series_regions(views, [s.z for s in series])
+        for s, (gray, seg, spacing, hu), region in zip(series, views, regions):
+            if not hu_shows_lung(s.hu):
+                continue
+            out.append(SliceCands("lpcd", s.patient, f"{s.series}/{s.index}", list(s.boxes),
+                                  candidates(gray, seg, spacing, hu=True, region3d=region),
+                                  path=s.path))
     return out
 
 

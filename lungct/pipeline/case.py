@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Iterator
 from lungct import MALIGNANT_THRESHOLD
 from lungct.pipeline.classify import analyse_one, classify
 from lungct.pipeline.decode import decode
-from lungct.pipeline.findings import findings_scorer, locate, series_lesions
+from lungct.pipeline.findings import findings_scorer, locate, locate_series, series_lesions
 from lungct.pipeline.guard import screen
 from lungct.pipeline.protocols import SliceClassifier, SliceGuard
 from lungct.pipeline.segment import prepare_inputs
@@ -220,6 +220,7 @@ def classify_series(classifier, series: Series, guard=None, window: str = "lung"
     """Run the pipeline on one series (its files in anatomical order)."""
     results = analyse_slices(classifier, series.files, guard, window, batch_size, max_pixels,
                              examples, findings)
+    locate_series(results, findings_scorer(findings))
     others = [s.info() for s in (study.series if study else []) if s is not series]
     problems = [{"file": p.name, "error": p.error} for p in (study.problems if study else [])]
     return Case(results, series.info(), model_info(classifier), problems, others,

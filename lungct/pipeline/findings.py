@@ -30,25 +30,50 @@ def findings_scorer(findings="shipped"):
     return findings
 
 
-def locate(results: list[SliceResult], scorer) -> None:
-    """Findings (best first) and the top candidate's score on each classified slice."""
+def locate(results: list[SliceResult], scorer, regions: list | None = None) -> None:
+    """Findings (best first) and the top candidate's score on each classified slice;
+    ``regions``: each slice's 3D lung region from its series (``locate_series``)."""
     if scorer is None:
         return
     from lungct.findings import find, kept
 
-    for r in results:
+    for i, r in enumerate(results):
         if not r.ok or r.gray is None:
             continue
         hu = r.is_dicom and r.modality in (None, "CT")
         try:
             segment_slice(r)
             ranked = find(guard_view(r), r.seg, scorer, r.pixel_spacing_mm if hu else None,
-                          hu=hu, keep="all")
+                          hu=hu, keep="all", region3d=regions[i] if regions else None)
             r.finding_score = ranked[0].score if ranked else 0.0
             r.findings = kept(ranked, scorer)
         except Exception as err:
             note = f"findings could not be computed ({type(err).__name__})"
             r.warning = f"{r.warning}; {note}" if r.warning else note
+
+
+def locate_series(results: list[SliceResult], scorer) -> str | None:
+    """Findings of a CT series again, with each lung closed in 3D over the series
+    (``lungct.findings.series_regions``): a mass on the pleura, spine or mediastinum comes
+    back into its lung's region. Returns why the series keeps its 2D findings, or None."""
+    from lungct.findings import series_regions, series_spacing_problem
+
+    if scorer is None:
+        return None
+    ct = [r for r in results if r.ok and r.gray is not None and r.is_dicom
+          and r.modality in (None, "CT") and r.findings is not None]
+    if len(ct) < 3:
+        return "fewer than 3 CT slices with lung"
+    problem = series_spacing_problem([r.location_mm for r in ct])
+    if problem or any(not r.pixel_spacing_mm for r in ct):
+        return problem or "pixel spacing missing"
+    ct.sort(key=lambda r: r.location_mm)
+    for r in ct:
+        segment_slice(r)
+    regions = series_regions([(guard_view(r), r.seg, r.pixel_spacing_mm, True) for r in ct],
+                             [r.location_mm for r in ct])
+    locate(ct, scorer, regions)
+    return None
 
 
 def series_lesions(results: list[SliceResult]) -> dict | None:

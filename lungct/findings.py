@@ -503,7 +503,7 @@ def shipped_scorer() -> Scorer:
 
 # ------------------------------------------------------------------ 3D lung regions
 
-_COMMON = 2.0
+_COMMON = 4.0
 """The series' common grid: input pixels per voxel side in-plane."""
 
 

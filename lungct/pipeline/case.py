@@ -219,7 +219,7 @@ def classify_series(classifier, series: Series, guard=None, window: str = "lung"
                     findings="shipped") -> Case:
     """Run the pipeline on one series (its files in anatomical order)."""
     results = analyse_slices(classifier, series.files, guard, window, batch_size, max_pixels,
-                             examples, findings)
+                             examples, findings=None)
     locate_series(results, findings_scorer(findings))
     others = [s.info() for s in (study.series if study else []) if s is not series]
     problems = [{"file": p.name, "error": p.error} for p in (study.problems if study else [])]

@@ -53,20 +53,25 @@ def locate(results: list[SliceResult], scorer, regions: list | None = None) -> N
 
 
 def locate_series(results: list[SliceResult], scorer) -> str | None:
-    """Findings of a CT series again, with each lung closed in 3D over the series
-    (``lungct.findings.series_regions``): a mass on the pleura, spine or mediastinum comes
-    back into its lung's region. Returns why the series keeps its 2D findings, or None."""
+    """Findings of a series' classified slices (run the slice stages with findings off
+    first), each lung closed in 3D over a CT series (``lungct.findings.series_regions``):
+    a mass on the pleura, spine or mediastinum comes back into its lung's region. Returns
+    why the series gets 2D findings only, or None."""
     from lungct.findings import series_regions, series_spacing_problem
 
     if scorer is None:
         return None
     ct = [r for r in results if r.ok and r.gray is not None and r.is_dicom
-          and r.modality in (None, "CT") and r.findings is not None]
-    if len(ct) < 3:
-        return "fewer than 3 CT slices with lung"
-    problem = series_spacing_problem([r.location_mm for r in ct])
-    if problem or any(not r.pixel_spacing_mm for r in ct):
-        return problem or "pixel spacing missing"
+          and r.modality in (None, "CT")]
+    problem = ("fewer than 3 CT slices with lung" if len(ct) < 3 else
+               series_spacing_problem([r.location_mm for r in ct]))
+    if problem is None and any(not r.pixel_spacing_mm for r in ct):
+        problem = "pixel spacing missing"
+    if problem:
+        locate(results, scorer)
+        return problem
+    in_ct = {id(r) for r in ct}
+    locate([r for r in results if id(r) not in in_ct], scorer)
     ct.sort(key=lambda r: r.location_mm)
     for r in ct:
         segment_slice(r)

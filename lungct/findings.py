@@ -40,6 +40,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from lungct.lungs import bbox
+
 HU_LUNG_WINDOW = (1500.0, -600.0)
 """The guard's DICOM window (width, level): its grey g in [0, 1] is HU = g*1500 - 1350."""
 SOLID_HU = -400.0
@@ -142,9 +144,9 @@ def lung_fields(d: np.ndarray, body: np.ndarray, mm: float,
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     inseg = np.bincount(lab.ravel(), weights=seg_lungs.ravel().astype(np.float64),
                         minlength=n + 1)
-    big = [k for k in np.argsort(-sizes[1:]) + 1
-           if sizes[k] * mm * mm >= MIN_LUNG_MM2 and inseg[k] >= 0.3 * sizes[k]][:2]
-    lungs = [lab == k for k in big]
+    lung_like = (sizes * mm * mm >= MIN_LUNG_MM2) & (inseg >= 0.3 * sizes)
+    order = np.argsort(-sizes[1:]) + 1
+    lungs = [lab == k for k in order[lung_like[order]][:2]]
     mask = np.zeros_like(air)
     for m in lungs:
         mask |= m
@@ -164,19 +166,29 @@ def lung_regions(lungs: list[np.ndarray], mm: float) -> np.ndarray:
 
 
 def _close(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Closing with a Euclidean disk, by two distance transforms: a 25 mm disk is 40 px
-    across, where a structuring-element closing costs ten times as much."""
+    """Closing with a Euclidean disk, by two distance transforms (a 25 mm disk is 40 px
+    across, where a structuring-element closing costs ten times as much), on the mask's
+    bounding box plus the disk: a closing stays inside its mask's convex hull, and the
+    nearest pixel the dilation leaves out always lies within that margin, so the answer is
+    the whole image's at a fraction of the cost."""
+    box = bbox(mask)
+    out = np.zeros(mask.shape, bool)
+    if box is None:
+        return out
+    y0, x0, y1, x1 = box
     pad = int(np.ceil(radius)) + 2
-    m = np.pad(mask, pad).astype(np.uint8)
+    m = cv2.copyMakeBorder(mask[y0:y1, x0:x1].astype(np.uint8), pad, pad, pad, pad,
+                           cv2.BORDER_CONSTANT, value=0)
     grown = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= radius
     closed = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2,
                                    cv2.DIST_MASK_PRECISE) > radius
-    return closed[pad:-pad, pad:-pad]
+    out[y0:y1, x0:x1] = closed[pad:-pad, pad:-pad]
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with its holes filled: what the outside, flooded from the border, misses."""
-    m = np.pad(mask, 1).astype(np.uint8)
+    m = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = m.copy()
     cv2.floodFill(flood, np.zeros((m.shape[0] + 2, m.shape[1] + 2), np.uint8), (0, 0), 1)
     return (mask | (flood[1:-1, 1:-1] == 0))
@@ -188,8 +200,9 @@ def _split(solid: np.ndarray, mm: float) -> tuple[np.ndarray, int, np.ndarray]:
     from skimage.segmentation import watershed
 
     dist = cv2.distanceTransform(solid.astype(np.uint8), cv2.DIST_L2, 5)
-    size = max(3, int(round(SPLIT_MM / mm)) | 1)
-    peaks = (dist == ndi.maximum_filter(dist, size=size)) & (dist * mm >= OPEN_MM * 0.9)
+    size = max(3, int(round(SPLIT_MM / mm)) | 1)   # a square maximum filter, as a dilation
+    peaks = (dist == cv2.dilate(dist, np.ones((size, size), np.uint8))) & \
+        (dist * mm >= OPEN_MM * 0.9)
     markers, n = ndi.label(peaks)
     if not n:
         return np.zeros(solid.shape, np.int32), 0, dist
@@ -218,83 +231,104 @@ def candidates(gray: np.ndarray, seg, spacing_mm: float | None = None,
     region = lung_regions(lungs, mm)
     if region3d is not None and region3d.shape == region.shape:
         region |= region3d & seg.body
-    solid = cv2.morphologyEx(((d > SOLID_HU) & region).astype(np.uint8), cv2.MORPH_OPEN,
-                             _disk(OPEN_MM / mm)).astype(bool)
+    # the rest runs on the region's bounding box with a margin of empty pixels wider than
+    # the opening's disk: every step below gives the whole grid's answer there
+    margin = max(1, int(round(OPEN_MM / mm))) + 2
+    ry0, rx0, ry1, rx1 = bbox(region)
+    cy0, cx0 = max(ry0 - margin, 0), max(rx0 - margin, 0)
+    crop = np.s_[cy0:ry1 + margin, cx0:rx1 + margin]
+    d, lung_mask = d[crop], lung_mask[crop]
+    solid = cv2.morphologyEx(((d > SOLID_HU) & region[crop]).astype(np.uint8),
+                             cv2.MORPH_OPEN, _disk(OPEN_MM / mm)).astype(bool)
     parts, n, dist = _split(solid, mm)
     if not n:
         return []
     blobs, _ = ndi.label(solid)
+    stats = _part_stats(parts, n, d, dist, blobs)
     lung_area = float(lung_mask.sum())
     by0, bx0, by1, bx1 = [v / seg.scale for v in (seg.body_box[0] - seg.offset[0],
                                                    seg.body_box[1] - seg.offset[1],
                                                    seg.body_box[2] - seg.offset[0],
                                                    seg.body_box[3] - seg.offset[1])]
-    mid_x, half_w = (bx0 + bx1) / 2, max((bx1 - bx0) / 2, 1.0)
-    objects = ndi.find_objects(parts)
+    mid_x, half_w = (bx0 + bx1) / 2 - cx0, max((bx1 - bx0) / 2, 1.0)   # on the crop
+    grid = (seg.scale, seg.offset, mm, spacing_mm is not None)
     ring_k = _disk(2)
     out = []
-    for k, sl in enumerate(objects, start=1):
+    for k, sl in enumerate(ndi.find_objects(parts), start=1):
         if sl is None:
             continue
+        area = stats["area"][k] * mm * mm
         ys, xs = sl
+        if area < MIN_AREA_MM2 or xs.start <= mid_x <= xs.stop - 1:
+            continue
         y0, y1 = max(ys.start - 3, 0), min(ys.stop + 3, parts.shape[0])
         x0, x1 = max(xs.start - 3, 0), min(xs.stop + 3, parts.shape[1])
         part = parts[y0:y1, x0:x1] == k
-        area = float(part.sum()) * mm * mm
-        if area < MIN_AREA_MM2:
-            continue
-        cols = np.nonzero(part.any(0))[0] + x0
-        if cols[0] <= mid_x <= cols[-1]:
+        f, solidity = _geometry(part, y0 + cy0, x0 + cx0, grid, 0.0, {},
+                                int(stats["blob"][k]), drawn=False)
+        if f.diameter_mm is not None and f.diameter_mm > MAX_DIAMETER_MM:
             continue
         ring = cv2.dilate(part.astype(np.uint8), ring_k).astype(bool) & ~part
         lung_ring = lung_mask[y0:y1, x0:x1][ring]
-        vals = d[y0:y1, x0:x1][part]
-        f = _geometry(part, y0, x0, (seg.scale, seg.offset, mm, spacing_mm is not None), 0.0,
-                      {}, int(np.max(blobs[y0:y1, x0:x1][part])), drawn=False)
-        if f.diameter_mm is not None and f.diameter_mm > MAX_DIAMETER_MM:
-            continue
-        cy = (f.centroid[1] - seg.offset[0]) / seg.scale
-        cx = (f.centroid[0] - seg.offset[1]) / seg.scale
+        posterior = (float(stats["y"][k]) + cy0 - by0) / max(by1 - by0, 1.0)
         f.features = {
-            "thickness_mm": float(dist[y0:y1, x0:x1][part].max()) * mm,
+            "thickness_mm": float(stats["thickness"][k]) * mm,
             "log_area": float(np.log(area)),
-            "enclosure": float(lung_ring.mean()) if lung_ring.size else 0.0,
-            "solidity": _solidity(part),
-            "density": float(np.clip(vals.mean(), -400, 200) / 100.0),
-            "density_sd": float(min(vals.std(), 400) / 100.0),
-            "rel_area": float(part.sum() / max(lung_area, 1.0)),
-            "medial": float(1.0 - min(abs(cx - mid_x) / half_w, 1.0)),
-            "posterior": float(np.clip((cy - by0) / max(by1 - by0, 1.0), 0, 1)),
+            "enclosure": np.count_nonzero(lung_ring) / lung_ring.size if lung_ring.size else 0.0,
+            "solidity": solidity,
+            "density": min(max(float(stats["mean"][k]), -400.0), 200.0) / 100.0,
+            "density_sd": min(float(stats["sd"][k]), 400.0) / 100.0,
+            "rel_area": float(stats["area"][k]) / max(lung_area, 1.0),
+            "medial": 1.0 - min(abs(float(stats["x"][k]) - mid_x) / half_w, 1.0),
+            "posterior": min(max(posterior, 0.0), 1.0),
         }
         out.append(f)
     return out
 
 
-def _solidity(mask: np.ndarray) -> float:
-    """Area over convex-hull area: 1 for a round blob, low for a branching vessel tree."""
-    py, px = np.nonzero(mask)
-    hull = cv2.convexHull(np.stack([px, py], 1).astype(np.int32))
-    return float(min(mask.sum() / max(cv2.contourArea(hull), 1.0), 1.0))
+def _part_stats(parts: np.ndarray, n: int, d: np.ndarray, dist: np.ndarray,
+                blobs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per part 0..n, one pass over the grid each: pixel count, density mean and spread,
+    thickest point, centre (y, x) and the solid blob it was split from."""
+    lab = parts.ravel()
+    count = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    per = np.maximum(count, 1.0)
+    vals = d.ravel().astype(np.float64)
+    mean = np.bincount(lab, weights=vals, minlength=n + 1) / per
+    sq = np.bincount(lab, weights=vals * vals, minlength=n + 1) / per
+    yy, xx = np.indices(parts.shape)
+    thickness, blob = np.zeros(n + 1, np.float32), np.zeros(n + 1, blobs.dtype)
+    np.maximum.at(thickness, lab, dist.ravel())
+    np.maximum.at(blob, lab, blobs.ravel())
+    return {"area": count, "mean": mean, "sd": np.sqrt(np.maximum(sq - mean * mean, 0.0)),
+            "thickness": thickness, "blob": blob,
+            "y": np.bincount(lab, weights=yy.ravel(), minlength=n + 1) / per,
+            "x": np.bincount(lab, weights=xx.ravel(), minlength=n + 1) / per}
 
 
 def _geometry(mask: np.ndarray, y0: int, x0: int, grid: tuple, score: float, features: dict,
-              blob: int, drawn: bool = True) -> Finding:
+              blob: int, drawn: bool = True) -> tuple[Finding, float]:
     """A ``Finding`` for a mask crop at (y0, x0) of the working grid: box, centroid, longest
     diameter (across the convex hull) in the input's pixels, mm when known, and (``drawn``)
-    its outline; a candidate's outline waits until it is kept (``_drawn``): most are not."""
+    its outline; a candidate's outline waits until it is kept (``_drawn``): most are not.
+    With it the mask's solidity from the same hull, area over hull area: 1 for a round
+    blob, low for a branching vessel tree."""
     scale, (oy, ox), mm, known = grid
-    py, px = np.nonzero(mask)
-    hull = cv2.convexHull(np.stack([px, py], 1).astype(np.int32))
+    pts = cv2.findNonZero(mask.astype(np.uint8)).reshape(-1, 2)   # (x, y), row-major order
+    px, py = pts[:, 0], pts[:, 1]
+    hull = cv2.convexHull(pts)
     hp = hull.reshape(-1, 2).astype(np.float32)
     diam_px = float(np.sqrt(((hp[:, None] - hp[None]) ** 2).sum(-1)).max()) + 1.0
+    solidity = min(len(pts) / max(cv2.contourArea(hull), 1.0), 1.0)
     return Finding(
         score=score, blob=blob, region=(y0, x0, mask), grid=grid, features=dict(features),
         box=(int((px.min() + x0) * scale + ox), int((py.min() + y0) * scale + oy),
              int(np.ceil((px.max() + 1 + x0) * scale + ox)) - 1,
              int(np.ceil((py.max() + 1 + y0) * scale + oy)) - 1),
-        centroid=(float((px.mean() + x0) * scale + ox), float((py.mean() + y0) * scale + oy)),
+        centroid=(float((px.sum() / len(px) + x0) * scale + ox),
+                  float((py.sum() / len(py) + y0) * scale + oy)),
         outline=_outline(mask, y0, x0, grid) if drawn else None,
-        diameter_mm=diam_px * mm if known else None, diameter_px=diam_px * scale)
+        diameter_mm=diam_px * mm if known else None, diameter_px=diam_px * scale), solidity
 
 
 def _outline(mask: np.ndarray, y0: int, x0: int, grid: tuple) -> list[tuple[int, int]]:
@@ -403,7 +437,7 @@ def _joined(parts: list[Finding]) -> Finding:
     for py, px, m in (p.region for p in parts):
         mask[py - y0:py - y0 + m.shape[0], px - x0:px - x0 + m.shape[1]] |= m
     best = max(parts, key=lambda p: p.score)
-    return _geometry(mask, y0, x0, best.grid, best.score, best.features, best.blob)
+    return _geometry(mask, y0, x0, best.grid, best.score, best.features, best.blob)[0]
 
 
 # ------------------------------------------------------------------ series

@@ -210,15 +210,18 @@ def trim_frame(gray: np.ndarray, tol: float = 0.01) -> tuple[int, int, int, int]
 
     def run(lines: np.ndarray, uniform: np.ndarray) -> int:
         # frame lines lie at the edges: skip the uniform ones (one reduction over the
-        # image), then test the rest a chunk at a time from the first that is not
-        # uniform inward and stop at the first line that is not frame (same answer
-        # as testing every line, a fraction of the work)
-        n, step = lines.shape[0], 16
-        first = int(np.argmin(uniform)) if not uniform.all() else n
-        for start in range(first, n, step):
+        # image), then test the rest from the first that is not uniform inward, that
+        # line alone (in most slices it is not frame: done) and then a chunk at a time,
+        # and stop at the first line that is not frame (same answer as testing every
+        # line, a fraction of the work)
+        n = lines.shape[0]
+        start = int(np.argmin(uniform)) if not uniform.all() else n
+        step = 1
+        while start < n:
             chunk = flat(lines[start:start + step])
             if not chunk.all():
                 return start + int(np.argmin(chunk))
+            start, step = start + step, 16
         return n
 
     rows = (gray.max(axis=1) - gray.min(axis=1)) < tol
@@ -323,7 +326,7 @@ def segment(gray: np.ndarray) -> Segmentation:
             big = [k for k in big if _inscribed_radius(labels, k) >= thick]
         # A wide flat band across the midline behind the body's centre is the gap
         # between the back and the table pad, never a lung.
-        bb = _bbox(body) or (0, 0, wh, ww)
+        bb = bbox(body) or (0, 0, wh, ww)
         big = [k for k in big if not _is_band(labels == k, bb)]
         kept = big[:2]
         if kept:
@@ -334,8 +337,8 @@ def segment(gray: np.ndarray) -> Segmentation:
         return (y0 + box[0] * scale, x0 + box[1] * scale, y0 + box[2] * scale,
                 x0 + box[3] * scale)
 
-    body_box = _bbox(body)
-    target = _bbox(lungs) if lungs.any() else body_box
+    body_box = bbox(body)
+    target = bbox(lungs) if lungs.any() else body_box
     if target is not None and body_box is not None:
         # across: the lung fields mirrored about the body's midline, so one lung found
         # (or one diseased lung that looks solid) frames the chest as two would, and a
@@ -382,8 +385,6 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     of the pixels' edge midpoints, borders included), about 3x faster: the hull of a
     pixel set is that of each row's two end pixels, and a convex polygon crosses each row
     in one run, so it is filled row by row instead of testing every pixel against it."""
-    from scipy.spatial import ConvexHull, QhullError
-
     rows = np.nonzero(mask.any(axis=1))[0]
     if not len(rows):
         return mask
@@ -391,16 +392,11 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     left = run.argmax(axis=1)
     right = mask.shape[1] - 1 - run[:, ::-1].argmax(axis=1)
     ends = np.concatenate([np.stack([rows, left], 1), np.stack([rows, right], 1)])
-    ends = ends.astype(np.float64)
-    try:
-        corners = ends[ConvexHull(ends).vertices]
-    except (QhullError, ValueError):  # pixels on one line: their edge midpoints have area
-        corners = ends
-    edges = np.unique((corners[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2), axis=0)
-    try:
-        v = edges[ConvexHull(edges).vertices]
-    except (QhullError, ValueError):
-        return np.zeros_like(mask)
+    # OpenCV's hull (exact on these integer and half-integer points; pixels on one line
+    # give a segment, whose edge midpoints have area)
+    corners = cv2.convexHull(ends.astype(np.int32)).reshape(-1, 2).astype(np.float64)
+    edges = (corners[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2).astype(np.float32)
+    v = cv2.convexHull(edges).reshape(-1, 2).astype(np.float64)
     y0, x0 = v[:, 0], v[:, 1]
     y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
     eps = 1e-9
@@ -426,20 +422,21 @@ def _inscribed_radius(labels: np.ndarray, k: int) -> float:
     """Largest distance from region ``k`` to its outside: the exact Euclidean distance
     transform (OpenCV's precise mask) on the region's bounding box plus a one-pixel ring
     of outside (the answer equals the whole image's, at a fraction of the cost)."""
-    y0, x0, y1, x1 = _bbox(labels == k)
+    y0, x0, y1, x1 = bbox(labels == k)
     sub = np.pad(labels[y0:y1, x0:x1] == k, 1).astype(np.uint8)
     return float(cv2.distanceTransform(sub, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).max())
 
 
 def _is_band(region: np.ndarray, body_box: tuple[int, int, int, int]) -> bool:
-    y0, x0, y1, x1 = _bbox(region)
+    y0, x0, y1, x1 = bbox(region)
     by0, bx0, by1, bx1 = body_box
     cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
     posterior = (y0 + y1) / 2 > cy + 0.2 * (by1 - by0)
     return (x1 - x0) > 2.5 * (y1 - y0) and x0 < cx < x1 and posterior
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of a mask's pixels, ends exclusive; None when it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if not len(rows):
         return None

@@ -48,10 +48,10 @@ def test_opencv_morphology_equals_scipy(seed):
         assert np.array_equal(lungs._sizes(labels, k),
                               ndi.sum(m, labels, index=np.arange(1, k + 1)))
     empty = np.zeros((12, 12), bool)
-    assert lungs._bbox(empty) is None
+    assert lungs.bbox(empty) is None
     box = empty.copy()
     box[3:7, 2:9] = True
-    assert lungs._bbox(box) == (3, 2, 7, 9)
+    assert lungs.bbox(box) == (3, 2, 7, 9)
 
 
 def test_an_in_range_slice_is_used_as_is_and_a_bad_one_refused():

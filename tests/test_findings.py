@@ -293,3 +293,62 @@ def test_case_on_a_series_finds_the_pleural_mass_in_3d():
     assert middle and _near_mass(middle[0].findings or [])
     alone = run_case(files[12:13], FixedClassifier(), findings=every).slices[0]
     assert alone.location_mm == 0.0 and not _near_mass(alone.findings or [])
+
+
+def _close_whole_grid(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The closing as it was first written: two distance transforms on the whole grid."""
+    import cv2
+    pad = int(np.ceil(radius)) + 2
+    m = np.pad(mask, pad).astype(np.uint8)
+    grown = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= radius
+    closed = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2,
+                                   cv2.DIST_MASK_PRECISE) > radius
+    return closed[pad:-pad, pad:-pad]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lung_closing_on_its_bounding_box_equals_the_whole_grid(seed):
+    """``_close`` works on the mask's bounding box plus the disk: same pixels as the whole
+    grid, for blobs with notches, masks at the grid's edge and empty masks."""
+    from lungct.findings import _close
+
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        h, w = rng.integers(20, 90, 2)
+        mask = np.zeros((h, w), bool)
+        for _ in range(rng.integers(0, 4)):
+            cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(2, 15)
+            yy, xx = np.ogrid[:h, :w]
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        mask &= rng.random((h, w)) > 0.05          # speckle holes
+        radius = float(rng.uniform(1.5, 12.0))
+        np.testing.assert_array_equal(_close(mask, radius), _close_whole_grid(mask, radius))
+
+
+def test_part_statistics_equal_each_part_measured_alone():
+    """The candidates' per-part measures, taken for all parts at once, equal each part's own."""
+    from scipy import ndimage as ndi
+
+    from lungct.findings import _part_stats
+
+    rng = np.random.default_rng(3)
+    solid = ndi.binary_opening(rng.random((60, 80)) > 0.45)
+    blobs, _ = ndi.label(solid)
+    # labels 1..8 (column band and blob parity), split across blobs like watershed parts
+    parts = np.where(solid, (np.arange(80)[None, :] // 20 + 1) + 4 * (blobs % 2), 0)
+    n = int(parts.max())
+    d = rng.normal(-200, 150, parts.shape).astype(np.float32)
+    dist = rng.random(parts.shape).astype(np.float32)
+    stats = _part_stats(parts, n, d, dist, blobs)
+    for k in range(1, n + 1):
+        sel = parts == k
+        if not sel.any():
+            assert stats["area"][k] == 0
+            continue
+        ys, xs = np.nonzero(sel)
+        assert stats["area"][k] == sel.sum()
+        assert stats["mean"][k] == pytest.approx(d[sel].mean(), abs=1e-3)
+        assert stats["sd"][k] == pytest.approx(d[sel].std(), abs=1e-2)
+        assert stats["thickness"][k] == dist[sel].max()
+        assert stats["blob"][k] == blobs[sel].max()
+        assert (stats["y"][k], stats["x"][k]) == pytest.approx((ys.mean(), xs.mean()))

@@ -103,6 +103,10 @@ def as_gray(gray) -> np.ndarray:
         raise ValueError(f"expected a non-empty 2-D grayscale array, got shape {arr.shape}")
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
+    if arr.dtype == np.float32:
+        lo, hi = float(arr.min()), float(arr.max())   # NaN fails both tests below
+        if 0.0 <= lo and hi <= 1.0:   # a decoded slice, checked again: nothing to copy
+            return arr
     if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
         raise ValueError("grayscale array must be numeric and finite (no NaN/inf)")
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)

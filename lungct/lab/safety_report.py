@@ -278,7 +278,7 @@ def crop_sources(cfg: dict, external: str | Path | None = None, every: int = 1) 
     from lungct.data.lung_pet_ct_dx import read_all
     from lungct.data.splits import read_manifest
     from lungct.guard.anatomy import hu_body, hu_shows_lung
-    from lungct.lungs import _bbox
+    from lungct.lungs import bbox
     from lungct.preprocess import load_image
 
     out = {}
@@ -286,7 +286,7 @@ def crop_sources(cfg: dict, external: str | Path | None = None, every: int = 1) 
     lung = [s for s in read_all(ext) if hu_shows_lung(s.hu)][::every]
     if lung:
         out["Lung-PET-CT-Dx lung slices"] = [(load_image(s.path, window="lung"),
-                                              _bbox(hu_body(s.hu))) for s in lung]
+                                              bbox(hu_body(s.hu))) for s in lung]
     root, manifest = resolve(cfg["data"]["root"]), resolve(cfg["data"]["manifest"])
     if root.is_dir() and manifest.exists():
         rows = [r for r in read_manifest(manifest) if r["grouped_split"] == "test"][::every]

@@ -293,6 +293,26 @@ def test_case_on_a_series_finds_the_pleural_mass_in_3d():
     assert middle and _near_mass(middle[0].findings or [])
     alone = run_case(files[12:13], FixedClassifier(), findings=every).slices[0]
     assert alone.location_mm == 0.0 and not _near_mass(alone.findings or [])
+    assert case.lesions["note"] is None
+
+
+def test_a_ct_series_without_pixel_spacing_says_its_findings_are_2d():
+    """A CT series whose pixel spacing is missing gets 2D findings, and its case says why
+    (the Study page and the report show ``lesions["note"]``); a single slice is 2D by design."""
+    import pydicom
+
+    zs, hus = pleural_mass_series()
+    files = []
+    for i, (z, hu) in enumerate(zip(zs, hus)):
+        ds = pydicom.dcmread(io.BytesIO(phantom_dicom(hu, z)))
+        del ds.PixelSpacing
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files.append((f"s{i:02d}.dcm", buf.getvalue()))
+    case = run_case(files, FixedClassifier())
+    assert "2D" in case.lesions["note"] and "pixel spacing missing" in case.lesions["note"]
+    assert "pixel spacing missing" in "\n".join(finding_lines(case.as_dict()))
+    assert "pixel spacing" not in run_case(files[12:13], FixedClassifier()).lesions["note"]
 
 
 def _close_whole_grid(mask: np.ndarray, radius: float) -> np.ndarray:

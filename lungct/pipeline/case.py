@@ -220,11 +220,14 @@ def classify_series(classifier, series: Series, guard=None, window: str = "lung"
     """Run the pipeline on one series (its files in anatomical order)."""
     results = analyse_slices(classifier, series.files, guard, window, batch_size, max_pixels,
                              examples, findings=None)
-    locate_series(results, findings_scorer(findings))
+    flat = locate_series(results, findings_scorer(findings))
+    lesions = series_lesions(results)
+    if flat and lesions is not None and not lesions["note"]:   # else the note says it already
+        lesions["note"] = f"findings closed per slice (2D), not over the series: {flat}"
     others = [s.info() for s in (study.series if study else []) if s is not series]
     problems = [{"file": p.name, "error": p.error} for p in (study.problems if study else [])]
     return Case(results, series.info(), model_info(classifier), problems, others,
-                lesions=series_lesions(results))
+                lesions=lesions)
 
 
 def run_case(inputs: Iterable, classifier, guard=None, window: str = "lung",

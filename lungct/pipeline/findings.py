@@ -55,16 +55,20 @@ def locate(results: list[SliceResult], scorer, regions: list | None = None) -> N
 def locate_series(results: list[SliceResult], scorer) -> str | None:
     """Findings of a series' classified slices (run the slice stages with findings off
     first), each lung closed in 3D over a CT series (``lungct.findings.series_regions``):
-    a mass on the pleura, spine or mediastinum comes back into its lung's region. Returns
-    why the series gets 2D findings only, or None."""
+    a mass on the pleura, spine or mediastinum comes back into its lung's region.
+
+    Returns why a CT series (3 or more CT slices with lung) got 2D findings only, or None;
+    single slices and 8-bit images get 2D findings by design (no HU, no spacing)."""
     from lungct.findings import series_regions, series_spacing_problem
 
     if scorer is None:
         return None
     ct = [r for r in results if r.ok and r.gray is not None and r.is_dicom
           and r.modality in (None, "CT")]
-    problem = ("fewer than 3 CT slices with lung" if len(ct) < 3 else
-               series_spacing_problem([r.location_mm for r in ct]))
+    if len(ct) < 3:
+        locate(results, scorer)
+        return None
+    problem = series_spacing_problem([r.location_mm for r in ct])
     if problem is None and any(not r.pixel_spacing_mm for r in ct):
         problem = "pixel spacing missing"
     if problem:

@@ -50,8 +50,8 @@ if view.chosen is None:
 chosen = st.selectbox("Series", range(len(view.labels)), index=view.chosen,
                       format_func=view.labels.__getitem__,
                       help="Default: the axial series with the most slices, lung kernel first.")
-if chosen != view.chosen:
-    st.session_state["study_series_pick"] = (digest, chosen)
+if chosen != view.chosen:   # the default series again: the cached default result (None)
+    st.session_state["study_series_pick"] = (digest, None if chosen == view.default else chosen)
     st.rerun()
 case = view.case
 

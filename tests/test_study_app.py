@@ -36,10 +36,17 @@ def test_study_page_browses_a_series(at):
     assert not at.exception and "slice 3 of 8" in texts(at)
 
 
-def test_study_page_switches_series_and_back_to_the_default_for_a_new_upload(at):
+def test_study_page_switches_series_and_back_to_the_default_for_a_new_upload(at, monkeypatch):
     """Two series in one upload: the longer is shown first; choosing the other classifies
-    it (read once more, for that series); a new upload starts at its own default."""
+    it (read once more, for that series); choosing the first again reads nothing (its
+    result is cached); a new upload starts at its own default."""
     from pydicom.uid import generate_uid
+
+    import lungct.pipeline.series as series_module
+    reads = []
+    load_study = series_module.load_study
+    monkeypatch.setattr(series_module, "load_study",
+                        lambda *a, **k: reads.append(1) or load_study(*a, **k))
 
     study = generate_uid()
     long = ct_series(6, size=96, study_uid=study, series_uid=generate_uid())
@@ -54,6 +61,10 @@ def test_study_page_switches_series_and_back_to_the_default_for_a_new_upload(at)
     assert not at.exception, at.exception
     assert sum(int(m.value) for m in at.metric) == 3
     assert next(s for s in at.selectbox if s.label == "Series").index == other
+    assert len(reads) == 2
+    next(s for s in at.selectbox if s.label == "Series").set_value(1 - other).run()
+    assert not at.exception and sum(int(m.value) for m in at.metric) == 6
+    assert len(reads) == 2                     # the default series' result, from the cache
     at.session_state["study_files"] = [(f"c{i}.dcm", d) for i, d in enumerate(ct_series(5, size=96))]
     at.run()
     assert not at.exception and sum(int(m.value) for m in at.metric) == 5

@@ -85,6 +85,9 @@ class StudyView(NamedTuple):
     """(file name, reason) of unreadable files: the user's own screen only."""
     case: object | None
     """The ``lungct.pipeline.Case`` of the chosen series."""
+    default: int | None = None
+    """Index of the series shown when none is chosen (``Study.default``): choosing it again
+    asks for ``series=None``, the result already cached."""
 
 
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=RESULT_ENTRIES,
@@ -103,7 +106,8 @@ def study_case(_classifier, key: str, files: tuple[tuple[str, bytes], ...], seri
     if chosen is None:
         return StudyView(labels, None, problems, None)
     case = classify_series(_classifier, chosen, _guard, window, study=study)
-    return StudyView(labels, study.series.index(chosen), problems, case)
+    return StudyView(labels, study.series.index(chosen), problems, case,
+                     study.series.index(study.default()))
 
 
 @st.cache_resource(show_spinner=False)
